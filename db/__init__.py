@@ -1,0 +1,1 @@
+"""Storage layer: the DuckDB schema, its writer, and every query the dashboard asks."""
