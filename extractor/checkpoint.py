@@ -1,0 +1,104 @@
+"""Load ALBEF's released checkpoints (pre-trained and fine-tuned formats) into our model.
+
+One pure filter (like timm's `checkpoint_filter_fn`) maps a checkpoint onto our keys; the load is
+then strict, so anything unexpected is an error that names the keys rather than a silent skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+# Keys of ALBEF checkpoints that inference does not use: momentum encoders, ITC queues, MLM head,
+# and BERT's position-id buffer and pooler (neither is a weight we need).
+IGNORED_PREFIXES = (
+    "visual_encoder_m.",
+    "text_encoder_m.",
+    "vision_proj_m.",
+    "text_proj_m.",
+    "text_encoder.cls.",
+    "text_encoder.pooler.",
+)
+IGNORED_KEYS = {"image_queue", "text_queue", "idx_queue", "queue_ptr", "text_encoder.embeddings.position_ids"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the configured model."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The raw state dict of an ALBEF checkpoint file, loaded with `weights_only=True`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only): {e}") from e
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]  # pre-trained format: {'model': ..., 'config': ..., 'epoch': ...}
+    if not isinstance(ckpt, dict) or not all(isinstance(v, Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"{path} is not an ALBEF state dict")
+    return ckpt
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map an ALBEF state dict (either release format) onto `model`'s keys.
+
+    Strips the `bert.` infix of pre-trained checkpoints, drops the keys inference ignores, and
+    resamples `pos_embed` bicubically when the checkpoint's grid differs from the model's.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace("text_encoder.bert.", "text_encoder.")
+        if k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES):
+            continue
+        out[k] = v
+    pos = out.get("visual_encoder.pos_embed")
+    target = model.visual_encoder.pos_embed
+    if pos is not None and pos.shape != target.shape:
+        grid = model.visual_encoder.patch_embed.grid_size
+        log.info("resampling pos_embed %s -> %s", tuple(pos.shape), tuple(target.shape))
+        # ALBEF's interpolate_pos_embed: bicubic, align_corners=False, no antialiasing.
+        out["visual_encoder.pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(grid), num_prefix_tokens=1, interpolation="bicubic", antialias=False
+        )
+    return out
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """Load an ALBEF checkpoint into `model` strictly; returns the file's sha256."""
+    state = checkpoint_filter_fn(read_checkpoint(path), model)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong_shape))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit the model config:\n  " + "\n  ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return file_sha256(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,104 @@
+"""Per-token maps from one ALBEF pass: raw cross-attention of every fusion layer and Grad-CAM.
+
+The image encoder runs once per image; all captions of a batch are fused together (padded), and
+Grad-CAM for every token of every caption comes from a single backward of the summed ITM logits:
+each caption's logit depends only on its own attention, so one backward gives each its own gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from extractor.model import ALBEF
+from extractor.text import TokenizedCaption, batch_tensors
+
+ATTENTION, GRADCAM = "attention", "gradcam"
+
+
+@dataclass
+class TokenMaps:
+    """Everything one caption yields; arrays are numpy float32 on the (g, g) patch grid."""
+
+    itm_logits: np.ndarray  # (2,) index 1 = match
+    itm_score: float  # softmax match probability
+    itc_score: float  # cosine of the ITC features (not divided by temp)
+    attention: dict[int, np.ndarray]  # fusion layer -> (heads, T, 1+N) post-softmax, incl. image [CLS] column
+    gradcam: np.ndarray | None  # (T, g, g), row 0 = text [CLS]
+
+    def attention_grid(self, layer: int) -> np.ndarray:
+        """Head-mean raw attention over the patches (image [CLS] column dropped): (T, g, g)."""
+        a = self.attention[layer].mean(0)[:, 1:]
+        g = int(round(a.shape[1] ** 0.5))
+        return a.reshape(a.shape[0], g, g)
+
+
+def gradcam_from(attn: Tensor, grad: Tensor) -> Tensor:
+    """ALBEF's Grad-CAM: mean over heads of A * max(dA, 0) on the patch columns. (B, h, T, 1+N) -> (B, T, N)."""
+    return (attn[..., 1:] * grad[..., 1:].clamp(min=0)).mean(1)
+
+
+def caption_maps(
+    model: ALBEF,
+    pixels: Tensor,
+    captions: list[TokenizedCaption],
+    image_index: Iterable[int],
+    layers: Iterable[int],
+    gradcam: bool,
+) -> list[TokenMaps]:
+    """Maps for captions of one or more images.
+
+    Args:
+        model: ALBEF in eval mode.
+        pixels: (I, 3, R, R) the batch's images, each encoded once.
+        captions: tokenized captions, in any order.
+        image_index: for each caption, its image's row in `pixels`.
+        layers: fusion layers whose raw attention to keep (absolute BERT indices).
+        gradcam: also compute Grad-CAM at `model.cfg.gradcam_block`.
+    """
+    cfg = model.cfg
+    device = pixels.device
+    ids, mask = (t.to(device) for t in batch_tensors(captions))
+    index = torch.as_tensor(list(image_index), device=device)
+    layers = list(layers)
+    with torch.no_grad():
+        image = model.encode_image(pixels)
+        text = model.encode_text(ids, mask)
+        img_feat, txt_feat = model.itc_features(image, text)
+        itc = (img_feat[index] * txt_feat).sum(-1)
+    # Only the fusion layers enter the graph: the image tokens are a leaf, no weight needs a gradient.
+    image = image.detach().requires_grad_(gradcam)
+    with torch.set_grad_enabled(gradcam):
+        fused = model.fuse(text, mask, image, index if len(pixels) > 1 else None)
+        logits = model.itm_head(fused.hidden[:, 0]).float()
+        cams = None
+        if gradcam:
+            attn = fused.cross_attentions[cfg.gradcam_block - cfg.bert.fusion_layer]
+            (grad,) = torch.autograd.grad(logits[:, 1].sum(), attn)
+            cams = gradcam_from(attn.detach(), grad).float()
+    kept = {layer: fused.cross_attentions[layer - cfg.bert.fusion_layer].detach().float() for layer in layers}
+    scores = logits.detach().softmax(-1)[:, 1]
+    g = cfg.grid_size
+    out = []
+    for b, cap in enumerate(captions):
+        T = len(cap.input_ids)
+        out.append(
+            TokenMaps(
+                itm_logits=logits[b].detach().cpu().numpy(),
+                itm_score=float(scores[b]),
+                itc_score=float(itc[b]),
+                attention={layer: a[b, :, :T].cpu().numpy() for layer, a in kept.items()},
+                gradcam=None if cams is None else cams[b, :T].reshape(T, g, g).cpu().numpy(),
+            )
+        )
+    return out
+
+
+def merge_pieces(token_maps: np.ndarray, word_of_token: list[int], n_words: int) -> np.ndarray:
+    """Whole-word maps as the mean of their word pieces' maps: (T, g, g) -> (n_words, g, g)."""
+    owner = np.asarray(word_of_token)
+    return np.stack([token_maps[owner == w].mean(0) for w in range(n_words)]).astype(np.float32)
