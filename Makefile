@@ -29,9 +29,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed
-	$(PY) bench/extract_bench.py
-	$(PY) bench/dashboard_bench.py
-	$(PY) bench/demo_quality.py
+	$(PY) -m bench.extract_bench
+	$(PY) -m bench.dashboard_bench
+	$(PY) -m bench.demo_quality
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from extractor import verify
+from extractor import run, verify
+from extractor.demo import world
 
-COMMANDS = (verify,)
+COMMANDS = (run, verify, world)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,9 @@ def reference_outputs(ref_dir: Path, vocab: Path, batched: bool) -> dict[str, np
         pixels = torch.from_numpy(expected[f"pixels_{i}"])
         captions = tokenizer([pre_caption(c, cfg.max_words) for c in case["captions"]])
         groups = [captions] if batched else [[c] for c in captions]
-        maps = [m for group in groups for m in caption_maps(model, pixels, group, [0] * len(group), cfg.fusion_layers, True)]
+        maps = [
+            m for group in groups for m in caption_maps(model, pixels, group, [0] * len(group), cfg.fusion_layers, True)
+        ]
         for j, m in enumerate(maps):
             out[f"itm_{i}_{j}"] = m.itm_logits
             out[f"itc_{i}_{j}"] = np.float32(m.itc_score)

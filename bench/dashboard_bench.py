@@ -1,0 +1,238 @@
+"""Dashboard query latency at full COCO-2017 scale: the finalized layout vs the raw layout.
+
+Builds (once; reused after) an extraction database in the real schema with ~616k captions and ~6.5M
+word rows: the real caption texts of captions_val2017.json repeated over 123,287 images (so word
+frequencies follow COCO's own Zipf curve), synthetic metrics, and real-size 24 x 24 map blobs, written
+through db.writer.write_images in image order like an extraction. That file is the baseline: rows in
+image order, so every lookup scans the whole table, and per-word aggregates computed live. A copy goes
+through db.writer.finalize (words clustered by category and word, word_summary materialised). The same
+db.queries calls are then timed on both files, side by side, in one process.
+
+    .venv/bin/python -m bench.dashboard_bench --workdir /tmp/albef-dashboard-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from db import queries, writer
+from db.sample import caption_words, category_lookup
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "coco"
+RUN_ID = "be0c0c0000000001"
+METHOD, LAYER, GRID = "gradcam", 8, 24
+IMAGES_PER_COMMIT = 4096
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/albef-dashboard-bench"),
+                   help="where raw.duckdb and clustered.duckdb are built (about 5 GB each) and reused")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the databases even if they exist")
+    p.add_argument("--images", type=int, default=123_287, help="images to build (COCO 2017 has 123,287)")
+    p.add_argument("--captions-per-image", type=int, default=5, help="captions per image")
+    p.add_argument("--captions-json", type=Path, default=SHARED / "captions-full" / "captions_val2017.json",
+                   help="real COCO captions whose texts (and so word frequencies) are reused")
+    p.add_argument("--instances-json", type=Path,
+                   default=SHARED / "val2017-small" / "annotations" / "instances_val2017_small.json",
+                   help="COCO instances JSON giving the 80 categories")
+    p.add_argument("--repeats", type=int, default=40, help="measured runs per query and layout")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured runs first, to warm caches")
+    p.add_argument("--threads", type=int, default=2, help="DuckDB threads (the target machine has 2 cores)")
+    p.add_argument("--memory-limit", default="6GB", help="DuckDB memory limit while building and querying")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of the query parameters")
+    args = p.parse_args(argv)  # fmt: skip
+
+    config = {"threads": args.threads, "memory_limit": args.memory_limit}
+    raw, clustered = args.workdir / "raw.duckdb", args.workdir / "clustered.duckdb"
+    if args.rebuild or not (raw.is_file() and clustered.is_file()):
+        build(args, raw, clustered, config)
+    cons = {path: queries.connect_readonly(path, config) for path in (raw, clustered)}
+    cases = benchmark_cases(cons[clustered], args.images, np.random.default_rng(args.seed), args.repeats + args.warmup)
+
+    print(f"\n{'query':<26}{'raw p50':>10}{'raw p95':>10}{'clust. p50':>12}{'clust. p95':>12}{'p95 ratio':>11}")
+    for name, call in cases.items():
+        (r50, r95), (c50, c95) = (time_query(cons[path], call, args.warmup, args.repeats) for path in cons)
+        print(f"{name:<26}{r50:>8.1f}ms{r95:>8.1f}ms{c50:>10.1f}ms{c95:>10.1f}ms{r95 / c95:>10.1f}x")
+    print(f"\nDuckDB threads={args.threads}; {args.repeats} measured runs after {args.warmup} warm-up runs each.")
+    print(f"databases: {raw} (raw), {clustered} (clustered)")
+    return 0
+
+
+def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dict[str, Callable]:
+    """Query name -> call(con, i); the i-th run of each query draws the same parameters on both files."""
+    vocab = queries.vocabulary(con, run_id=RUN_ID, limit=5000)
+    # Words drawn by caption frequency, as users would type them; the first runs pin the extremes.
+    words = rng.choice(vocab["word"], size=n, p=vocab["n"] / vocab["n"].sum()).tolist()
+    words[:3] = vocab["word"].iloc[[0, 100, len(vocab) - 1]].tolist()
+    categories = queries.list_categories(con, RUN_ID).query("n_words > 0")["category_id"]
+    cats = rng.choice(categories, size=n).tolist()
+    images = rng.integers(1, n_images + 1, size=n).tolist()
+    slice_ = {"run_id": RUN_ID, "method": METHOD, "layer": LAYER}
+    return {
+        "search word (ranked)": lambda c, i: queries.search_words(c, word=words[i], **slice_),
+        "count word": lambda c, i: queries.count_words(c, word=words[i], **slice_),
+        "search word + ranges": lambda c, i: queries.search_words(
+            c, word=words[i], ranges={"entropy": (None, 0.9), "itm_score": (0.5, None)}, sort="peak_value",
+            **slice_),
+        "search category + object": lambda c, i: queries.search_words(
+            c, category_id=cats[i], has_object=True, sort="iou_top60", descending=False, **slice_),
+        "count category": lambda c, i: queries.count_words(c, category_id=cats[i], **slice_),
+        "vocabulary prefix": lambda c, i: queries.vocabulary(c, prefix=words[i][:2], run_id=RUN_ID),
+        "image detail": lambda c, i: queries.image_detail(c, images[i], RUN_ID),
+        "words at region": lambda c, i: queries.words_at_region(c, images[i], RUN_ID, METHOD, LAYER, 8, 8, 16, 16),
+        "word stats": lambda c, i: queries.word_stats(c, RUN_ID, METHOD, LAYER, min_count=5),
+        "category stats": lambda c, i: queries.category_stats(c, RUN_ID, METHOD, LAYER),
+        "freq. alignment": lambda c, i: queries.word_frequency_alignment(c, RUN_ID, METHOD, LAYER),
+        "layer comparison": lambda c, i: queries.layer_comparison(c, RUN_ID),
+    }  # fmt: skip
+
+
+def time_query(con, call: Callable, warmup: int, repeats: int) -> tuple[float, float]:
+    """p50 and p95 latency (ms) of call(con, i) over the measured runs i = warmup .. warmup + repeats - 1."""
+    for i in range(warmup):
+        call(con, i)
+    times = []
+    for i in range(warmup, warmup + repeats):
+        start = time.perf_counter()
+        call(con, i)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def build(args: argparse.Namespace, raw: Path, clustered: Path, config: dict) -> None:
+    """Write the raw database through db.writer, copy it, and finalize the copy; prints timings."""
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for path in (raw, clustered):
+        path.unlink(missing_ok=True)
+    texts = [a["caption"] for a in json.loads(args.captions_json.read_text())["annotations"]]
+    categories = pd.DataFrame(json.loads(args.instances_json.read_text())["categories"])
+    categories = categories.rename(columns={"id": "category_id"})[["category_id", "name", "supercategory"]]
+    data = SyntheticCoco(texts, category_lookup(categories), args.images, args.captions_per_image, args.seed)
+
+    start = time.perf_counter()
+    con = writer.connect(raw, config)
+    writer.start_run(con, {"run_id": RUN_ID, "checkpoint_path": "benchmark (synthetic)", "method": METHOD,
+                           "gradcam_layer": LAYER, "layers": [], "image_res": 384, "patch_size": 16,
+                           "grid_size": GRID, "code_version": "bench"})  # fmt: skip
+    writer.upsert_dataset(con, categories, data.images(), data.captions(), data.instances())
+    for first in range(0, args.images, IMAGES_PER_COMMIT):
+        ids = range(first + 1, min(first + IMAGES_PER_COMMIT, args.images) + 1)
+        writer.write_images(con, RUN_ID, data.results(ids), ids)
+    writer.finish_run(con, RUN_ID, time.perf_counter() - start, "complete", finalize_run=False)
+    con.close()
+    written = time.perf_counter()
+    print(f"built {raw} ({raw.stat().st_size / 2**30:.1f} GiB) in {written - start:.0f} s")
+
+    shutil.copyfile(raw, clustered)
+    con = writer.connect(clustered, config)
+    copied = time.perf_counter()
+    writer.finalize(con, RUN_ID)
+    con.close()
+    print(f"copied in {copied - written:.0f} s, finalized {clustered} in {time.perf_counter() - copied:.0f} s")
+
+
+class SyntheticCoco:
+    """COCO-2017-sized dataset and results: caption k of image k // per_image reuses real caption k % N."""
+
+    def __init__(self, texts: list[str], lookup: dict[str, int], n_images: int, per_image: int, seed: int):
+        self.texts, self.n_images, self.per_image, self.seed = texts, n_images, per_image, seed
+        words = [caption_words(t) for t in texts]
+        self.vocab = sorted({w for ws in words for w in ws})
+        code = {w: i for i, w in enumerate(self.vocab)}
+        self.codes = np.array([code[w] for ws in words for w in ws], dtype=np.int32)  # all words, flat
+        self.lengths = np.array([len(ws) for ws in words])
+        self.offsets = np.cumsum(self.lengths) - self.lengths
+        self.category_of_code = np.array([lookup.get(w, -1) for w in self.vocab])
+        rng = np.random.default_rng(seed)
+        self.itm = rng.uniform(size=n_images * per_image)
+        rows, cols = np.mgrid[0:GRID, 0:GRID]
+        centres, widths = rng.uniform(0, GRID, size=(256, 2)), rng.uniform(1, GRID / 3, size=256)
+        bumps = np.exp(-((rows - centres[:, :1, None]) ** 2 + (cols - centres[:, 1:, None]) ** 2)
+                       / (2 * widths[:, None, None] ** 2))  # fmt: skip
+        self.pool = np.rint(239 * bumps).astype(np.uint8).reshape(256, GRID * GRID)  # (256, 576)
+
+    def caption_ids(self, image_ids: range) -> np.ndarray:
+        first, last = (image_ids.start - 1) * self.per_image, image_ids.stop * self.per_image - self.per_image
+        return np.arange(first, last) + 1
+
+    def images(self) -> pd.DataFrame:
+        ids = np.arange(1, self.n_images + 1)
+        return pd.DataFrame({"image_id": ids, "file_name": [f"{i:012d}.jpg" for i in ids], "width": 640,
+                             "height": 480, "coco_url": None})  # fmt: skip
+
+    def captions(self) -> pd.DataFrame:
+        ids = self.caption_ids(range(1, self.n_images + 1))
+        base = (ids - 1) % len(self.texts)
+        raw = [self.texts[b] for b in base]
+        return pd.DataFrame({"caption_id": ids, "image_id": (ids - 1) // self.per_image + 1, "raw": raw,
+                             "text": [" ".join(caption_words(t)) for t in raw], "n_words": self.lengths[base]})  # fmt: skip
+
+    def instances(self) -> pd.DataFrame:
+        """About 7 labelled objects per image, like COCO (boxes and polygons are placeholders)."""
+        rng = np.random.default_rng(self.seed + 1)
+        image = np.repeat(np.arange(1, self.n_images + 1), rng.poisson(7.3, self.n_images))
+        categories = np.unique(self.category_of_code[self.category_of_code >= 0])
+        n = len(image)
+        return pd.DataFrame({"annotation_id": np.arange(1, n + 1), "image_id": image,
+                             "category_id": rng.choice(categories, n), "bbox_x": 10.0, "bbox_y": 10.0,
+                             "bbox_w": 100.0, "bbox_h": 80.0, "area": 8000.0, "iscrowd": False,
+                             "segmentation": "[[10, 10, 110, 10, 110, 90, 10, 90]]"})  # fmt: skip
+
+    def results(self, image_ids: range) -> dict[str, pd.DataFrame]:
+        """caption_results, caption_maps and words of a block of images, vectorised."""
+        rng = np.random.default_rng([self.seed, image_ids.start])
+        caption_id = self.caption_ids(image_ids)
+        image_id = (caption_id - 1) // self.per_image + 1
+        base = (caption_id - 1) % len(self.texts)
+        lengths = self.lengths[base]
+        n = int(lengths.sum())
+        row_caption = np.repeat(caption_id, lengths)
+        word_index = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        codes = self.codes[np.repeat(self.offsets[base], lengths) + word_index]
+        category = self.category_of_code[codes]
+        has_object = (category >= 0) & (rng.uniform(size=n) < 0.7)
+        mask_mass = np.where(has_object, rng.beta(2, 3, n), np.nan)
+        words = pd.DataFrame({
+            "image_id": (row_caption - 1) // self.per_image + 1, "caption_id": row_caption,
+            "word_index": word_index.astype(np.int16),
+            "word": pd.Categorical.from_codes(codes, categories=self.vocab),
+            "n_pieces": 1 + (rng.uniform(size=n) < 0.1), "category_id": pd.array(np.where(category >= 0, category, None),
+                                                                              dtype="Int32"),
+            "method": METHOD, "layer": LAYER,
+            "peak_row": rng.integers(0, GRID, n), "peak_col": rng.integers(0, GRID, n),
+            "peak_value": rng.uniform(0.005, 0.2, n), "entropy": rng.beta(8, 2, n), "mask_mass": mask_mass,
+            "box_mass": np.minimum(1, mask_mass + rng.uniform(0, 0.2, n)), "background_mass": rng.beta(2, 3, n),
+            "pointing_hit": pd.array(np.where(has_object, rng.uniform(size=n) < 0.3 + 0.7 * np.nan_to_num(mask_mass),
+                                              None), dtype="boolean"),
+            "iou_top60": np.where(has_object, rng.beta(2, 4, n), np.nan),
+            "itm_score": self.itm[row_caption - 1], "map": self._maps(rng, n), "map_max": rng.uniform(0.01, 1, n),
+        })  # fmt: skip
+        m = len(caption_id)
+        return {
+            "caption_results": pd.DataFrame({"caption_id": caption_id, "image_id": image_id,
+                                             "itm_score": self.itm[caption_id - 1], "itc_score": rng.uniform(-1, 1, m)}),
+            "caption_maps": pd.DataFrame({"caption_id": caption_id, "image_id": image_id, "method": METHOD,
+                                          "layer": LAYER, "map": self._maps(rng, m), "map_max": rng.uniform(0.01, 1, m),
+                                          "cls_map": self._maps(rng, m), "cls_map_max": rng.uniform(0.01, 1, m)}),
+            "words": words,
+        }  # fmt: skip
+
+    def _maps(self, rng: np.random.Generator, n: int) -> list[bytes]:
+        """n distinct 576-byte maps: a pooled smooth bump plus per-cell noise (incompressible, like real maps)."""
+        maps = self.pool[rng.integers(0, len(self.pool), n)]
+        maps += rng.integers(0, 16, maps.shape, dtype=np.uint8)
+        return list(map(bytes, maps))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""`python -m extractor run`: ALBEF per-word maps and metrics over a COCO dataset, into DuckDB.
+
+Each image's rows and its 'done' mark are committed together (in chunks of images), so a crash,
+kill -9 or Ctrl-C loses at most the chunk in flight, and the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import extractor
+from db import writer
+from extractor.checkpoint import file_sha256, load_checkpoint
+from extractor.coco import CocoFormatError, ImageError, load_image
+from extractor.config import ALBEFConfig
+from extractor.dataset import CocoDataset, load_coco
+from extractor.image import eval_transform
+from extractor.maps import caption_maps
+from extractor.model import ALBEF
+from extractor.summarize import CaptionInput, ImageRows, summarize_image
+from extractor.text import Tokenizer, pre_caption
+
+log = logging.getLogger(__name__)
+DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bert-base-uncased" / "vocab.txt"
+METHODS = ("both", "gradcam", "attention")
+
+
+@dataclass
+class Options:
+    """Everything `run` was asked for, resolved (the CLI's arguments as typed values)."""
+
+    images: Path
+    captions: Path
+    instances: Path | None
+    checkpoint: Path
+    config: Path | None
+    vocab: Path
+    db: Path
+    method: str = "both"
+    layers: list[int] | None = None  # fusion layers with raw attention; None = all
+    image_res: int | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    limit: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    commit_every: int = 32
+
+
+class ImageFiles(Dataset):
+    """Decodes and transforms images (in DataLoader workers on CUDA); bad files come back as errors."""
+
+    def __init__(self, images_dir: Path, records: list[dict], res: int):
+        self.images_dir, self.records, self.res = images_dir, records, res
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[dict, torch.Tensor | None, str | None]:
+        rec = self.records[i]
+        try:
+            img = load_image(self.images_dir / rec["file_name"])
+        except ImageError as e:
+            return rec, None, str(e)
+        return rec, eval_transform(img, self.res), None
+
+
+def resolve_config(opts: Options) -> ALBEFConfig:
+    """--config, else a config.json beside the checkpoint, else the ALBEF base default."""
+    path = opts.config or opts.checkpoint.with_name("config.json")
+    cfg = ALBEFConfig.from_json(path) if path.is_file() else ALBEFConfig()
+    if opts.image_res:
+        cfg = ALBEFConfig.from_dict({**cfg.to_dict(), "image_res": opts.image_res})
+    return cfg
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def run_identity(cfg: ALBEFConfig, checkpoint_sha: str, vocab_sha: str, method: str, layers: list[int]) -> str:
+    """The run id: a hash of everything that changes the rows, so the same command resumes the same run."""
+    key = json.dumps(
+        [checkpoint_sha, cfg.to_dict(), method, layers, cfg.image_res, vocab_sha, extractor.__version__],
+        sort_keys=True,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def extract(opts: Options) -> str:
+    """Run (or resume) an extraction; returns the run id."""
+    device = resolve_device(opts.device)
+    cfg = resolve_config(opts)
+    layers = sorted(opts.layers) if opts.layers else cfg.fusion_layers
+    if bad := [la for la in layers if la not in cfg.fusion_layers]:
+        raise SystemExit(f"--layers {bad} are not fusion layers of this model ({cfg.fusion_layers})")
+    attention_layers = layers if opts.method in ("both", "attention") else []
+    gradcam = opts.method in ("both", "gradcam")
+
+    dataset = load_coco(opts.captions, opts.instances)
+    model = ALBEF(cfg).eval().to(device)
+    checkpoint_sha = load_checkpoint(model, opts.checkpoint)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tokenizer = Tokenizer(opts.vocab, cfg.bert.max_position_embeddings)
+    run_id = run_identity(cfg, checkpoint_sha, file_sha256(opts.vocab), opts.method, attention_layers)
+
+    con = writer.connect(opts.db)
+    resuming = writer.start_run(
+        con,
+        {
+            "run_id": run_id,
+            "checkpoint_path": str(opts.checkpoint.resolve()),
+            "checkpoint_sha256": checkpoint_sha,
+            "config": json.dumps(cfg.to_dict()),
+            "method": opts.method,
+            "layers": attention_layers,
+            "gradcam_layer": cfg.gradcam_block if gradcam else None,
+            "image_res": cfg.image_res,
+            "patch_size": cfg.patch_size,
+            "grid_size": cfg.grid_size,
+            "code_version": extractor.__version__,
+            "images_dir": str(opts.images.resolve()),
+            "captions_file": str(opts.captions.resolve()),
+            "instances_file": str(opts.instances.resolve()) if opts.instances else None,
+            "device": str(device),
+        },
+    )
+    writer.upsert_dataset(con, *dataset.frames(cfg.max_words))
+    todo = pending_images(dataset, writer.done_image_ids(con, run_id), opts.limit, opts.shard)
+    log.info("run %s: %s, %d images to do", run_id, "resuming" if resuming else "new", len(todo))
+
+    batch_size = opts.batch_size or (8 if device.type == "cuda" else 1)
+    workers = opts.workers if opts.workers is not None else (4 if device.type == "cuda" else 0)
+    loader = DataLoader(
+        ImageFiles(opts.images, todo, cfg.image_res),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        pin_memory=device.type == "cuda",
+    )
+    started = time.perf_counter()
+    pending = ImageRows()
+    try:
+        with tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar:
+            for batch in loader:
+                pending.extend(process_batch(model, tokenizer, dataset, batch, attention_layers, gradcam, device))
+                if pending.n_images >= opts.commit_every:
+                    flush(con, run_id, pending)
+                    pending = ImageRows()
+                bar.update(len(batch))
+            if pending.n_images:
+                flush(con, run_id, pending)
+    except KeyboardInterrupt:
+        con.close()
+        raise SystemExit(f"interrupted: {opts.db} keeps every finished image; run the same command to resume") from None
+    writer.finish_run(con, run_id, time.perf_counter() - started, "complete", finalize_run=opts.shard == (0, 1))
+    con.close()
+    return run_id
+
+
+def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shard: tuple[int, int]) -> list[dict]:
+    """Images with captions, in id order, this shard's share, the first `limit`, minus those done."""
+    k, n = shard
+    images = [im for i, im in enumerate(dataset.images_with_captions()) if i % n == k][:limit]
+    return [im for im in images if im["id"] not in done]
+
+
+def process_batch(
+    model: ALBEF,
+    tokenizer: Tokenizer,
+    dataset: CocoDataset,
+    batch: list[tuple[dict, torch.Tensor | None, str | None]],
+    attention_layers: list[int],
+    gradcam: bool,
+    device: torch.device,
+) -> ImageRows:
+    """Maps and metrics for a batch of decoded images: one image encode each, all their captions together."""
+    cfg = model.cfg
+    rows = ImageRows()
+    good, covers = [], []
+    for rec, pixels, error in batch:
+        try:
+            if error is not None:
+                raise ImageError(error)
+            covers.append(dataset.covers_of(rec, cfg.grid_size))
+            good.append((rec, pixels))
+        except (ImageError, CocoFormatError) as e:
+            rows.fail_image(rec["id"], rec["file_name"], str(e))
+    inputs: list[list[CaptionInput]] = [[] for _ in good]
+    tokens, owners = [], []
+    for i, (rec, _) in enumerate(good):
+        for cap in dataset.captions_of(rec["id"]):
+            tok = tokenizer([pre_caption(cap["caption"], cfg.max_words)])[0]
+            if not tok.words:
+                message = "caption is empty after ALBEF's cleaning"
+                rows.errors.append(("caption", str(cap["id"]), rec["file_name"], message))
+                continue
+            inputs[i].append(CaptionInput(cap["id"], tok, None, dataset.match(tok.words)))
+            tokens.append(tok)
+            owners.append(i)
+    if tokens:
+        pixels = torch.stack([p for _, p in good]).to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            maps = iter(caption_maps(model, pixels, tokens, owners, attention_layers, gradcam))
+        for caption_inputs in inputs:
+            for cap in caption_inputs:
+                cap.maps = next(maps)
+    gradcam_layer = cfg.gradcam_block if gradcam else None
+    for (rec, _), caption_inputs, image_covers in zip(good, inputs, covers, strict=True):
+        rows.extend(summarize_image(rec["id"], caption_inputs, image_covers, attention_layers, gradcam_layer))
+    return rows
+
+
+def flush(con, run_id: str, rows: ImageRows) -> None:
+    """Commit a chunk of images: error log, then result rows and done/error marks."""
+    for kind, item_id, path, message in rows.errors:
+        writer.record_error(con, run_id, kind, item_id, path, message)
+    writer.write_images(con, run_id, rows.frames(), rows.done_ids, "done")
+    if rows.failed_ids:
+        writer.write_images(con, run_id, {}, rows.failed_ids, "error")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like K/N, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="extract per-word maps and metrics from a COCO dataset into DuckDB",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", type=Path, required=True, help="folder with the COCO images (e.g. coco/val2017)")
+    p.add_argument("--captions", type=Path, required=True, help="COCO captions JSON (captions_val2017.json)")
+    p.add_argument("--instances", type=Path, help="COCO instances JSON; without it no object metrics")
+    p.add_argument("--checkpoint", type=Path, required=True, help="ALBEF checkpoint (.pth), either release format")
+    p.add_argument("--config", type=Path, help="model config JSON (default: config.json beside the checkpoint, "
+                   "else ALBEF base: ViT-B/16, BERT-base, fusion from layer 6, 384 px)")
+    p.add_argument("--image-res", type=int, help="run resolution (default: the config's; pos_embed is resampled)")
+    p.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB, help="bert-base-uncased vocab.txt")
+    p.add_argument("--db", type=Path, required=True, help="output DuckDB file (created, or resumed)")
+    p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
+    p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 8 on CUDA, 1 on CPU)")
+    p.add_argument("--workers", type=int, help="image decoding workers (default 4 on CUDA, 0 on CPU)")
+    p.add_argument("--limit", type=int, help="only the first N images (by id)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this process takes every N-th image "
+                   "from K; merge the shard files with `python -m extractor merge`")
+    p.add_argument("--commit-every", type=int, default=32, help="images per committed transaction")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    opts = Options(**{k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__})
+    run_id = extract(opts)
+    print(f"run {run_id} written to {opts.db}")
+    return 0
