@@ -15,3 +15,35 @@ def shared() -> Path:
             pytest.fail(f"shared data missing at {SHARED} (required when CI=true)")
         pytest.skip(f"shared data missing at {SHARED}")
     return SHARED
+
+
+def run_extraction(shared: Path, db: Path, subset: str = "val2017-subset", *extra: str) -> Path:
+    """Run the real extractor CLI in-process on a shared COCO subset with the fine-tuned fixture checkpoint."""
+    from extractor.__main__ import main
+
+    coco = shared / "coco" / subset
+    ann = coco / "annotations"
+    argv = [
+        "run",
+        "--images", str(coco / "val2017"),
+        "--captions", str(next(ann.glob("captions_*.json"))),
+        "--instances", str(next(ann.glob("instances_*.json"))),
+        "--checkpoint", str(shared / "fixtures" / "albef-reference" / "finetuned-tiny" / "checkpoint.pth"),
+        "--vocab", str(shared / "bert-base-uncased" / "vocab.txt"),
+        "--db", str(db),
+        *extra,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return db
+
+
+@pytest.fixture(scope="session")
+def extracted_db(shared, tmp_path_factory) -> Path:
+    """A real extraction of ../shared/coco/val2017-subset (283 images, both methods), built once per session."""
+    return run_extraction(shared, tmp_path_factory.mktemp("extracted") / "subset.duckdb")
+
+
+@pytest.fixture(scope="session")
+def small_db(shared, tmp_path_factory) -> Path:
+    """A real extraction of ../shared/coco/val2017-small (10 images)."""
+    return run_extraction(shared, tmp_path_factory.mktemp("small") / "small.duckdb", "val2017-small")
