@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 
-from extractor import run, verify
-from extractor.demo import world
+from extractor import merge, run, verify
+from extractor.checkpoint import CheckpointError
+from extractor.coco import CocoFormatError
+from extractor.demo import train, world
 
-COMMANDS = (run, verify, world)
+COMMANDS = (run, merge, verify, world, train)
+# Errors of the user's input: reported in one line, without a traceback.
+INPUT_ERRORS = (CocoFormatError, CheckpointError, FileNotFoundError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except INPUT_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

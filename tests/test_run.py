@@ -1,0 +1,227 @@
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from db.codec import decode_map
+from extractor.text import Tokenizer, pre_caption
+from tests.conftest import REPO, run_extraction
+
+FIXTURE = "finetuned-tiny"
+
+
+def rows(db, sql, params=()):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+@pytest.mark.parametrize("which", ["small_db", "extracted_db"])
+def test_every_caption_word_has_its_rows(shared, request, which):
+    db = request.getfixturevalue(which)
+    tokenizer = Tokenizer(shared / "bert-base-uncased" / "vocab.txt", 64)
+    captions = rows(db, "SELECT caption_id, raw FROM captions ORDER BY caption_id")
+    assert len(captions) == (50 if which == "small_db" else 1415)
+    expected = {cid: tokenizer([pre_caption(raw, 30)])[0].words for cid, raw in captions}
+    kinds = rows(db, "SELECT DISTINCT method, layer FROM words ORDER BY ALL")
+    assert kinds == [("attention", 2), ("attention", 3), ("gradcam", 2)]
+    got = rows(db, "SELECT caption_id, method, layer, list(word ORDER BY word_index), count(*), "
+                   "count(DISTINCT word_index) FROM words GROUP BY ALL")
+    assert len(got) == 3 * len(expected)
+    for cid, _method, _layer, words, n, n_distinct in got:
+        assert words == expected[cid] and n == n_distinct == len(expected[cid])
+    (status,) = rows(db, "SELECT DISTINCT status FROM image_status")
+    assert status == ("done",)
+    assert rows(db, "SELECT status, n_captions FROM runs") == [("complete", len(expected))]
+
+
+def coverage_on_grid(mask: np.ndarray, g: int) -> np.ndarray:
+    """Independent area coverage: PIL's box filter averages exactly the pixels of each cell when g divides."""
+    return np.asarray(Image.fromarray(mask.astype(np.float32)).resize((g, g), Image.BOX))
+
+
+def test_object_metrics_use_the_named_categorys_masks(shared, small_db):
+    coco = COCO(str(next((shared / "coco" / "val2017-small" / "annotations").glob("instances_*.json"))))
+    words = rows(
+        small_db,
+        "SELECT image_id, category_id, map, map_max, mask_mass, background_mass, pointing_hit, peak_row, peak_col "
+        "FROM words WHERE mask_mass IS NOT NULL AND method = 'gradcam'",
+    )
+    assert len(words) >= 10
+    for image_id, cid, blob, vmax, mask_mass, background, hit, r, c in words:
+        info = coco.imgs[image_id]
+        anns = coco.imgToAnns[image_id]
+        own = np.logical_or.reduce([coco.annToMask(a) > 0 for a in anns if a["category_id"] == cid])
+        union = np.logical_or.reduce([coco.annToMask(a) > 0 for a in anns])
+        # Resample to a multiple of the grid first so the box filter is exact.
+        size = (info["width"] // 4 * 4, info["height"] // 4 * 4)
+        own = np.asarray(Image.fromarray(own).resize(size, Image.NEAREST))
+        union = np.asarray(Image.fromarray(union).resize(size, Image.NEAREST))
+        m = decode_map(blob, vmax)
+        p = m / m.sum()
+        assert mask_mass == pytest.approx((p * coverage_on_grid(own, 4)).sum(), abs=0.03)
+        assert background == pytest.approx((p * (1 - coverage_on_grid(union, 4))).sum(), abs=0.03)
+        cov = coverage_on_grid(own, 4)[r, c]
+        if cov > 0.02:
+            assert hit
+        if not hit:
+            assert cov < 0.02
+
+
+def test_words_without_the_object_have_null_object_metrics(small_db):
+    assert rows(small_db, "SELECT count(*) FROM words WHERE category_id IS NULL AND mask_mass IS NOT NULL") == [(0,)]
+    assert rows(small_db, "SELECT count(*) FROM words WHERE background_mass IS NULL") == [(0,)]
+    (n_named,) = rows(small_db, "SELECT count(*) FROM words WHERE category_id IS NOT NULL")[0]
+    assert n_named > 0
+
+
+def cli(shared, db, subset, *extra):
+    coco = shared / "coco" / subset
+    ann = coco / "annotations"
+    return [
+        sys.executable, "-m", "extractor", "run",
+        "--images", str(coco / "val2017"),
+        "--captions", str(next(ann.glob("captions_*.json"))),
+        "--instances", str(next(ann.glob("instances_*.json"))),
+        "--checkpoint", str(shared / "fixtures" / "albef-reference" / FIXTURE / "checkpoint.pth"),
+        "--vocab", str(shared / "bert-base-uncased" / "vocab.txt"),
+        "--db", str(db), *extra,
+    ]  # fmt: skip
+
+
+def table_dump(db):
+    return {
+        t: rows(db, f"SELECT * EXCLUDE (run_id) FROM {t} ORDER BY ALL")
+        for t in ("words", "caption_results", "caption_maps", "image_status")
+    }
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_to_the_same_result(shared, small_db, tmp_path, sig):
+    db = tmp_path / "resumed.duckdb"
+    proc = subprocess.Popen(
+        cli(shared, db, "val2017-small", "--commit-every", "1"), cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    seen = ""
+    while "3/10" not in seen:
+        ch = proc.stderr.read(1)
+        assert ch, f"extractor ended before 3 images: {seen[-500:]}"
+        seen += ch
+    proc.send_signal(sig)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0
+    if sig == signal.SIGINT:
+        assert "run the same command to resume" in rest
+    partial = rows(db, "SELECT count(*) FROM image_status")[0][0]
+    assert 2 <= partial < 10
+    done = subprocess.run(cli(shared, db, "val2017-small"), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    assert table_dump(db) == table_dump(small_db)
+
+
+def test_shards_merge_into_the_same_database(shared, small_db, tmp_path):
+    shards = [run_extraction(shared, tmp_path / f"s{k}.duckdb", "val2017-small", "--shard", f"{k}/2") for k in (0, 1)]
+    merged = tmp_path / "merged.duckdb"
+    from extractor.__main__ import main
+
+    assert main(["merge", str(merged), *map(str, shards)]) == 0
+    assert table_dump(merged) == table_dump(small_db)
+
+
+@pytest.fixture
+def bad_dataset(shared, tmp_path):
+    """A COCO folder with every kind of bad image and caption, built from real COCO images."""
+    src = shared / "coco" / "val2017-small"
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    captions = json.loads(next((src / "annotations").glob("captions_*.json")).read_text())
+    real = sorted(captions["images"], key=lambda im: im["id"])
+    files = {im["id"]: src / "val2017" / im["file_name"] for im in real}
+    ids = [im["id"] for im in real]
+    make = {
+        ids[0]: lambda p, f: shutil.copy(f, p),  # a good one
+        ids[1]: lambda p, f: p.write_bytes(b""),  # zero bytes
+        ids[2]: lambda p, f: p.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3]),  # truncated
+        ids[3]: lambda p, f: p.write_bytes(b"\x00garbage" * 100),  # not an image
+        ids[4]: lambda p, f: Image.open(f).convert("L").save(p, "JPEG"),  # grayscale
+        ids[5]: lambda p, f: Image.open(f).convert("CMYK").save(p, "JPEG"),  # CMYK
+        ids[6]: lambda p, f: Image.open(f).save(p, "PNG"),  # PNG bytes in a .jpg
+        # ids[7]: missing file
+    }
+    for image_id, fn in make.items():
+        fn(images_dir / files[image_id].name, files[image_id])
+    keep = set(ids[:8])
+    captions["images"] = [im for im in real if im["id"] in keep]
+    anns = [a for a in captions["annotations"] if a["image_id"] in keep]
+    anns[0]["caption"] = " ...!!! "  # empty after cleaning
+    anns[1]["caption"] = " ".join(["word"] * 500)  # very long
+    anns[2]["caption"] = "Ein Hund läuft über die Straße — 犬が走る 🐕"  # non-ASCII
+    captions["annotations"] = anns
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    return tmp_path, ids, anns
+
+
+def test_bad_images_and_captions_are_logged_and_the_run_goes_on(shared, bad_dataset):
+    root, ids, anns = bad_dataset
+    db = root / "bad.duckdb"
+    argv = cli(shared, db, "val2017-small")
+    argv[argv.index("--images") + 1] = str(root / "images")
+    argv[argv.index("--captions") + 1] = str(root / "captions.json")
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    status = dict(rows(db, "SELECT image_id, status FROM image_status"))
+    assert [status[i] for i in ids[:8]] == ["done", "error", "error", "error", "done", "done", "done", "error"]
+    errors = rows(db, "SELECT item_kind, item_id, message FROM errors ORDER BY item_kind, item_id")
+    messages = {item: msg for kind, item, msg in errors if kind == "image"}
+    assert "empty file" in messages[str(ids[1])]
+    assert "truncated or corrupt" in messages[str(ids[2])]
+    assert "not an image" in messages[str(ids[3])]
+    assert "not found" in messages[str(ids[7])]
+    assert ("caption", str(anns[0]["id"]), "caption is empty after ALBEF's cleaning") in errors
+    n_long = rows(db, "SELECT count(DISTINCT word_index) FROM words WHERE caption_id = ?", [anns[1]["id"]])
+    assert n_long == [(30,)]
+    words = rows(db, "SELECT list(DISTINCT word) FROM words WHERE caption_id = ?", [anns[2]["id"]])[0][0]
+    assert "über" in words and "🐕" in words
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"images": [], "annotations": [', "truncated"),
+        ('{"images": [{"id": 1}], "annotations": []}', "has no 'file_name'"),
+        ("[]", "expected a JSON object"),
+    ],
+)
+def test_malformed_coco_file_is_a_clear_error(shared, tmp_path, content, message):
+    bad = tmp_path / "captions.json"
+    bad.write_text(content)
+    argv = cli(shared, tmp_path / "x.duckdb", "val2017-small")
+    argv[argv.index("--captions") + 1] = str(bad)
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and str(bad) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_documents_every_option():
+    out = subprocess.run([sys.executable, "-m", "extractor", "run", "--help"], cwd=REPO, capture_output=True, text=True)
+    for flag in ("--images", "--captions", "--instances", "--checkpoint", "--config", "--vocab", "--db",
+                 "--method", "--device", "--batch-size", "--limit", "--shard"):
+        assert flag in out.stdout
+
+
+def test_limit_and_method_restrict_the_run(shared, tmp_path):
+    db = run_extraction(shared, tmp_path / "lim.duckdb", "val2017-small", "--limit", "3", "--method", "gradcam")
+    assert rows(db, "SELECT count(*) FROM image_status") == [(3,)]
+    assert rows(db, "SELECT DISTINCT method FROM words") == [("gradcam",)]
+    run_extraction(shared, db, "val2017-small", "--limit", "3", "--method", "gradcam")  # nothing left to do
+    assert rows(db, "SELECT count(*) FROM image_status") == [(3,)]
+    assert rows(db, "SELECT count(*) FROM runs") == [(1,)]
