@@ -1,0 +1,1 @@
+"""The embedded demo: a synthetic COCO-format world of coloured shapes and a tiny ALBEF trained on it."""

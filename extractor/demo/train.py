@@ -1,0 +1,361 @@
+"""`python -m extractor train-demo`: train the demo's tiny ALBEF on the synthetic world, on CPU.
+
+The losses are ALBEF's pre-training losses, without momentum distillation or queues:
+- ITC, image-text contrastive over the batch. Targets come from truth, not identity: a caption true of
+  several images of the batch ("two shapes", "a red circle") is a positive for each of them.
+- ITM, image-text matching on the fused [CLS]. Per image one negative caption and per caption one
+  negative image from the batch (never a true pair), plus one caption with a colour, shape or
+  relation word swapped. A first phase samples negatives uniformly and without swaps (matching does
+  not take off otherwise); then negatives are sampled by ITC similarity (ALBEF's hard negatives).
+  Positives are weighted as much as all negatives together.
+- MLM, masked language modelling on the fused text, with a head that exists only here. Colour,
+  shape, size and relation words are masked far more often than other words: predicting them forces
+  the text to look at the right object, which is what makes the word maps word-specific.
+Every step draws fresh captions for its scenes from the demo grammar, and mirrors half the images
+(with captions written for the mirrored geometry).
+
+The committed checkpoint (`extractor/demo/checkpoint/`) is reproduced by
+    python -m extractor train-demo --out extractor/demo/checkpoint
+which generates the training world under `data/demo-world` first if it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from extractor.config import ALBEFConfig, BertConfig, VisionConfig
+from extractor.demo.captions import (
+    SWAP_KINDS,
+    assignments,
+    make_captions,
+    parse_caption,
+    swap_caption,
+)
+from extractor.demo.evaluate import evaluate, format_rates
+from extractor.demo.scene import Scene, mirrored
+from extractor.demo.world import load_scenes, write_world
+from extractor.image import CLIP_MEAN, CLIP_STD
+from extractor.model import ALBEF
+from extractor.text import Tokenizer, batch_tensors, pre_caption
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_VOCAB = REPO.parent / "shared" / "bert-base-uncased" / "vocab.txt"
+MASK_ID = 103  # bert-base-uncased [MASK]
+
+DEMO_CONFIG = ALBEFConfig(
+    image_res=96,
+    patch_size=16,  # 6 x 6 patch grid
+    vision=VisionConfig(embed_dim=96, depth=4, num_heads=4),
+    bert=BertConfig(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=40,  # captions are at most ~20 tokens
+        fusion_layer=2,  # layers 2 and 3 fuse; Grad-CAM at 2 (the last fusion layer's is zero for words)
+        encoder_width=96,
+    ),
+    embed_dim=64,
+    gradcam_block=2,
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.02  # ALBEF's
+    warmup_steps: int = 150
+    easy_steps: int = 600  # first phase: uniform in-batch negatives, no swapped captions
+    attribute_mask_prob: float = 0.6  # MLM masking of colour, shape, size and relation words
+    other_mask_prob: float = 0.15  # MLM masking of every other word (BERT's rate)
+    seed: int = 0
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head, decoder tied to the word embeddings (training only; never saved)."""
+
+    def __init__(self, cfg: BertConfig, embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.embeddings = embeddings
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.linear(self.LayerNorm(F.gelu(self.dense(hidden))), self.embeddings.weight, self.bias)
+
+
+def init_bert_weights(module: nn.Module) -> None:
+    """BERT's initialisation (normal 0.02, zero bias); PyTorch's default N(0, 1) embeddings are far off."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class TrainWorld:
+    """The training split held in memory: uint8 pixels at the model resolution and the scenes."""
+
+    def __init__(self, world: Path, res: int):
+        scenes = load_scenes(world / "annotations" / "instances_train.json")
+        self.ids = sorted(scenes)
+        self.scenes = [scenes[i] for i in self.ids]
+        # Resized as eval_transform does (PIL bicubic to a square), normalised per batch.
+        self.pixels = torch.stack([
+            torch.from_numpy(np.asarray(Image.open(world / "train" / f"{i:012d}.jpg").convert("RGB").resize(
+                (res, res), Image.Resampling.BICUBIC))).permute(2, 0, 1)
+            for i in self.ids
+        ])
+        self.mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[Tensor, list[Scene]]:
+        """Normalised pixels (B, 3, R, R) of random images, half of them mirrored, and their scenes."""
+        idx = rng.choice(len(self.ids), size, replace=False)
+        flip = rng.random(size) < 0.5
+        pixels = self.pixels[idx].clone()
+        pixels[flip] = pixels[flip].flip(-1)
+        scenes = [mirrored(self.scenes[i]) if f else self.scenes[i] for i, f in zip(idx, flip, strict=True)]
+        return (pixels.float() / 255 - self.mean) / self.std, scenes
+
+
+def truth_matrix(captions: list[str], scenes: list[Scene]) -> np.ndarray:
+    """(images, captions) bool: whether caption j is true of scene i."""
+    parsed = [parse_caption(c) for c in captions]
+    return np.array([[bool(assignments(p, s)) for p in parsed] for s in scenes])
+
+
+def attribute_words(caption: str) -> set[int]:
+    """Indices of the words MLM masks more often: colours, shapes, sizes and relation words."""
+    parsed = parse_caption(caption)
+    return {i for p in parsed.phrases for i in p.words.values()} | {w for *_, w in parsed.relations}
+
+
+def mask_tokens(ids: Tensor, captions: list[str], word_of_token: list[list[int]], cfg: TrainConfig,
+                gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """BERT masking, whole words: (masked ids, labels with -100 where not masked)."""
+    B, T = ids.shape
+    prob = torch.zeros(B, T)
+    for b, (caption, owners) in enumerate(zip(captions, word_of_token, strict=True)):
+        special = attribute_words(caption)
+        words = torch.tensor(owners[1:])
+        p_word = torch.full((int(words.max()) + 1,), cfg.other_mask_prob)
+        p_word[list(special)] = cfg.attribute_mask_prob
+        chosen = torch.rand(len(p_word), generator=gen) < p_word
+        if not chosen.any():  # every caption contributes at least one prediction
+            chosen[torch.randint(len(p_word), (1,), generator=gen)] = True
+        prob[b, 1:len(owners)] = chosen[words].float()
+    masked = prob.bool()
+    labels = torch.where(masked, ids, -100)
+    # 80% [MASK], 10% a random token, 10% unchanged, as BERT.
+    roll = torch.rand(B, T, generator=gen)
+    out = torch.where(masked & (roll < 0.8), MASK_ID, ids)
+    random_ids = torch.randint(1000, 30000, (B, T), generator=gen)
+    out = torch.where(masked & (roll >= 0.8) & (roll < 0.9), random_ids, out)
+    return out, labels
+
+
+def sample_negatives(scores: Tensor, allowed: np.ndarray, hard: bool, rng: np.random.Generator) -> np.ndarray:
+    """Per row, one column where `allowed`: uniformly, or with probability softmax(scores) if hard.
+
+    A row with no allowed column (its caption is true of every image) falls back to any other column.
+    """
+    allowed = allowed.copy()
+    empty = ~allowed.any(1)
+    allowed[empty] = ~np.eye(*allowed.shape, dtype=bool)[empty]
+    logits = scores.detach().double().numpy() if hard else np.zeros(allowed.shape)
+    weights = np.where(allowed, np.exp(logits - logits.max(1, keepdims=True)), 0.0)
+    weights /= weights.sum(1, keepdims=True)
+    return np.array([rng.choice(len(w), p=w) for w in weights])
+
+
+def swapped_captions(captions: list[str], scenes: list[Scene], rng: np.random.Generator) -> list[str | None]:
+    """Per caption a false twin with one colour, shape or relation word swapped (None if it has none)."""
+    out = []
+    for caption, scene in zip(captions, scenes, strict=True):
+        swap = None
+        for kind in rng.permutation(SWAP_KINDS):
+            swap = swap_caption(caption, str(kind), rng, scene)
+            if swap is not None:
+                break
+        out.append(swap.text if swap else None)
+    return out
+
+
+class Trainer:
+    def __init__(self, model: ALBEF, tcfg: TrainConfig, tokenizer: Tokenizer):
+        self.model, self.tcfg, self.tokenizer = model, tcfg, tokenizer
+        self.mlm = MLMHead(model.cfg.bert, model.text_encoder.embeddings.word_embeddings)
+        self.mlm.apply(init_bert_weights)
+        # The MLM decoder shares the word embeddings: list each parameter once, in a fixed order.
+        params = list(dict.fromkeys([*model.parameters(), *self.mlm.parameters()]))
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
+        self.gen = torch.Generator().manual_seed(tcfg.seed)
+
+    def lr_at(self, step: int) -> float:
+        t = self.tcfg
+        if step < t.warmup_steps:
+            return t.lr * (step + 1) / t.warmup_steps
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        return t.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def _tokens(self, texts: list[str]):
+        tokens = self.tokenizer([pre_caption(t, self.model.cfg.max_words) for t in texts])
+        ids, mask = batch_tensors(tokens)
+        return tokens, ids, mask
+
+    def step(self, step: int, pixels: Tensor, scenes: list[Scene], rng: np.random.Generator) -> dict[str, float]:
+        model, B = self.model, len(scenes)
+        hard = step >= self.tcfg.easy_steps
+        captions = [make_captions(s, rng, 1)[0] for s in scenes]
+        truth = truth_matrix(captions, scenes)
+        swaps = swapped_captions(captions, scenes, rng) if hard else [None] * B
+        has_swap = [i for i, s in enumerate(swaps) if s is not None]
+        tokens, ids, mask = self._tokens(captions + [swaps[i] for i in has_swap])
+
+        image = model.encode_image(pixels)
+        text = model.encode_text(ids, mask)
+        img_feat, txt_feat = model.itc_features(image, text[:B])
+        with torch.no_grad():
+            model.temp.clamp_(0.001, 0.5)
+        sim = img_feat @ txt_feat.T / model.temp  # (images, captions)
+        target = torch.from_numpy(truth).float()
+        loss_itc = 0.5 * (
+            -(F.log_softmax(sim, 1) * target / target.sum(1, keepdim=True)).sum(1).mean()
+            - (F.log_softmax(sim.T, 1) * target.T / target.T.sum(1, keepdim=True)).sum(1).mean()
+        )
+
+        # ITM rows: positives, a negative caption per image, a negative image per caption, swaps.
+        neg_cap = sample_negatives(sim, ~truth, hard, rng)
+        neg_img = sample_negatives(sim.T, ~truth.T, hard, rng)
+        arange = np.arange(B)
+        text_rows = np.concatenate([arange, neg_cap, arange, B + np.arange(len(has_swap))])
+        image_rows = np.concatenate([arange, arange, neg_img, has_swap]).astype(int)
+        labels = torch.cat([torch.ones(B), torch.zeros(len(text_rows) - B)]).long()
+        fused = model.fuse(text[text_rows], mask[text_rows], image, torch.from_numpy(image_rows))
+        logits = model.itm_head(fused.hidden[:, 0])
+        n_neg = len(text_rows) - B
+        weight = torch.tensor([n_neg / B, 1.0])  # positives weigh as much as all negatives
+        loss_itm = F.cross_entropy(logits, labels, weight=weight)
+
+        masked_ids, mlm_labels = mask_tokens(ids[:B], captions, [t.word_of_token for t in tokens[:B]],
+                                             self.tcfg, self.gen)
+        mlm_text = model.encode_text(masked_ids, mask[:B])
+        mlm_hidden = model.fuse(mlm_text, mask[:B], image).hidden
+        picked = mlm_labels != -100
+        loss_mlm = F.cross_entropy(self.mlm(mlm_hidden[picked]), mlm_labels[picked])
+
+        loss = loss_itc + loss_itm + loss_mlm
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        accept = (logits.argmax(1) == labels).float()
+        return {"itc": loss_itc.item(), "itm": loss_itm.item(), "mlm": loss_mlm.item(),
+                "itm_pos_acc": accept[:B].mean().item(), "itm_neg_acc": accept[B:].mean().item()}
+
+
+def demo_model(seed: int) -> ALBEF:
+    """A freshly initialised demo ALBEF: timm's ViT init, BERT's init for the text side and heads."""
+    torch.manual_seed(seed)
+    model = ALBEF(DEMO_CONFIG)
+    for module in (model.text_encoder, model.vision_proj, model.text_proj, model.itm_head):
+        module.apply(init_bert_weights)
+    return model
+
+
+def train(world: Path, out: Path, tcfg: TrainConfig, vocab: Path, eval_every: int, n_eval: int) -> list[Path]:
+    """Train, evaluating on held-out scenes every `eval_every` steps; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.txt"
+    log_file = log_path.open("w")
+
+    def record(line: str) -> None:
+        log.info(line)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    tokenizer = Tokenizer(vocab, DEMO_CONFIG.bert.max_position_embeddings)
+    data = TrainWorld(world, DEMO_CONFIG.image_res)
+    model = demo_model(tcfg.seed)
+    trainer = Trainer(model, tcfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    record(f"config {json.dumps(DEMO_CONFIG.to_dict())}")
+    record(f"train {json.dumps(dataclasses.asdict(tcfg))}; {n_params:,} parameters; {len(data.ids)} scenes; "
+           f"{torch.get_num_threads()} threads")
+    rng = np.random.default_rng(tcfg.seed)
+    start = time.perf_counter()
+    running: dict[str, list[float]] = {}
+    for step in range(tcfg.steps):
+        model.train()
+        pixels, scenes = data.batch(rng, tcfg.batch_size)
+        for k, v in trainer.step(step, pixels, scenes, rng).items():
+            running.setdefault(k, []).append(v)
+        if (step + 1) % 50 == 0:
+            means = " ".join(f"{k} {np.mean(v):.3f}" for k, v in running.items())
+            record(f"step {step + 1} {time.perf_counter() - start:.0f}s lr {trainer.lr_at(step):.2e} {means}")
+            running = {}
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == tcfg.steps):
+            model.eval()
+            rates = evaluate(model, world, tokenizer, n_eval)
+            record(f"eval step {step + 1} on {n_eval} val scenes\n{format_rates(rates)}")
+    checkpoint, config = out / "checkpoint.pth", out / "config.json"
+    torch.save(model.state_dict(), checkpoint)
+    config.write_text(json.dumps({**DEMO_CONFIG.to_dict(), "checkpoint_format": "finetuned"}, indent=2) + "\n")
+    record(f"done in {time.perf_counter() - start:.0f}s")
+    log_file.close()
+    return [checkpoint, config, log_path]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train-demo", help="train the demo's tiny ALBEF on the synthetic world (CPU)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig()
+    p.add_argument("--out", type=Path, default=REPO / "extractor" / "demo" / "checkpoint",
+                   help="folder for checkpoint.pth, config.json and train_log.txt")
+    p.add_argument("--world", type=Path, default=REPO / "data" / "demo-world",
+                   help="demo world folder (generated there if it has no training split)")
+    p.add_argument("--n-train", type=int, default=10000, help="training scenes when the world is generated")
+    p.add_argument("--n-val", type=int, default=500, help="held-out scenes when the world is generated")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--easy-steps", type=int, default=defaults.easy_steps,
+                   help="steps of the first phase (uniform negatives, no swapped captions)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the model and the batches")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--eval-every", type=int, default=500, help="evaluate on val scenes every N steps (0: never)")
+    p.add_argument("--n-eval", type=int, default=200, help="val scenes per evaluation")
+    p.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB, help="bert-base-uncased vocab.txt")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    if not (args.world / "annotations" / "instances_train.json").is_file():
+        write_world(args.world, args.n_train, args.n_val, seed=0)
+    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, easy_steps=args.easy_steps,
+                       seed=args.seed)
+    for path in train(args.world, args.out, tcfg, args.vocab, args.eval_every, args.n_eval):
+        print(path)
+    return 0
