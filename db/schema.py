@@ -1,0 +1,265 @@
+"""The extraction database schema: one idempotent DDL constant, its version, and the version check.
+
+Ids are the deterministic ones of the contract (run_id hash, COCO ids), never sequences, so shard files
+merge with plain INSERT ... SELECT. `words` has no key or index: it is bulk-loaded, then clustered by
+`db.writer.finalize` so that zone maps make word and category lookups fast.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+# Per-word metrics, in the order the dashboard shows them. Every column or metric name that reaches SQL
+# text comes from this tuple (or from the table column lists below), never from user input.
+METRICS = (
+    "mask_mass",
+    "box_mass",
+    "background_mass",
+    "entropy",
+    "peak_value",
+    "iou_top60",
+    "itm_score",
+    "pointing_hit",
+)
+# Metrics with a meaningful median; pointing_hit is boolean, summarised by its rate instead.
+MEDIAN_METRICS = tuple(m for m in METRICS if m != "pointing_hit")
+
+# Sort order of the clustered words table: each (run, method, layer) slice is contiguous, category words
+# come first grouped by category, and every word's rows are adjacent, so the min/max zone maps of a row
+# group prune nearly all others for `word = ?` and for `category_id = ?`.
+WORDS_CLUSTER_KEY = "run_id, method, layer, category_id NULLS LAST, word, image_id, caption_id, word_index"
+
+_SUMMARY_METRIC_COLUMNS = ",\n    ".join(
+    [f"mean_{m} DOUBLE" for m in MEDIAN_METRICS] + [f"median_{m} DOUBLE" for m in MEDIAN_METRICS]
+)
+
+# Aggregates of the per-word metrics over a group of words rows, in word_summary's column order after n.
+METRIC_AGGREGATES = ",\n    ".join(
+    ["count(mask_mass) AS n_object", "avg(pointing_hit::DOUBLE) AS hit_rate"]
+    + [f"avg({m}) AS mean_{m}" for m in MEDIAN_METRICS]
+    + [f"median({m}) AS median_{m}" for m in MEDIAN_METRICS]
+)
+_WORD_SUMMARY_SELECT = f"""
+SELECT run_id, method, layer, word, category_id, count(*) AS n,
+    {METRIC_AGGREGATES}
+FROM words
+WHERE {{runs}}
+GROUP BY run_id, method, layer, word, category_id
+"""
+# What finalize materialises into word_summary for one run ($run_id).
+WORD_SUMMARY_SQL = _WORD_SUMMARY_SELECT.format(runs="run_id = $run_id")
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    checkpoint_path VARCHAR,
+    checkpoint_sha256 VARCHAR,
+    config JSON,
+    method VARCHAR CHECK (method IN ('gradcam', 'attention', 'both')),
+    layers INTEGER[],
+    gradcam_layer INTEGER,
+    image_res INTEGER,
+    patch_size INTEGER,
+    grid_size INTEGER,
+    code_version VARCHAR,
+    images_dir VARCHAR,
+    captions_file VARCHAR,
+    instances_file VARCHAR,
+    device VARCHAR,
+    status VARCHAR NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    seconds DOUBLE,
+    n_images INTEGER,
+    n_captions INTEGER,
+    n_words BIGINT,
+    n_errors INTEGER,
+    finalized_at TIMESTAMP  -- set by db.writer.finalize: words clustered and word_summary written
+);
+CREATE TABLE IF NOT EXISTS categories (
+    category_id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    supercategory VARCHAR
+);
+CREATE TABLE IF NOT EXISTS images (
+    image_id BIGINT PRIMARY KEY,
+    file_name VARCHAR NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    coco_url VARCHAR
+);
+CREATE TABLE IF NOT EXISTS instances (
+    annotation_id BIGINT PRIMARY KEY,
+    image_id BIGINT NOT NULL,
+    category_id INTEGER NOT NULL,
+    bbox_x DOUBLE,
+    bbox_y DOUBLE,
+    bbox_w DOUBLE,
+    bbox_h DOUBLE,
+    area DOUBLE,
+    iscrowd BOOLEAN,
+    segmentation JSON
+);
+CREATE TABLE IF NOT EXISTS captions (
+    caption_id BIGINT PRIMARY KEY,
+    image_id BIGINT NOT NULL,
+    raw VARCHAR,
+    text VARCHAR,
+    n_words INTEGER
+);
+CREATE TABLE IF NOT EXISTS caption_results (
+    run_id VARCHAR NOT NULL,
+    caption_id BIGINT NOT NULL,
+    image_id BIGINT NOT NULL,
+    itm_score DOUBLE,
+    itc_score DOUBLE
+);
+CREATE TABLE IF NOT EXISTS caption_maps (
+    run_id VARCHAR NOT NULL,
+    caption_id BIGINT NOT NULL,
+    image_id BIGINT NOT NULL,
+    method VARCHAR NOT NULL,
+    layer SMALLINT NOT NULL,
+    map BLOB,
+    map_max FLOAT,
+    cls_map BLOB,
+    cls_map_max FLOAT
+);
+CREATE TABLE IF NOT EXISTS words (
+    run_id VARCHAR,
+    image_id BIGINT,
+    caption_id BIGINT,
+    word_index SMALLINT,
+    word VARCHAR,
+    n_pieces TINYINT,
+    category_id INTEGER,
+    method VARCHAR,
+    layer SMALLINT,
+    peak_row SMALLINT,
+    peak_col SMALLINT,
+    peak_value FLOAT,
+    entropy FLOAT,
+    mask_mass FLOAT,
+    box_mass FLOAT,
+    background_mass FLOAT,
+    pointing_hit BOOLEAN,
+    iou_top60 FLOAT,
+    itm_score FLOAT,
+    map BLOB,
+    map_max FLOAT
+);
+CREATE TABLE IF NOT EXISTS image_status (
+    run_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    status VARCHAR NOT NULL CHECK (status IN ('done', 'error')),
+    PRIMARY KEY (run_id, image_id)
+);
+CREATE TABLE IF NOT EXISTS errors (
+    run_id VARCHAR NOT NULL,
+    item_kind VARCHAR NOT NULL CHECK (item_kind IN ('image', 'caption', 'annotation', 'file')),
+    item_id VARCHAR,
+    path VARCHAR,
+    message VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+-- One row per (run, method, layer, word, category): written by db.writer.finalize from WORD_SUMMARY_SQL.
+CREATE TABLE IF NOT EXISTS word_summary (
+    run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    layer SMALLINT NOT NULL,
+    word VARCHAR NOT NULL,
+    category_id INTEGER,
+    n BIGINT NOT NULL,
+    n_object BIGINT NOT NULL,
+    hit_rate DOUBLE,
+    {_SUMMARY_METRIC_COLUMNS}
+);
+-- word_summary for finalized runs, computed live for the others (a crashed run is still browsable).
+CREATE VIEW IF NOT EXISTS word_aggregates AS
+SELECT * FROM word_summary WHERE run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NOT NULL)
+UNION ALL
+{_WORD_SUMMARY_SELECT.format(runs="run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)")};
+"""
+
+TABLES = (
+    "meta",
+    "runs",
+    "categories",
+    "images",
+    "instances",
+    "captions",
+    "caption_results",
+    "caption_maps",
+    "words",
+    "image_status",
+    "errors",
+    "word_summary",
+)
+
+
+class SchemaMismatch(RuntimeError):
+    """The database was written by another schema version (or is not an extraction database)."""
+
+
+def schema_version(con: duckdb.DuckDBPyConnection, database: str | None = None) -> int | None:
+    """The schema version stored in `meta`, or None when the database has no `meta` table.
+
+    Args:
+        con: any connection.
+        database: catalog alias to look in (an attached shard); default the connection's own database.
+    """
+    catalog = database or con.execute("SELECT current_database()").fetchone()[0]
+    has_meta = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+        "AND table_name = 'meta'",
+        [catalog],
+    ).fetchone()[0]
+    if not has_meta:
+        return None
+    row = con.execute(
+        f"SELECT value FROM {_identifier(catalog)}.main.meta WHERE key = 'schema_version'"
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, database: str | None = None) -> None:
+    """Raise SchemaMismatch unless the database has exactly SCHEMA_VERSION."""
+    version = schema_version(con, database)
+    if version != SCHEMA_VERSION:
+        found = "no schema version (not an extraction database)" if version is None else f"v{version}"
+        raise SchemaMismatch(
+            f"database has {found}, this code needs schema v{SCHEMA_VERSION}: re-run the extraction "
+            "or open it with the matching code version"
+        )
+
+
+def init_db(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the schema in an empty database; a no-op on one already at SCHEMA_VERSION.
+
+    Raises SchemaMismatch for a database of another version or one with foreign tables, rather than
+    adding tables to it.
+    """
+    version = schema_version(con)
+    if version is None:
+        n_tables = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchone()[0]
+        if n_tables:
+            check_schema(con)  # raises: tables exist but no version stamp
+    else:
+        check_schema(con)
+    con.execute(DDL)
+    con.execute(
+        "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+    )
+
+
+def _identifier(name: str) -> str:
+    """Quote a catalog name for SQL text (it comes from DuckDB or from our own aliases)."""
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,288 @@
+"""Write extraction output: runs, the shared COCO dataset tables, per-image results, shard merges.
+
+One read-write connection per process. Every image's result rows and its `image_status` mark are
+written in one transaction, so a crash (even kill -9) leaves each image either complete or absent,
+and a resumed run simply skips the images `done_image_ids` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from db.schema import WORD_SUMMARY_SQL, WORDS_CLUSTER_KEY, check_schema, init_db
+
+log = logging.getLogger(__name__)
+
+DATASET_TABLES = ("categories", "images", "instances", "captions")
+RESULT_TABLES = ("caption_results", "caption_maps", "words")  # keyed by (run_id, image_id)
+BATCH_TABLES = (*RESULT_TABLES, "errors")  # what write_images accepts
+RUN_COLUMNS = (
+    "run_id", "checkpoint_path", "checkpoint_sha256", "config", "method", "layers", "gradcam_layer",
+    "image_res", "patch_size", "grid_size", "code_version", "images_dir", "captions_file",
+    "instances_file", "device",
+)  # fmt: skip
+_MERGE_ALIAS = "_merge_source"
+
+
+def connect(path: str | Path, config: Mapping[str, object] | None = None) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) an extraction database read-write, with its schema initialised.
+
+    Args:
+        config: DuckDB settings, e.g. {"threads": 2, "memory_limit": "4GB"}.
+    """
+    con = duckdb.connect(str(path), config=dict(config or {}))
+    try:
+        init_db(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def start_run(con: duckdb.DuckDBPyConnection, run: Mapping[str, object]) -> bool:
+    """Register a run (status 'running'); True when the run_id already exists, i.e. this resumes it.
+
+    Args:
+        run: `runs` columns from RUN_COLUMNS; `run_id` required, `config` may be a dict (stored as JSON).
+    """
+    unknown = set(run) - set(RUN_COLUMNS)
+    if unknown or "run_id" not in run:
+        raise ValueError(f"run needs run_id and only columns of {RUN_COLUMNS}; unknown: {sorted(unknown)}")
+    run_id = run["run_id"]
+    if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+        con.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL, finalized_at = NULL WHERE run_id = ?",
+            [run_id],
+        )
+        log.info("resuming run %s", run_id)
+        return True
+    values = {k: json.dumps(v) if k == "config" and not isinstance(v, str) else v for k, v in run.items()}
+    columns = ", ".join(values)
+    placeholders = ", ".join("?" for _ in values)
+    con.execute(
+        f"INSERT INTO runs ({columns}, status, started_at) VALUES ({placeholders}, 'running', now())",
+        list(values.values()),
+    )
+    log.info("started run %s", run_id)
+    return False
+
+
+def upsert_dataset(
+    con: duckdb.DuckDBPyConnection,
+    categories_df: pd.DataFrame | None = None,
+    images_df: pd.DataFrame | None = None,
+    captions_df: pd.DataFrame | None = None,
+    instances_df: pd.DataFrame | None = None,
+) -> None:
+    """Insert COCO dataset rows, keeping rows whose id already exists (INSERT OR IGNORE), in one transaction.
+
+    Frames carry the table's columns by name (any order, missing nullable columns allowed).
+    """
+    frames = dict(zip(DATASET_TABLES, (categories_df, images_df, instances_df, captions_df), strict=True))
+    with _transaction(con, frames) as views:
+        for table, view in views.items():
+            _insert_view(con, table, view, verb="INSERT OR IGNORE")
+
+
+def done_image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> set[int]:
+    """Ids of the images this run has already marked (done or error): a resume skips them."""
+    rows = con.execute("SELECT image_id FROM image_status WHERE run_id = ?", [run_id]).fetchall()
+    return {r[0] for r in rows}
+
+
+def write_images(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    frames: Mapping[str, pd.DataFrame],
+    image_ids: Iterable[int],
+    status: str | Sequence[str] = "done",
+) -> None:
+    """Insert the result rows of a batch of images and mark the images, all in ONE transaction.
+
+    Args:
+        frames: table name (caption_results, caption_maps, words, errors) -> rows, columns by name;
+            `run_id` is filled in. Every row's image_id must be one of `image_ids`.
+        image_ids: the images this batch completes.
+        status: 'done' or 'error' for all of them, or one status per image.
+    """
+    unknown = set(frames) - set(BATCH_TABLES)
+    if unknown:
+        raise ValueError(f"unknown tables {sorted(unknown)}; expected some of {BATCH_TABLES}")
+    ids = [int(i) for i in image_ids]
+    statuses = [status] * len(ids) if isinstance(status, str) else list(status)
+    if len(statuses) != len(ids):
+        raise ValueError(f"{len(statuses)} statuses for {len(ids)} images")
+    for table, frame in frames.items():
+        stray = set(frame["image_id"].unique()) - set(ids) if "image_id" in frame and len(frame) else set()
+        if stray:
+            raise ValueError(f"{table} rows for images not in this batch: {sorted(stray)[:5]}")
+    ordered = {t: _with_run_id(frames[t], run_id) for t in BATCH_TABLES if t in frames}
+    with _transaction(con, ordered) as views:
+        for table, view in views.items():
+            _insert_view(con, table, view)
+        con.execute(
+            "INSERT INTO image_status SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[])",
+            [run_id, ids, statuses],
+        )
+
+
+def record_error(
+    con: duckdb.DuckDBPyConnection, run_id: str, kind: str, item_id: object, path: str | None, message: str
+) -> None:
+    """Log one failed item ('image', 'caption', 'annotation' or 'file') of a run."""
+    item = None if item_id is None else str(item_id)
+    con.execute(
+        "INSERT INTO errors VALUES (?, ?, ?, ?, ?, now())", [run_id, kind, item, None if path is None else str(path), message]
+    )
+
+
+def finish_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, seconds: float, status: str, finalize_run: bool = True
+) -> None:
+    """Close a run: store counts, status, finish time, add `seconds` to its compute time.
+
+    A 'complete' run is finalized (words clustered, word_summary written) unless finalize_run is False,
+    which suits shard files that are merged (and finalized) afterwards.
+    """
+    with _transaction(con):
+        con.execute(
+            "UPDATE runs SET status = ?, finished_at = now(), seconds = coalesce(seconds, 0) + ? "
+            "WHERE run_id = ?",
+            [status, seconds, run_id],
+        )
+        _refresh_counts(con, run_id)
+    if status == "complete" and finalize_run:
+        finalize(con, run_id)
+
+
+def finalize(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> None:
+    """Cluster the words table by WORDS_CLUSTER_KEY and (re)write word_summary for one run or all runs.
+
+    Sorted rows give each row group a narrow min/max range of word and category_id, so DuckDB's zone
+    maps skip nearly the whole table for a word or category lookup (see bench/dashboard_bench.py).
+    The rebuild is one transaction; a crash keeps the unsorted table.
+    """
+    with _transaction(con):
+        con.execute(f"CREATE TABLE _words_clustered AS SELECT * FROM words ORDER BY {WORDS_CLUSTER_KEY}")
+        con.execute("DROP TABLE words")
+        con.execute("ALTER TABLE _words_clustered RENAME TO words")
+        run_ids = [run_id] if run_id else [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
+        for rid in run_ids:
+            con.execute("DELETE FROM word_summary WHERE run_id = $run_id", {"run_id": rid})
+            con.execute(f"INSERT INTO word_summary {WORD_SUMMARY_SQL}", {"run_id": rid})
+            con.execute("UPDATE runs SET finalized_at = now() WHERE run_id = ?", [rid])
+    con.execute("CHECKPOINT")  # hand the old table's blocks back for reuse now, not at close
+    log.info("finalized %s", run_id or "all runs")
+
+
+def merge(target_path: str | Path, shard_paths: Sequence[str | Path]) -> None:
+    """Merge shard databases (same schema) into target, then finalize it.
+
+    Dataset tables are de-duplicated by id; a shard's images already marked in target are skipped, so
+    merging is idempotent and overlapping shards are fine. A run found in several files gets the
+    earliest start, latest finish, summed compute seconds, status 'complete' only if every file says
+    so ('failed' if any failed), and counts recomputed from the merged rows.
+    """
+    con = connect(target_path)
+    try:
+        for shard in shard_paths:
+            con.execute(f"ATTACH ? AS {_MERGE_ALIAS} (READ_ONLY)", [str(shard)])
+            try:
+                check_schema(con, _MERGE_ALIAS)
+                with _transaction(con):
+                    _merge_attached(con, _MERGE_ALIAS)
+            finally:
+                con.execute(f"DETACH {_MERGE_ALIAS}")
+            log.info("merged %s", shard)
+        with _transaction(con):
+            for (run_id,) in con.execute("SELECT run_id FROM runs").fetchall():
+                _refresh_counts(con, run_id)
+        finalize(con)
+    finally:
+        con.close()
+
+
+def _merge_attached(con: duckdb.DuckDBPyConnection, src: str) -> None:
+    for table in DATASET_TABLES:
+        con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {src}.{table}")
+    # Combine runs the target already has, then copy the new ones (order matters: no self-combining).
+    con.execute(f"""
+        UPDATE runs SET
+            status = CASE WHEN runs.status = 'complete' AND s.status = 'complete' THEN 'complete'
+                          WHEN 'failed' IN (runs.status, s.status) THEN 'failed' ELSE 'running' END,
+            started_at = least(runs.started_at, s.started_at),
+            finished_at = greatest(runs.finished_at, s.finished_at),
+            seconds = coalesce(runs.seconds, 0) + coalesce(s.seconds, 0),
+            finalized_at = NULL
+        FROM {src}.runs AS s WHERE runs.run_id = s.run_id""")
+    con.execute(f"INSERT OR IGNORE INTO runs SELECT * FROM {src}.runs")
+    con.execute(f"""
+        CREATE TEMP TABLE _new_images AS
+        SELECT s.* FROM {src}.image_status AS s ANTI JOIN image_status AS t USING (run_id, image_id)""")
+    for table in RESULT_TABLES:
+        con.execute(
+            f"INSERT INTO {table} SELECT r.* FROM {src}.{table} AS r SEMI JOIN _new_images USING (run_id, image_id)"
+        )
+    con.execute("INSERT INTO image_status SELECT * FROM _new_images")
+    con.execute("DROP TABLE _new_images")
+    con.execute(f"INSERT INTO errors SELECT * FROM {src}.errors EXCEPT SELECT * FROM errors")
+
+
+def _refresh_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Recompute a run's counts from its rows; n_words counts word occurrences (one method/layer slice)."""
+    con.execute(
+        """
+        UPDATE runs SET
+            n_images = (SELECT count(*) FROM image_status WHERE run_id = $run_id AND status = 'done'),
+            n_captions = (SELECT count(*) FROM caption_results WHERE run_id = $run_id),
+            n_words = (SELECT coalesce(max(n), 0) FROM
+                        (SELECT count(*) AS n FROM words WHERE run_id = $run_id GROUP BY method, layer)),
+            n_errors = (SELECT count(*) FROM errors WHERE run_id = $run_id)
+        WHERE run_id = $run_id""",
+        {"run_id": run_id},
+    )
+
+
+def _with_run_id(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    if "run_id" not in frame.columns:
+        return frame.assign(run_id=run_id)
+    if (frame["run_id"] != run_id).any():
+        raise ValueError(f"frame has rows of another run than {run_id}")
+    return frame
+
+
+def _insert_view(con: duckdb.DuckDBPyConnection, table: str, view: str, verb: str = "INSERT") -> None:
+    con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM {view}")
+
+
+@contextmanager
+def _transaction(
+    con: duckdb.DuckDBPyConnection, frames: Mapping[str, pd.DataFrame | None] | None = None
+) -> Iterator[dict[str, str]]:
+    """BEGIN ... COMMIT, or ROLLBACK when the body raises (anything, KeyboardInterrupt included).
+
+    Yields table -> name of a view of each non-empty frame (DuckDB scans the DataFrame in place, no
+    per-row Python). The views are dropped only after COMMIT/ROLLBACK: inside an aborted transaction
+    that would fail and hide the real error.
+    """
+    con.execute("BEGIN TRANSACTION")  # also closes any result left unread, which register() refuses
+    views = {table: f"_frame_{table}" for table, frame in (frames or {}).items() if frame is not None and len(frame)}
+    try:
+        for table, view in views.items():
+            con.register(view, frames[table])
+        yield views
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    else:
+        con.execute("COMMIT")
+    finally:
+        for view in views.values():
+            con.unregister(view)
