@@ -70,10 +70,10 @@ def caption_maps(
         text = model.encode_text(ids, mask)
         img_feat, txt_feat = model.itc_features(image, text)
         itc = (img_feat[index] * txt_feat).sum(-1)
-    # Only the fusion layers enter the graph: the image tokens are a leaf, no weight needs a gradient.
-    image = image.detach().requires_grad_(gradcam)
+    # The Grad-CAM layer's attention is a leaf: the backward runs through the layers above it only.
+    leaf_layer = cfg.gradcam_block if gradcam else None
     with torch.set_grad_enabled(gradcam):
-        fused = model.fuse(text, mask, image, index if len(pixels) > 1 else None)
+        fused = model.fuse(text, mask, image, index if len(pixels) > 1 else None, leaf_layer)
         logits = model.itm_head(fused.hidden[:, 0]).float()
         cams = None
         if gradcam:

@@ -76,17 +76,22 @@ class BertAttentionHeads(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask)
         return out.transpose(1, 2).flatten(2)
 
-    def cross_attention(self, x: Tensor, memory: Tensor, memory_index: Tensor | None) -> tuple[Tensor, Tensor]:
+    def cross_attention(
+        self, x: Tensor, memory: Tensor, memory_index: Tensor | None, leaf: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Attention of the text over all image tokens; returns (context, post-softmax weights).
 
         Keys/values are computed once per image: `memory` holds I images and `memory_index` names each
-        text row's image (None when I == 1, which then broadcasts over the batch).
+        text row's image (None when I == 1, which then broadcasts over the batch). With leaf=True the
+        weights are detached into a leaf that requires grad, so a backward stops there (Grad-CAM).
         """
         q = self.split(self.query(x))  # (B, heads, T, d)
         k, v = self.split(self.key(memory)), self.split(self.value(memory))  # (I, heads, 1+N, d)
         if memory_index is not None:
             k, v = k[memory_index], v[memory_index]
         attn = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)  # (B, heads, T, 1+N)
+        if leaf:
+            attn = attn.detach().requires_grad_()
         return (attn @ v).transpose(1, 2).flatten(2), attn
 
 
@@ -130,12 +135,17 @@ class BertLayer(nn.Module):
         self.output = BertResidualOutput(cfg.intermediate_size, cfg)
 
     def forward(
-        self, x: Tensor, additive_mask: Tensor, memory: Tensor | None = None, memory_index: Tensor | None = None
+        self,
+        x: Tensor,
+        additive_mask: Tensor,
+        memory: Tensor | None = None,
+        memory_index: Tensor | None = None,
+        attention_leaf: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         x = self.attention.output(self.attention.self.self_attention(x, additive_mask), x)
         attn = None
         if memory is not None:
-            ctx, attn = self.crossattention.self.cross_attention(x, memory, memory_index)
+            ctx, attn = self.crossattention.self.cross_attention(x, memory, memory_index, attention_leaf)
             x = self.crossattention.output(ctx, x)
         x = self.output(self.intermediate(x), x)
         return x, attn
@@ -188,17 +198,26 @@ class ALBEF(nn.Module):
         return x
 
     def fuse(
-        self, text: Tensor, attention_mask: Tensor, image: Tensor, image_index: Tensor | None = None
+        self,
+        text: Tensor,
+        attention_mask: Tensor,
+        image: Tensor,
+        image_index: Tensor | None = None,
+        leaf_layer: int | None = None,
     ) -> FusionOutput:
         """Fusion layers over the image tokens (ALBEF's mode='fusion').
 
         image: (I, 1+N, C); image_index: (B,) each text's image row, or None when I == 1 or I == B.
+        leaf_layer: a fusion layer whose cross-attention becomes a grad-requiring leaf, so that
+        d(output)/d(attention) costs a backward through the layers above it only (Grad-CAM).
         """
         mask = additive_mask(attention_mask, text.dtype)
         attentions = []
         x = text
-        for layer in self.text_encoder.encoder.layer[self.cfg.bert.fusion_layer :]:
-            x, attn = layer(x, mask, image, image_index)
+        for i, layer in enumerate(self.text_encoder.encoder.layer):
+            if i < self.cfg.bert.fusion_layer:
+                continue
+            x, attn = layer(x, mask, image, image_index, attention_leaf=i == leaf_layer)
             attentions.append(attn)
         return FusionOutput(x, attentions)
 
