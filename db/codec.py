@@ -16,16 +16,11 @@ def encode_map(m: np.ndarray) -> tuple[bytes, float]:
 
     An all-zero map encodes as zero bytes with max 0.0.
     """
-    m = np.asarray(m, dtype=np.float32)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+    m = np.asarray(m)
+    if m.ndim != 2:
         raise ValueError(f"map must be a square 2-D grid, got shape {m.shape}")
-    if not np.isfinite(m).all() or (m < 0).any():
-        raise ValueError("map must be finite and non-negative")
-    peak = float(m.max())
-    if peak == 0.0:
-        return bytes(m.size), 0.0
-    q = np.rint(m * (255.0 / peak)).astype(np.uint8)
-    return q.tobytes(), peak
+    blobs, peaks = encode_maps(m[None])
+    return blobs[0], float(peaks[0])
 
 
 def decode_map(blob: bytes, map_max: float) -> np.ndarray:

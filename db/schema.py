@@ -1,18 +1,21 @@
 """The extraction database schema: one idempotent DDL constant, its version, and the version check.
 
 Ids are the deterministic ones of the contract (run_id hash, COCO ids), never sequences, so shard files
-merge with plain INSERT ... SELECT. `words` has no key or index: it is bulk-loaded, then clustered by
-`db.writer.finalize` so that zone maps make word and category lookups fast.
+merge with plain INSERT ... SELECT. `words` (with the map blobs) has no key or index: it is appended in
+image order, which keeps per-image lookups cheap through DuckDB's min/max zone maps. For lookups by word
+or category, db.writer.finalize writes two derived tables per run: `word_lookup`, the words rows without
+maps, sorted by (method, layer, category, word), and `word_summary`, per-word aggregates. The views
+`word_search` and `word_aggregates` read them for finalized runs and fall back to `words` for the others.
 """
 
 from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Per-word metrics, in the order the dashboard shows them. Every column or metric name that reaches SQL
-# text comes from this tuple (or from the table column lists below), never from user input.
+# text comes from this tuple (or from the column lists below), never from user input.
 METRICS = (
     "mask_mass",
     "box_mass",
@@ -26,30 +29,47 @@ METRICS = (
 # Metrics with a meaningful median; pointing_hit is boolean, summarised by its rate instead.
 MEDIAN_METRICS = tuple(m for m in METRICS if m != "pointing_hit")
 
-# Sort order of the clustered words table: each (run, method, layer) slice is contiguous, category words
-# come first grouped by category, and every word's rows are adjacent, so the min/max zone maps of a row
-# group prune nearly all others for `word = ?` and for `category_id = ?`.
-WORDS_CLUSTER_KEY = "run_id, method, layer, category_id NULLS LAST, word, image_id, caption_id, word_index"
-
-_SUMMARY_METRIC_COLUMNS = ",\n    ".join(
-    [f"mean_{m} DOUBLE" for m in MEDIAN_METRICS] + [f"median_{m} DOUBLE" for m in MEDIAN_METRICS]
+# The words columns that searches filter, rank and return: everything but the map blob.
+LOOKUP_COLUMNS = (
+    "run_id, method, layer, category_id, word, image_id, caption_id, word_index, n_pieces, peak_row, peak_col, "
+    + ", ".join(METRICS)
 )
+# word_lookup's order: each (run, method, layer) slice is contiguous, category words come first grouped by
+# category, and each word's rows are adjacent, so the zone maps of a row group prune nearly all others
+# for `word = ?` and for `category_id = ?`.
+LOOKUP_ORDER = "run_id, method, layer, category_id NULLS LAST, word, image_id, caption_id, word_index"
 
-# Aggregates of the per-word metrics over a group of words rows, in word_summary's column order after n.
-METRIC_AGGREGATES = ",\n    ".join(
-    ["count(mask_mass) AS n_object", "avg(pointing_hit::DOUBLE) AS hit_rate"]
-    + [f"avg({m}) AS mean_{m}" for m in MEDIAN_METRICS]
+# word_summary keeps additive aggregates (count and sum of each metric), so means over any grouping of
+# its rows are exact, plus medians per word.
+_SUMMARY_AGGREGATES = ",\n    ".join(
+    [f"count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m}" for m in METRICS]
     + [f"median({m}) AS median_{m}" for m in MEDIAN_METRICS]
 )
-_WORD_SUMMARY_SELECT = f"""
+_SUMMARY_COLUMNS = ",\n    ".join(
+    [f"n_{m} BIGINT, sum_{m} DOUBLE" for m in METRICS] + [f"median_{m} DOUBLE" for m in MEDIAN_METRICS]
+)
+_SUMMARY_SELECT = f"""
 SELECT run_id, method, layer, word, category_id, count(*) AS n,
-    {METRIC_AGGREGATES}
+    {_SUMMARY_AGGREGATES}
 FROM words
 WHERE {{runs}}
 GROUP BY run_id, method, layer, word, category_id
 """
-# What finalize materialises into word_summary for one run ($run_id).
-WORD_SUMMARY_SQL = _WORD_SUMMARY_SELECT.format(runs="run_id = $run_id")
+_NOT_FINALIZED = "run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)"
+
+# Run by db.writer for one run ($run_id), each list in one transaction. Derived rows exist exactly for
+# the runs with finalized_at set.
+UNFINALIZE_SQL = (
+    "DELETE FROM word_lookup WHERE run_id = $run_id",
+    "DELETE FROM word_summary WHERE run_id = $run_id",
+    "UPDATE runs SET finalized_at = NULL WHERE run_id = $run_id",
+)
+FINALIZE_SQL = (
+    *UNFINALIZE_SQL[:2],
+    f"INSERT INTO word_lookup SELECT {LOOKUP_COLUMNS} FROM words WHERE run_id = $run_id ORDER BY {LOOKUP_ORDER}",
+    "INSERT INTO word_summary " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
+    "UPDATE runs SET finalized_at = now() WHERE run_id = $run_id",
+)
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -80,7 +100,7 @@ CREATE TABLE IF NOT EXISTS runs (
     n_captions INTEGER,
     n_words BIGINT,
     n_errors INTEGER,
-    finalized_at TIMESTAMP  -- set by db.writer.finalize: words clustered and word_summary written
+    finalized_at TIMESTAMP  -- set by db.writer.finalize once word_lookup and word_summary are written
 );
 CREATE TABLE IF NOT EXISTS categories (
     category_id INTEGER PRIMARY KEY,
@@ -168,7 +188,29 @@ CREATE TABLE IF NOT EXISTS errors (
     message VARCHAR,
     created_at TIMESTAMP DEFAULT current_timestamp
 );
--- One row per (run, method, layer, word, category): written by db.writer.finalize from WORD_SUMMARY_SQL.
+-- Derived by db.writer.finalize: the words rows of finalized runs without maps, sorted by LOOKUP_ORDER.
+CREATE TABLE IF NOT EXISTS word_lookup (
+    run_id VARCHAR,
+    method VARCHAR,
+    layer SMALLINT,
+    category_id INTEGER,
+    word VARCHAR,
+    image_id BIGINT,
+    caption_id BIGINT,
+    word_index SMALLINT,
+    n_pieces TINYINT,
+    peak_row SMALLINT,
+    peak_col SMALLINT,
+    mask_mass FLOAT,
+    box_mass FLOAT,
+    background_mass FLOAT,
+    entropy FLOAT,
+    peak_value FLOAT,
+    iou_top60 FLOAT,
+    itm_score FLOAT,
+    pointing_hit BOOLEAN
+);
+-- Derived by db.writer.finalize: one row per (run, method, layer, word, category).
 CREATE TABLE IF NOT EXISTS word_summary (
     run_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
@@ -176,32 +218,20 @@ CREATE TABLE IF NOT EXISTS word_summary (
     word VARCHAR NOT NULL,
     category_id INTEGER,
     n BIGINT NOT NULL,
-    n_object BIGINT NOT NULL,
-    hit_rate DOUBLE,
-    {_SUMMARY_METRIC_COLUMNS}
+    {_SUMMARY_COLUMNS}
 );
--- word_summary for finalized runs, computed live for the others (a crashed run is still browsable).
-CREATE VIEW IF NOT EXISTS word_aggregates AS
-SELECT * FROM word_summary WHERE run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NOT NULL)
+-- What queries read: the derived tables for finalized runs, `words` itself for the others (a run that
+-- crashed or is still being written stays browsable, only slower). The derived tables hold rows of
+-- finalized runs only (db.writer keeps it so), so their branch needs no join with runs.
+CREATE VIEW IF NOT EXISTS word_search AS
+SELECT * FROM word_lookup
 UNION ALL
-{_WORD_SUMMARY_SELECT.format(runs="run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)")};
+SELECT {LOOKUP_COLUMNS} FROM words WHERE {_NOT_FINALIZED};
+CREATE VIEW IF NOT EXISTS word_aggregates AS
+SELECT * FROM word_summary
+UNION ALL
+{_SUMMARY_SELECT.format(runs=_NOT_FINALIZED)};
 """
-
-TABLES = (
-    "meta",
-    "runs",
-    "categories",
-    "images",
-    "instances",
-    "captions",
-    "caption_results",
-    "caption_maps",
-    "words",
-    "image_status",
-    "errors",
-    "word_summary",
-)
-
 
 class SchemaMismatch(RuntimeError):
     """The database was written by another schema version (or is not an extraction database)."""

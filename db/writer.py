@@ -16,11 +16,12 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from db.schema import WORD_SUMMARY_SQL, WORDS_CLUSTER_KEY, check_schema, init_db
+from db.schema import FINALIZE_SQL, UNFINALIZE_SQL, check_schema, init_db
 
 log = logging.getLogger(__name__)
 
-DATASET_TABLES = ("categories", "images", "instances", "captions")
+# Dataset tables and the column their rows are stored in order of.
+DATASET_TABLES = {"categories": "category_id", "images": "image_id", "instances": "image_id", "captions": "image_id"}
 RESULT_TABLES = ("caption_results", "caption_maps", "words")  # keyed by (run_id, image_id)
 BATCH_TABLES = (*RESULT_TABLES, "errors")  # what write_images accepts
 RUN_COLUMNS = (
@@ -56,11 +57,10 @@ def start_run(con: duckdb.DuckDBPyConnection, run: Mapping[str, object]) -> bool
     if unknown or "run_id" not in run:
         raise ValueError(f"run needs run_id and only columns of {RUN_COLUMNS}; unknown: {sorted(unknown)}")
     run_id = run["run_id"]
-    if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
-        con.execute(
-            "UPDATE runs SET status = 'running', finished_at = NULL, finalized_at = NULL WHERE run_id = ?",
-            [run_id],
-        )
+    if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
+        with _transaction(con):
+            _run_script(con, UNFINALIZE_SQL, run_id)
+            con.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id])
         log.info("resuming run %s", run_id)
         return True
     values = {k: json.dumps(v) if k == "config" and not isinstance(v, str) else v for k, v in run.items()}
@@ -88,7 +88,8 @@ def upsert_dataset(
     frames = dict(zip(DATASET_TABLES, (categories_df, images_df, instances_df, captions_df), strict=True))
     with _transaction(con, frames) as views:
         for table, view in views.items():
-            _insert_view(con, table, view, verb="INSERT OR IGNORE")
+            # Stored in id / image order, so zone maps serve image_detail's `image_id = ?` lookups.
+            _insert_view(con, table, view, verb="INSERT OR IGNORE", order=DATASET_TABLES[table])
 
 
 def done_image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> set[int]:
@@ -137,10 +138,8 @@ def record_error(
     con: duckdb.DuckDBPyConnection, run_id: str, kind: str, item_id: object, path: str | None, message: str
 ) -> None:
     """Log one failed item ('image', 'caption', 'annotation' or 'file') of a run."""
-    item = None if item_id is None else str(item_id)
-    con.execute(
-        "INSERT INTO errors VALUES (?, ?, ?, ?, ?, now())", [run_id, kind, item, None if path is None else str(path), message]
-    )
+    item, where = (None if v is None else str(v) for v in (item_id, path))
+    con.execute("INSERT INTO errors VALUES (?, ?, ?, ?, ?, now())", [run_id, kind, item, where, message])
 
 
 def finish_run(
@@ -148,7 +147,7 @@ def finish_run(
 ) -> None:
     """Close a run: store counts, status, finish time, add `seconds` to its compute time.
 
-    A 'complete' run is finalized (words clustered, word_summary written) unless finalize_run is False,
+    A 'complete' run is finalized (word_lookup and word_summary written) unless finalize_run is False,
     which suits shard files that are merged (and finalized) afterwards.
     """
     with _transaction(con):
@@ -162,54 +161,47 @@ def finish_run(
         finalize(con, run_id)
 
 
-def finalize(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> None:
-    """Cluster the words table by WORDS_CLUSTER_KEY and (re)write word_summary for one run or all runs.
+def finalize(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Write a run's word_lookup (words without maps, sorted by word and category) and word_summary.
 
-    Sorted rows give each row group a narrow min/max range of word and category_id, so DuckDB's zone
-    maps skip nearly the whole table for a word or category lookup (see bench/dashboard_bench.py).
-    The rebuild is one transaction; a crash keeps the unsorted table.
+    Until then, searches and statistics of the run read the unsorted words table: correct but a full
+    scan (see bench/dashboard_bench.py). One transaction; a crash leaves the run unfinalized.
     """
     with _transaction(con):
-        con.execute(f"CREATE TABLE _words_clustered AS SELECT * FROM words ORDER BY {WORDS_CLUSTER_KEY}")
-        con.execute("DROP TABLE words")
-        con.execute("ALTER TABLE _words_clustered RENAME TO words")
-        run_ids = [run_id] if run_id else [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
-        for rid in run_ids:
-            con.execute("DELETE FROM word_summary WHERE run_id = $run_id", {"run_id": rid})
-            con.execute(f"INSERT INTO word_summary {WORD_SUMMARY_SQL}", {"run_id": rid})
-            con.execute("UPDATE runs SET finalized_at = now() WHERE run_id = ?", [rid])
-    con.execute("CHECKPOINT")  # hand the old table's blocks back for reuse now, not at close
-    log.info("finalized %s", run_id or "all runs")
+        _run_script(con, FINALIZE_SQL, run_id)
+    log.info("finalized run %s", run_id)
 
 
 def merge(target_path: str | Path, shard_paths: Sequence[str | Path]) -> None:
-    """Merge shard databases (same schema) into target, then finalize it.
+    """Merge shard databases (same schema) into target, then finalize the runs they hold.
 
     Dataset tables are de-duplicated by id; a shard's images already marked in target are skipped, so
     merging is idempotent and overlapping shards are fine. A run found in several files gets the
     earliest start, latest finish, summed compute seconds, status 'complete' only if every file says
-    so ('failed' if any failed), and counts recomputed from the merged rows.
+    so ('failed' if any failed), and counts recomputed from the merged rows (the sums for disjoint shards).
     """
     con = connect(target_path)
     try:
+        run_ids: set[str] = set()
         for shard in shard_paths:
             con.execute(f"ATTACH ? AS {_MERGE_ALIAS} (READ_ONLY)", [str(shard)])
             try:
                 check_schema(con, _MERGE_ALIAS)
                 with _transaction(con):
-                    _merge_attached(con, _MERGE_ALIAS)
+                    run_ids |= _merge_attached(con, _MERGE_ALIAS)
             finally:
                 con.execute(f"DETACH {_MERGE_ALIAS}")
             log.info("merged %s", shard)
-        with _transaction(con):
-            for (run_id,) in con.execute("SELECT run_id FROM runs").fetchall():
+        for run_id in sorted(run_ids):
+            with _transaction(con):
                 _refresh_counts(con, run_id)
-        finalize(con)
+            finalize(con, run_id)
     finally:
         con.close()
 
 
-def _merge_attached(con: duckdb.DuckDBPyConnection, src: str) -> None:
+def _merge_attached(con: duckdb.DuckDBPyConnection, src: str) -> set[str]:
+    """Copy one attached shard into the target (inside the caller's transaction); returns its run ids."""
     for table in DATASET_TABLES:
         con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {src}.{table}")
     # Combine runs the target already has, then copy the new ones (order matters: no self-combining).
@@ -219,10 +211,12 @@ def _merge_attached(con: duckdb.DuckDBPyConnection, src: str) -> None:
                           WHEN 'failed' IN (runs.status, s.status) THEN 'failed' ELSE 'running' END,
             started_at = least(runs.started_at, s.started_at),
             finished_at = greatest(runs.finished_at, s.finished_at),
-            seconds = coalesce(runs.seconds, 0) + coalesce(s.seconds, 0),
-            finalized_at = NULL
+            seconds = coalesce(runs.seconds, 0) + coalesce(s.seconds, 0)
         FROM {src}.runs AS s WHERE runs.run_id = s.run_id""")
-    con.execute(f"INSERT OR IGNORE INTO runs SELECT * FROM {src}.runs")
+    con.execute(f"INSERT OR IGNORE INTO runs SELECT * REPLACE (NULL AS finalized_at) FROM {src}.runs")
+    run_ids = {r[0] for r in con.execute(f"SELECT run_id FROM {src}.runs").fetchall()}
+    for run_id in run_ids:  # their rows change: the derived tables are rewritten after the merge
+        _run_script(con, UNFINALIZE_SQL, run_id)
     con.execute(f"""
         CREATE TEMP TABLE _new_images AS
         SELECT s.* FROM {src}.image_status AS s ANTI JOIN image_status AS t USING (run_id, image_id)""")
@@ -233,6 +227,7 @@ def _merge_attached(con: duckdb.DuckDBPyConnection, src: str) -> None:
     con.execute("INSERT INTO image_status SELECT * FROM _new_images")
     con.execute("DROP TABLE _new_images")
     con.execute(f"INSERT INTO errors SELECT * FROM {src}.errors EXCEPT SELECT * FROM errors")
+    return run_ids
 
 
 def _refresh_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
@@ -250,6 +245,11 @@ def _refresh_counts(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     )
 
 
+def _run_script(con: duckdb.DuckDBPyConnection, script: Sequence[str], run_id: str) -> None:
+    for sql in script:
+        con.execute(sql, {"run_id": run_id})
+
+
 def _with_run_id(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     if "run_id" not in frame.columns:
         return frame.assign(run_id=run_id)
@@ -258,8 +258,10 @@ def _with_run_id(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return frame
 
 
-def _insert_view(con: duckdb.DuckDBPyConnection, table: str, view: str, verb: str = "INSERT") -> None:
-    con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM {view}")
+def _insert_view(
+    con: duckdb.DuckDBPyConnection, table: str, view: str, verb: str = "INSERT", order: str | None = None
+) -> None:
+    con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM {view}" + (f" ORDER BY {order}" if order else ""))
 
 
 @contextmanager

@@ -30,10 +30,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SIZES = ("small", "large")
 BACKGROUNDS = ("noise", "stripes", "gradient", "checker", "clutter")
 BG_RANGE = (80.0, 175.0)  # grey levels of every background pixel before the faint tint
-SIZE_RADIUS = {"small": 0.095, "large": 0.155}  # half of the bbox side, as a fraction of the image side
+SIZE_RADIUS = {"small": 0.115, "large": 0.18}  # half of the bbox side, as a fraction of the image side
 COLOUR_JITTER = 10  # per-channel uniform jitter of an object's colour
 MAX_TILT_DEG = 12.0  # small, so that a square never turns into a diamond
 SUPERSAMPLE = 4  # coverage samples per pixel side (antialiasing)
+PLACEMENT_SAMPLES = 2  # coarser samples suffice to keep objects apart: the gap is a whole pixel
 
 
 def _normalised(points: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def _cross() -> np.ndarray:
 
 
 def _heart() -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     x = 16 * np.sin(t) ** 3
     y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
     return np.stack([x, -y], 1)  # image y points down
@@ -69,7 +70,7 @@ def _heart() -> np.ndarray:
 TEMPLATES: dict[str, np.ndarray] = {
     name: _normalised(points)
     for name, points in {
-        "circle": _regular(48, 0),
+        "circle": _regular(36, 0),
         "square": np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], float),
         "triangle": _regular(3, -90),
         "star": _star(),
@@ -162,20 +163,20 @@ def _inside(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return inside
 
 
-def coverage(polygon: np.ndarray, res: int) -> np.ndarray:
+def coverage(polygon: np.ndarray, res: int, samples: int = SUPERSAMPLE) -> np.ndarray:
     """Fraction of each pixel inside the polygon, (res, res) float32.
 
-    Sampled on a SUPERSAMPLE x SUPERSAMPLE grid of points inside each pixel, so the total equals the
+    Sampled on a samples x samples grid of points inside each pixel, so the total equals the
     polygon's area up to sampling noise; rasterisers that fill boundary pixels would inflate it.
     """
     (x0, y0), (x1, y1) = np.clip(np.floor(polygon.min(0)), 0, res), np.clip(np.ceil(polygon.max(0)), 0, res)
     x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
-    offsets = (np.arange(SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    offsets = (np.arange(samples) + 0.5) / samples
     xs = (np.arange(x0, x1)[:, None] + offsets).ravel()  # sample points, pixel-major
     ys = (np.arange(y0, y1)[:, None] + offsets).ravel()
-    samples = _inside(xs[None, :], ys[:, None], polygon)  # (rows * S, cols * S)
+    inside = _inside(xs[None, :], ys[:, None], polygon)  # (rows * samples, cols * samples)
     out = np.zeros((res, res), np.float32)
-    out[y0:y1, x0:x1] = samples.reshape(y1 - y0, SUPERSAMPLE, x1 - x0, SUPERSAMPLE).mean((1, 3))
+    out[y0:y1, x0:x1] = inside.reshape(y1 - y0, samples, x1 - x0, samples).mean((1, 3))
     return out
 
 
@@ -195,34 +196,47 @@ def sample_scene(rng: np.random.Generator, res: int, n_objects: int | None = Non
     Args:
         rng: source of all randomness; the same generator state gives the same scene.
         res: image side in pixels.
-        n_objects: number of objects; default 1-4 with weights 2:3:3:2. Fewer are placed in the
-            rare case that no free spot is found.
+        n_objects: number of objects; default 1-4 with weights 2:3:3:2. A large object that finds
+            no free spot is made small; fewer objects are placed in the rare case that none fits.
     """
     if n_objects is None:
         n_objects = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.3, 0.3, 0.2]))
     shapes = rng.choice(SHAPES, n_objects, replace=False)
     colours = rng.choice(list(COLOURS), n_objects, replace=False)
+    sizes = rng.choice(SIZES, n_objects)
     occupied = np.zeros((res, res), bool)
+    boxes: list[np.ndarray] = []
     objects: list[Obj] = []
-    for shape, colour in zip(shapes, colours, strict=True):
-        size = str(rng.choice(SIZES))
-        radius = SIZE_RADIUS[size] * res * rng.uniform(0.92, 1.08)
+    for k in np.argsort(sizes == "small", kind="stable"):  # large ones first: they are harder to fit
+        polygon, size = _place(str(shapes[k]), str(sizes[k]), rng, res, occupied, boxes)
+        if polygon is None:
+            continue
+        occupied |= coverage(polygon, res, PLACEMENT_SAMPLES) > 0
+        boxes.append(np.concatenate([polygon.min(0), polygon.max(0)]))
+        jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3)
+        rgb = tuple(int(v) for v in np.clip(np.array(COLOURS[str(colours[k])]) + jitter, 0, 255))
+        objects.append(Obj(str(shapes[k]), str(colours[k]), size, polygon, rgb))
+    order = rng.permutation(len(objects))
+    return Scene(res, str(rng.choice(BACKGROUNDS)), bool(rng.random() < 0.3),
+                 int(rng.integers(2**31)), tuple(objects[i] for i in order))
+
+
+def _place(shape: str, size: str, rng: np.random.Generator, res: int, occupied: np.ndarray,
+           boxes: list[np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """A polygon for the shape clear of the occupied pixels, shrunk to small if large does not fit."""
+    for attempt_size in (size, "small") if size == "large" else (size,):
+        radius = SIZE_RADIUS[attempt_size] * res * rng.uniform(0.92, 1.08)
         tilt = rng.uniform(-MAX_TILT_DEG, MAX_TILT_DEG)
         lo, hi = radius + 0.03 * res, res - radius - 0.03 * res
-        for _ in range(60):
+        for _ in range(40):
             # Rounded as written to COCO files, so areas and boxes agree with the files exactly.
-            polygon = np.round(_polygon(str(shape), *rng.uniform(lo, hi, 2), radius, tilt), 2)
-            mask = coverage(polygon, res) > 0
-            if not _touches(mask, occupied):
-                break
-        else:
-            continue
-        occupied |= mask
-        jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3)
-        rgb = tuple(int(v) for v in np.clip(np.array(COLOURS[str(colour)]) + jitter, 0, 255))
-        objects.append(Obj(str(shape), str(colour), size, polygon, rgb))
-    return Scene(res, str(rng.choice(BACKGROUNDS)), bool(rng.random() < 0.3),
-                 int(rng.integers(2**31)), tuple(objects))
+            polygon = np.round(_polygon(shape, *rng.uniform(lo, hi, 2), radius, tilt), 2)
+            box = np.concatenate([polygon.min(0) - 2, polygon.max(0) + 2])
+            near = any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes)
+            # Only boxes that come close need the pixel test.
+            if not near or not _touches(coverage(polygon, res, PLACEMENT_SAMPLES) > 0, occupied):
+                return polygon, attempt_size
+    return None, size
 
 
 def _smooth_noise(rng: np.random.Generator, res: int, cells: int) -> np.ndarray:

@@ -8,9 +8,10 @@ The losses are ALBEF's pre-training losses, without momentum distillation or que
   relation word swapped. A first phase samples negatives uniformly and without swaps (matching does
   not take off otherwise); then negatives are sampled by ITC similarity (ALBEF's hard negatives).
   Positives are weighted as much as all negatives together.
-- MLM, masked language modelling on the fused text, with a head that exists only here. Colour,
-  shape, size and relation words are masked far more often than other words: predicting them forces
-  the text to look at the right object, which is what makes the word maps word-specific.
+- MLM, masked language modelling on the fused text, with a head that exists only here. Colour and
+  shape words (one per phrase, the other left as the pointer) and relation words are masked far more
+  often than other words: predicting them forces the text to look at the right object, which is what
+  makes the word maps word-specific.
 Every step draws fresh captions for its scenes from the demo grammar, and mirrors half the images
 (with captions written for the mirrored geometry).
 
@@ -82,7 +83,7 @@ class TrainConfig:
     weight_decay: float = 0.02  # ALBEF's
     warmup_steps: int = 150
     easy_steps: int = 600  # first phase: uniform in-batch negatives, no swapped captions
-    attribute_mask_prob: float = 0.6  # MLM masking of colour, shape, size and relation words
+    attribute_mask_prob: float = 0.8  # MLM masking of one of colour/shape per phrase, and relation words
     other_mask_prob: float = 0.15  # MLM masking of every other word (BERT's rate)
     seed: int = 0
 
@@ -117,13 +118,15 @@ class TrainWorld:
         self.ids = sorted(scenes)
         self.scenes = [scenes[i] for i in self.ids]
         # Resized as eval_transform does (PIL bicubic to a square), normalised per batch.
-        self.pixels = torch.stack([
-            torch.from_numpy(np.asarray(Image.open(world / "train" / f"{i:012d}.jpg").convert("RGB").resize(
-                (res, res), Image.Resampling.BICUBIC))).permute(2, 0, 1)
-            for i in self.ids
-        ])
+        self.pixels = torch.stack([self._load(world / "train" / f"{i:012d}.jpg", res) for i in self.ids])
         self.mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+    @staticmethod
+    def _load(path: Path, res: int) -> Tensor:
+        with Image.open(path) as img:
+            pixels = np.array(img.convert("RGB").resize((res, res), Image.Resampling.BICUBIC))
+        return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, R, R) uint8
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[Tensor, list[Scene]]:
         """Normalised pixels (B, 3, R, R) of random images, half of them mirrored, and their scenes."""
@@ -141,27 +144,38 @@ def truth_matrix(captions: list[str], scenes: list[Scene]) -> np.ndarray:
     return np.array([[bool(assignments(p, s)) for p in parsed] for s in scenes])
 
 
-def attribute_words(caption: str) -> set[int]:
-    """Indices of the words MLM masks more often: colours, shapes, sizes and relation words."""
+def words_to_mask(caption: str, n_words: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Which words of a caption MLM predicts, (n_words,) bool.
+
+    In a phrase that states both colour and shape, one of the two is masked with probability
+    `attribute_mask_prob` and the other never, so the phrase still points at its object: "a [MASK]
+    circle" is answered by looking at the circle, "a red [MASK]" by looking at the red object. Relation
+    words are masked at the same high rate, every other word at BERT's rate; at least one word always.
+    """
+    rate = np.full(n_words, cfg.other_mask_prob)
     parsed = parse_caption(caption)
-    return {i for p in parsed.phrases for i in p.words.values()} | {w for *_, w in parsed.relations}
+    for phrase in parsed.phrases:
+        if "colour" in phrase.words and "shape" in phrase.words:
+            target, keep = rng.permutation([phrase.words["colour"], phrase.words["shape"]])
+            rate[target], rate[keep] = cfg.attribute_mask_prob, 0.0
+    for *_, word in parsed.relations:
+        rate[word] = cfg.attribute_mask_prob
+    chosen = rng.random(n_words) < rate
+    if not chosen.any():
+        chosen[rng.choice(n_words, p=rate / rate.sum())] = True
+    return chosen
 
 
 def mask_tokens(ids: Tensor, captions: list[str], word_of_token: list[list[int]], cfg: TrainConfig,
-                gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """BERT masking, whole words: (masked ids, labels with -100 where not masked)."""
+                rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """BERT masking of whole words (`words_to_mask`): (masked ids, labels with -100 where not masked)."""
     B, T = ids.shape
-    prob = torch.zeros(B, T)
+    masked = torch.zeros(B, T, dtype=torch.bool)
     for b, (caption, owners) in enumerate(zip(captions, word_of_token, strict=True)):
-        special = attribute_words(caption)
-        words = torch.tensor(owners[1:])
-        p_word = torch.full((int(words.max()) + 1,), cfg.other_mask_prob)
-        p_word[list(special)] = cfg.attribute_mask_prob
-        chosen = torch.rand(len(p_word), generator=gen) < p_word
-        if not chosen.any():  # every caption contributes at least one prediction
-            chosen[torch.randint(len(p_word), (1,), generator=gen)] = True
-        prob[b, 1:len(owners)] = chosen[words].float()
-    masked = prob.bool()
+        words = np.array(owners[1:])  # token 0 is [CLS]
+        chosen = words_to_mask(caption, int(words.max()) + 1, cfg, rng)
+        masked[b, 1:len(owners)] = torch.from_numpy(chosen[words])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     labels = torch.where(masked, ids, -100)
     # 80% [MASK], 10% a random token, 10% unchanged, as BERT.
     roll = torch.rand(B, T, generator=gen)
@@ -209,7 +223,6 @@ class Trainer:
         no_decay = [p for p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
-        self.gen = torch.Generator().manual_seed(tcfg.seed)
 
     def lr_at(self, step: int) -> float:
         t = self.tcfg
@@ -254,11 +267,11 @@ class Trainer:
         fused = model.fuse(text[text_rows], mask[text_rows], image, torch.from_numpy(image_rows))
         logits = model.itm_head(fused.hidden[:, 0])
         n_neg = len(text_rows) - B
-        weight = torch.tensor([n_neg / B, 1.0])  # positives weigh as much as all negatives
+        weight = torch.tensor([1.0, n_neg / B])  # per class (0 = no match): positives weigh as all negatives
         loss_itm = F.cross_entropy(logits, labels, weight=weight)
 
         masked_ids, mlm_labels = mask_tokens(ids[:B], captions, [t.word_of_token for t in tokens[:B]],
-                                             self.tcfg, self.gen)
+                                             self.tcfg, rng)
         mlm_text = model.encode_text(masked_ids, mask[:B])
         mlm_hidden = model.fuse(mlm_text, mask[:B], image).hidden
         picked = mlm_labels != -100

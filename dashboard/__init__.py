@@ -1,0 +1,1 @@
+"""Streamlit dashboard over the extraction database: search, image detail, statistics, runs."""

@@ -1,0 +1,198 @@
+"""The dashboard's access to the extraction database and its images, cached by role.
+
+``st.cache_resource`` holds the one read-only connection per database file; ``st.cache_data`` holds query
+results and rendered overlays. Both are keyed by the file's path and modification time, so a re-extracted
+database is picked up without restarting the server. All SQL lives in ``db.queries``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import streamlit as st
+from PIL import Image, UnidentifiedImageError
+
+from dashboard.overlay import (
+    OverlayStyle,
+    attention_overlay,
+    blank_image,
+    display_size,
+    draw_instances,
+    to_png,
+)
+from db import queries
+from db.codec import decode_map
+from db.schema import SchemaMismatch
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DB = REPO / "data" / "demo" / "demo.duckdb"
+CONTEXT_KEY = "dashboard_context"
+INSTANCE_FIELDS = ("segmentation", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
+
+# The db.queries functions pages may ask through `ask` (all read-only).
+QUESTIONS = frozenset({
+    "list_runs", "run_summary", "vocabulary", "list_categories", "search_words", "count_words",
+    "export_frame", "image_detail", "words_at_region", "word_stats", "category_stats",
+    "word_category_matrix", "metric_values", "layer_comparison", "word_frequency_alignment",
+    "image_instances", "run_errors",
+})  # fmt: skip
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be shown; the message says why and what to do, for st.error."""
+
+
+@dataclass(frozen=True)
+class Database:
+    """A database file as the cache key of everything read from it (path + modification time)."""
+
+    path: str
+    mtime_ns: int
+
+    @classmethod
+    def open(cls, path: str | Path) -> Database:
+        """Check that ``path`` is a readable extraction database of this schema version."""
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise DatabaseUnavailable(f"No database file at `{path}`.")
+        db = cls(str(path), path.stat().st_mtime_ns)
+        try:
+            _connection(db.path, db.mtime_ns)
+        except SchemaMismatch as exc:
+            raise DatabaseUnavailable(f"`{path}` cannot be shown: {exc}") from exc
+        except duckdb.Error as exc:
+            if "lock" in str(exc).lower():  # DuckDB allows one writer or many readers, not both
+                raise DatabaseUnavailable(f"`{path}` is being written by another process (an extraction in "
+                                          f"progress?); open it when that finishes. {exc}") from exc
+            raise DatabaseUnavailable(f"`{path}` is not a readable DuckDB extraction database: {exc}") from exc
+        return db
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the entry point's sidebar chose, handed to every page."""
+
+    db: Database
+    run: Mapping[str, Any] = field(hash=False)
+    method: str
+    layer: int
+    images_dir: Path | None
+
+
+def context() -> Context:
+    """The context the entry point set for this run (pages are only run after it is set)."""
+    return st.session_state[CONTEXT_KEY]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _connection(path: str, mtime_ns: int) -> duckdb.DuckDBPyConnection:
+    """One read-only connection per database version; db.queries gives each query its own cursor."""
+    logger.info("opening %s read-only", path)
+    return queries.connect_readonly(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _ask(path: str, mtime_ns: int, question: str, args: tuple, kwargs: dict) -> Any:
+    return getattr(queries, question)(_connection(path, mtime_ns), *args, **kwargs)
+
+
+def ask(db: Database, question: str, *args: Any, **kwargs: Any) -> Any:
+    """The cached answer of ``db.queries.<question>(connection, *args, **kwargs)``."""
+    if question not in QUESTIONS:
+        raise ValueError(f"unknown question {question!r}")
+    return _ask(db.path, db.mtime_ns, question, args, kwargs)
+
+
+def images_dir(run: Mapping[str, Any], override: str | None, db: Database) -> Path | None:
+    """Where the run's images are: ``--images`` if given, else the run's images_dir.
+
+    A database moved together with its images (the demo under data/demo/) is handled too: when the
+    stored folder does not exist, the folder of that name beside the database file is used.
+    """
+    if override:
+        return Path(override).expanduser()
+    stored = run.get("images_dir")
+    if not stored:
+        return None
+    path = Path(stored).expanduser()
+    if path.is_dir():
+        return path
+    beside = Path(db.path).parent / (path.name if path.is_absolute() else path)
+    return beside if beside.is_dir() else path
+
+
+def image_path(ctx: Context, file_name: str) -> Path | None:
+    """The image file's path, or None when the run has no image folder."""
+    return ctx.images_dir / file_name if ctx.images_dir else None
+
+
+def load_image(path: Path | None, width: int, height: int) -> tuple[Image.Image, bool]:
+    """The image at ``path`` (RGB), or a grey stand-in of the COCO size; the flag says it was found."""
+    if path is not None:
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB"), True
+        except (OSError, UnidentifiedImageError) as exc:
+            logger.warning("cannot read image %s: %s", path, exc)
+    return blank_image(int(width), int(height)), False
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def render_overlay(
+    path: str | None,
+    width: int,
+    height: int,
+    blob: bytes | None,
+    map_max: float,
+    style: OverlayStyle,
+    instances: tuple[tuple[str, float, float, float, float], ...] = (),
+    show_mask: bool = False,
+    show_box: bool = False,
+) -> tuple[bytes, bool]:
+    """PNG of a word map over its image (+ instance masks/boxes); the flag says the image file was found.
+
+    ``blob`` None draws the bare image. ``instances`` are (segmentation JSON, x, y, w, h) in COCO pixels.
+    """
+    image, found = load_image(Path(path) if path else None, width, height)
+    if blob is None:
+        out = image.resize(display_size(*image.size, style.max_side), Image.Resampling.BILINEAR)
+    else:
+        out = attention_overlay(image, decode_map(blob, map_max), style)
+    if instances and (show_mask or show_box):
+        rows = [dict(zip(INSTANCE_FIELDS, inst, strict=True)) for inst in instances]
+        out = draw_instances(out, rows, (int(width), int(height)), show_mask=show_mask, show_box=show_box)
+    return to_png(out), found
+
+
+def instance_tuples(instances: pd.DataFrame) -> tuple[tuple[str, float, float, float, float], ...]:
+    """Instance rows as the hashable tuples render_overlay takes."""
+    return tuple(
+        (str(seg), float(x), float(y), float(w), float(h))
+        for seg, x, y, w, h in instances[list(INSTANCE_FIELDS)].itertuples(index=False)
+    )
+
+
+def frame_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """A result set (no map blobs) as CSV or Parquet bytes for a download button."""
+    frame = frame.drop(columns=[c for c in ("map", "map_max") if c in frame.columns])
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode("utf-8")
+    if fmt == "parquet":
+        return frame.to_parquet(index=False)
+    raise ValueError(f"unknown export format {fmt!r}")
+
+
+def export(db: Database, fmt: str, filters: Mapping[str, Any]) -> bytes:
+    """The whole result set of a search (metrics, no maps) as CSV or Parquet bytes.
+
+    Called by a download button when clicked, outside the script run, so it skips st.cache_data.
+    """
+    return frame_bytes(queries.export_frame(_connection(db.path, db.mtime_ns), **filters), fmt)

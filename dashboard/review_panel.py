@@ -1,0 +1,260 @@
+"""Reviewing one item, embeddable in any page: what the item is (:func:`item_view`) and what the team
+says about it (:func:`review_panel`: verdicts, tags, comment thread, resolve/reopen, who and when).
+
+Everything a user typed (comments, notes, tags) is shown as text (``st.text`` or dataframe cells), never
+as Markdown or HTML, so a comment cannot inject markup or script. Writes go through db/review.py, which
+checks the actor's role again; viewers and anonymous visitors are shown no write controls at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import auth, data, review_session, state
+from dashboard import components as ui
+from dashboard.overlay import OverlayStyle, highlight_caption
+from db import review
+from db.review import Item
+
+logger = logging.getLogger(__name__)
+
+ITEM_SIDE = 640
+VERDICT_ICONS = {
+    "aligned": ":material/check_circle:",
+    "noisy": ":material/blur_on:",
+    "background-heavy": ":material/landscape:",
+    "wrong object": ":material/wrong_location:",
+    "other": ":material/help:",
+}
+VERDICT_COLOURS = {"aligned": "green", "noisy": "orange", "background-heavy": "violet", "wrong object": "red",
+                   "other": "gray"}
+_FLASH_KEY = "_review_flash"  # (level, message) left by a write callback for the next run to show
+
+
+def when(at: str | None) -> str:
+    """A stored ISO timestamp (UTC) as 'YYYY-MM-DD HH:MM UTC'."""
+    return "" if not at else f"{at[:10]} {at[11:16]} UTC"
+
+
+def item_url(item: Item) -> dict[str, str]:
+    """Query parameters of a link to the Reviews page open on `item`."""
+    return state.link_params(item=item.key)
+
+
+def describe(item: Item) -> str:
+    """A one-line name of an item, e.g. 'word 3 of caption 4021 · image 139 · gradcam layer 8'."""
+    if item.kind == "image":
+        return f"image {item.image_id} · run {item.run_id}"
+    return (f"word {item.word_index} of caption {item.caption_id} · image {item.image_id} · "
+            f"{item.method} layer {item.layer}")
+
+
+# ---------------------------------------------------------------------------------------------- the item
+
+
+def _run_row(ctx: data.Context, run_id: str) -> dict[str, Any] | None:
+    if ctx.run["run_id"] == run_id:
+        return dict(ctx.run)
+    runs = data.ask(ctx.db, "list_runs")
+    hit = runs[runs["run_id"] == run_id]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def _image_file(ctx: data.Context, run: dict[str, Any], file_name: str) -> str | None:
+    """The image's path, refused (None) if the stored name would leave the image folder."""
+    root = ctx.images_dir if run["run_id"] == ctx.run["run_id"] else data.images_dir(run, None, ctx.db)
+    if root is None:
+        return None
+    try:
+        return str(auth.safe_image_path(Path(root), file_name))
+    except ValueError:
+        logger.warning("refusing image path %r outside %s", file_name, root)
+        return None
+
+
+def item_view(ctx: data.Context, item: Item, style: OverlayStyle, show_mask: bool, show_box: bool) -> bool:
+    """Draw what the item is: the word's map over its image with the caption and metrics, or the image
+    with its labelled objects and captions. False (with a message) when the database lacks it."""
+    run = _run_row(ctx, item.run_id)
+    if run is None:
+        st.warning(f"Run `{item.run_id}` is not in this database; only the review is shown.")
+        return False
+    detail = data.ask(ctx.db, "image_detail", item.image_id, item.run_id)
+    if detail["image"].empty:
+        st.warning(f"Image {item.image_id} is not in this database; only the review is shown.")
+        return False
+    image = detail["image"].iloc[0]
+    width, height = int(image["width"]), int(image["height"])
+    path = _image_file(ctx, run, image["file_name"])
+    big = dataclasses.replace(style, max_side=ITEM_SIDE)
+    instances = detail["instances"]
+    if item.kind == "image":
+        png, found = data.render_overlay(path, width, height, None, 0.0, big, data.instance_tuples(instances),
+                                         show_mask, show_box)
+        st.image(png, width="stretch")
+        for text in detail["captions"]["raw"]:
+            st.text(text)
+    else:
+        words = detail["words"]
+        rows = words[(words["caption_id"] == item.caption_id) & (words["word_index"] == item.word_index)
+                     & (words["method"] == item.method) & (words["layer"] == item.layer)]
+        if rows.empty:
+            st.warning(f"This run has no {item.method} layer {item.layer} map for that word.")
+            return False
+        row = rows.iloc[0]
+        named = instances[instances["category_id"] == row["category_id"]]
+        png, found = data.render_overlay(path, width, height, row["map"], float(row["map_max"]), big,
+                                         data.instance_tuples(named), show_mask, show_box)
+        st.image(png, width="stretch")
+        caption = detail["captions"].set_index("caption_id").loc[item.caption_id, "text"]
+        st.html(f'<div class="caption">{highlight_caption(caption, item.word_index)}</div>')
+        st.markdown(ui.badges(row.to_dict()))
+    if not found:
+        ui.image_missing_note(ctx)
+    # The item's own run, map and layer, which may differ from the sidebar's.
+    where = {"run": item.run_id} | ({"method": item.method, "layer": item.layer} if item.kind == "word" else {})
+    st.page_link("views/image.py", label=f"Open image {item.image_id}", icon=":material/open_in_new:",
+                 query_params=state.link_params(image=item.image_id, caption=item.caption_id, w=item.word_index,
+                                                **where))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- writes
+
+
+def write(action: Callable[..., Any], *args: Any, done: str, then: Callable[[], None] | None = None) -> None:
+    """Run a db.review write as this session's actor (for button callbacks); `flash` shows its outcome.
+
+    `then` runs after a successful write (a queue moves on).
+    """
+    try:
+        action(review_session.connection(), review_session.actor(), *args)
+    except (PermissionError, ValueError, TypeError) as exc:
+        st.session_state[_FLASH_KEY] = ("error", str(exc))
+        return
+    st.session_state[_FLASH_KEY] = ("success", done)
+    if then is not None:
+        then()
+
+
+def _write_text(action: Callable[..., Any], item: Item, widget_key: str, done: str) -> None:
+    """Submit a text form: the text is taken verbatim from its widget (tags are trimmed)."""
+    text = st.session_state.get(widget_key) or ""
+    write(action, item, text.strip() if action is review.add_tag else text, done=done)
+
+
+def _set_verdict(item: Item, verdict: str, note_key: str, then: Callable[[], None] | None) -> None:
+    note = st.session_state.get(note_key) or ""
+    write(review.set_verdict, item, verdict, note, done=f"Verdict: {verdict}", then=then)
+    if st.session_state[_FLASH_KEY][0] == "success":
+        st.session_state[note_key] = ""  # the note belonged to this verdict, not to the next item
+
+
+def flash() -> None:
+    """Show the outcome of the last write callback (errors in the page, successes as a toast)."""
+    level, message = st.session_state.pop(_FLASH_KEY, (None, None))
+    if level == "error":  # db.review's messages may quote what the user typed
+        st.error(review_session.literal(message), icon=":material/error:")
+    elif level == "success":
+        st.toast(review_session.literal(message), icon=":material/check:")
+
+
+# ---------------------------------------------------------------------------------------------- the panel
+
+
+def review_panel(
+    item: Item,
+    *,
+    key: str = "review",
+    shortcuts: bool = False,
+    after_verdict: Callable[[], None] | None = None,
+) -> None:
+    """Everything the team said about `item`, and (for reviewers) the controls to say more.
+
+    Args:
+        key: widget key prefix; give each panel on one page its own.
+        shortcuts: verdict keys 1-5 (one panel per page may have them).
+        after_verdict: called after this user set a verdict (a queue moves on to its next item).
+    """
+    con = review_session.connection()
+    actor = review_session.actor()
+    flash()
+    about = review.item_review(con, item)
+    mine = next((v for v in about.verdicts if v.reviewer == actor.user), None)
+
+    status = "resolved" if about.status == "resolved" else "open"
+    by = f" by {about.status_by}, {when(about.status_at)}" if about.status_by else ""
+    st.markdown(f"**Review** · {':green-badge[resolved]' if status == 'resolved' else ':orange-badge[open]'}")
+    if by:
+        st.caption(f"{status.capitalize()}{review_session.literal(by)}")
+
+    if actor.can_review:
+        note_key = f"{key}_note"
+        with st.container(horizontal=True, wrap=True, gap="small"):
+            for number, verdict in enumerate(review.VERDICTS, start=1):
+                st.button(verdict, key=f"{key}_verdict_{verdict}", icon=VERDICT_ICONS[verdict],
+                          type="primary" if mine and mine.verdict == verdict else "secondary",
+                          shortcut=str(number) if shortcuts else None, on_click=_set_verdict,
+                          args=(item, verdict, note_key, after_verdict),
+                          help=f"My verdict: {verdict} (with the note below, if any)")
+        st.text_input("Note with my verdict (optional)", key=note_key, max_chars=review.MAX_TEXT_CHARS,
+                      placeholder=mine.note if mine and mine.note else "why, in a few words")
+    for v in about.verdicts:
+        st.markdown(f":{VERDICT_COLOURS[v.verdict]}-badge[{v.verdict}] **{review_session.literal(v.reviewer)}** · "
+                    f"{when(v.at)}")
+        if v.note:
+            st.text(v.note)
+    if not about.verdicts:
+        st.caption("No verdict yet.")
+    if mine is not None:
+        st.button("Withdraw my verdict", key=f"{key}_clear", type="tertiary", icon=":material/undo:",
+                  on_click=write, args=(review.clear_verdict, item), kwargs={"done": "Verdict withdrawn"})
+
+    st.markdown("**Tags**")
+    if about.tags:
+        st.dataframe(pd.DataFrame([{"tag": t.tag, "added by": t.added_by, "when": when(t.at)} for t in about.tags]),
+                     hide_index=True, width="stretch")
+    else:
+        st.caption("No tags.")
+    if actor.can_review:
+        add, remove = st.columns(2)
+        with add.form(f"{key}_tag_form", clear_on_submit=True, border=False):
+            st.text_input("Add a tag", key=f"{key}_tag", max_chars=review.MAX_TAG_CHARS)
+            st.form_submit_button("Add tag", icon=":material/sell:", on_click=_write_text,
+                                  args=(review.add_tag, item, f"{key}_tag", "Tag added"))
+        if about.tags:
+            with remove.form(f"{key}_untag_form", border=False):
+                st.selectbox("Remove a tag", [t.tag for t in about.tags], key=f"{key}_untag")
+                st.form_submit_button("Remove tag", icon=":material/delete:", on_click=_write_text,
+                                      args=(review.remove_tag, item, f"{key}_untag", "Tag removed"))
+
+    st.markdown(f"**Comments** ({len(about.comments)})")
+    for comment in about.comments:
+        with st.container(border=True):
+            st.caption(f"{review_session.literal(comment.author)} · {when(comment.at)}")
+            st.text(comment.body)
+    if actor.can_review:
+        with st.form(f"{key}_comment_form", clear_on_submit=True, border=False):
+            st.text_area("Add a comment", key=f"{key}_comment", max_chars=review.MAX_TEXT_CHARS, height=90)
+            st.form_submit_button("Comment", icon=":material/send:", on_click=_write_text,
+                                  args=(review.add_comment, item, f"{key}_comment", "Comment added"))
+        if status == "open":
+            st.button("Resolve", key=f"{key}_resolve", icon=":material/task_alt:",
+                      on_click=write, args=(review.resolve, item), kwargs={"done": "Resolved"})
+        else:
+            st.button("Reopen", key=f"{key}_reopen", icon=":material/undo:",
+                      on_click=write, args=(review.reopen, item), kwargs={"done": "Reopened"})
+    else:
+        st.caption("Read-only: sign in as a reviewer to judge, tag and comment.")
+
+    if actor.can_manage:
+        with st.expander("History (audit log)", icon=":material/history:"):
+            log = review.audit_log(con, actor, target=item.key)
+            st.dataframe(log.drop(columns=["target"]), hide_index=True, width="stretch")

@@ -1,0 +1,86 @@
+"""View state in the URL, so a pasted link restores the same view.
+
+Most widgets keep their value in the URL themselves (``bind="query-params"``, key = parameter name);
+Streamlit then seeds them from a pasted link and keeps entry-point (sidebar) parameters across pages.
+Two kinds of state cannot be bound that way and are kept in ``st.query_params`` here:
+
+- selectboxes whose option labels carry counts ("dog · 1,204"): a bound selectbox stores its *label* in
+  the URL, which would change with the counts, so :func:`counted_choice` stores the value instead;
+- state set by clicks rather than by a widget (the selected image, caption and word).
+
+The page itself is the URL path (``/search``, ``/image``, ``/statistics``, ``/runs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import streamlit as st
+
+logger = logging.getLogger(__name__)
+
+BIND = "query-params"
+# The shared sidebar's parameters (bound widgets of the entry point): links carry them explicitly so a
+# link opened in a new tab shows the same run, method and layer.
+SHARED = ("run", "method", "layer")
+
+
+def query_int(name: str) -> int | None:
+    """An integer query parameter, or None when absent or not a number (a bad link)."""
+    raw = st.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        logger.warning("ignoring query parameter %s=%r: not an integer", name, raw)
+        return None
+
+
+def set_query(**params: Any) -> None:
+    """Write (or, for None, remove) plain query parameters."""
+    for name, value in params.items():
+        if value is None:
+            st.query_params.pop(name, None)
+        else:
+            st.query_params[name] = str(value)
+
+
+def counted_choice(
+    label: str,
+    options: Sequence[str],
+    counts: Mapping[str, int],
+    *,
+    param: str,
+    accept_new_options: bool = False,
+    on_change: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> str | None:
+    """A selectbox labelled "value · count" whose *value* is kept in query parameter ``param``.
+
+    The URL decides when the widget is first drawn on the page (a pasted link or a page link); after
+    that the widget does, and writes its value back.
+    """
+    key = f"{param}_choice"
+    if key not in st.session_state:
+        wanted = st.query_params.get(param)
+        if wanted is not None and not accept_new_options and wanted not in options:
+            st.warning(f"{label} “{wanted}” from the link is not in this database.")
+            wanted = None
+        st.session_state[key] = wanted
+
+    def label_of(value: str) -> str:
+        return f"{value} · {counts[value]:,}" if value in counts else value
+
+    value = st.selectbox(label, options, index=None, key=key, format_func=label_of,
+                         accept_new_options=accept_new_options, on_change=on_change, **kwargs)
+    set_query(**{param: value or None})
+    return value or None
+
+
+def link_params(**params: Any) -> dict[str, str]:
+    """Query parameters for a link to another view: the shared sidebar's plus ``params`` (None dropped)."""
+    shared = {name: st.session_state.get(name) for name in SHARED}
+    return {name: str(value) for name, value in (shared | params).items() if value is not None}

@@ -1,0 +1,88 @@
+"""My queues: work through an assigned review queue item by item, keyboard first.
+
+J / K move to the next / previous item, 1-5 set a verdict (and move on when "Advance after a verdict"
+is on). The queue and position live in the URL (``queue``, ``pos``), so a link reopens the same item.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import components as ui
+from dashboard import data, review_panel, review_session, state
+from db import review
+
+ctx = data.context()
+con = review_session.connection()
+actor = review_session.actor()
+st.title("My queues")
+
+if not actor.can_review:
+    st.info("Queues are worked through by reviewers; your role reads only. Browse reviews on the Reviews page.")
+    st.stop()
+
+queues = review.list_queues(con, reviewer=actor.user)
+if queues.empty:
+    st.info("No queue is assigned to you yet. An admin makes queues from a search and assigns them on the "
+            "Review admin page.")
+    st.stop()
+
+def restart() -> None:
+    """Another queue starts at its first item."""
+    state.set_query(pos=None)
+
+
+by_name = {row["name"]: row for row in queues.to_dict("records")}
+top, toggles = st.columns([3, 2], vertical_alignment="bottom")
+name = top.selectbox("Queue", list(by_name), key="queue", bind=state.BIND, on_change=restart)
+queue = by_name[name]
+queue_id = int(queue["queue_id"])
+unreviewed_only = toggles.toggle("Unreviewed only", key="todo", bind=state.BIND,
+                                 help="Next and previous skip the items you already judged.")
+advance = toggles.toggle("Advance after a verdict", value=True, key="advance",
+                         help="A verdict (buttons or keys 1-5) moves on to the next item.")
+
+
+def go(direction: str, position: int | None) -> None:
+    """Move to the next or previous entry (button and verdict callbacks)."""
+    step = review.next_item if direction == "next" else review.previous_item
+    entry = step(con, queue_id, actor.user, position, unreviewed_only=st.session_state.get("todo", False))
+    if entry is None:
+        st.toast("That was the last item." if direction == "next" else "This is the first item.",
+                 icon=":material/flag:")
+    else:
+        state.set_query(pos=entry.position)
+
+
+items = review.queue_items(con, queue_id, reviewer=actor.user)
+done = int(items["reviewer_verdict"].notna().sum())
+reviewers = review_session.literal(", ".join(queue["reviewers"])) or "none"
+st.progress(done / len(items), text=f"You judged {done} of {len(items)} · {int(queue['n_judged'])} judged by "
+                                    f"anyone · reviewers: {reviewers}")
+
+position = state.query_int("pos")
+if position is None or not 0 <= position < len(items):
+    entry = review.next_item(con, queue_id, actor.user, None, unreviewed_only=unreviewed_only)
+    if entry is None:
+        st.success("You have judged every item of this queue. Turn off “Unreviewed only” to go over them again.",
+                   icon=":material/done_all:")
+        st.stop()
+    position = entry.position
+    state.set_query(pos=position)
+item = review.Item.from_row(items.iloc[position].to_dict())
+
+back, where, forward = st.columns([1, 3, 1], vertical_alignment="center")
+back.button("Previous", key="previous", icon=":material/arrow_back:", shortcut="K", width="stretch",
+            on_click=go, args=("previous", position), help="Previous item (K)")
+where.markdown(f"**Item {position + 1} of {len(items)}** · {review_panel.describe(item)}")
+forward.button("Next", key="next", icon=":material/arrow_forward:", icon_position="right", shortcut="J",
+               width="stretch", on_click=go, args=("next", position), help="Next item (J)")
+
+with st.expander("Display", icon=":material/palette:"):
+    style, show_mask, show_box = ui.overlay_controls()
+left, right = st.columns([3, 2])
+with left:
+    review_panel.item_view(ctx, item, style, show_mask, show_box)
+with right:
+    review_panel.review_panel(item, key="queue_review", shortcuts=True,
+                              after_verdict=(lambda: go("next", position)) if advance else None)

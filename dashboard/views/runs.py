@@ -1,0 +1,66 @@
+"""Runs: what each extraction run extracted (checkpoint, method, layers, resolution), its counts and timing."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from dashboard import data
+
+RUN_COLUMNS = ["run_id", "status", "method", "layers", "gradcam_layer", "image_res", "grid_size", "n_images",
+               "n_captions", "n_words", "n_errors", "seconds", "started_at", "finished_at", "device",
+               "checkpoint_path"]
+
+ctx = data.context()
+st.title("Runs")
+runs = data.ask(ctx.db, "list_runs")
+st.dataframe(runs[[c for c in RUN_COLUMNS if c in runs.columns]], hide_index=True, width="stretch",
+             column_config={"seconds": st.column_config.NumberColumn("seconds", format="%.1f")})
+st.caption(f"Database `{ctx.db.path}`. Choose the run the other pages show in the sidebar.")
+
+run_id = ctx.run["run_id"]
+summary = data.ask(ctx.db, "run_summary", run_id)
+st.subheader(f"Run {run_id}")
+cells = st.columns(5)
+speed = summary["images_per_second"]
+for cell, (label, value) in zip(cells, [
+    ("status", summary["status"]),
+    ("images done", f"{summary['images_done']:,}"),
+    ("captions", f"{summary['captions']:,}"),
+    ("errors", f"{summary['errors']:,}"),
+    ("images / s", "–" if speed is None else f"{speed:.2f}"),
+], strict=True):
+    cell.metric(label, value)
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Extraction**")
+    layers = ", ".join(str(layer) for layer in summary["layers"]) if summary["layers"] is not None else "–"
+    st.markdown(
+        f"- checkpoint: `{summary['checkpoint_path']}`\n"
+        f"- sha256: `{(summary['checkpoint_sha256'] or '')[:16]}…`\n"
+        f"- method: **{summary['method']}**; attention layers {layers}; Grad-CAM layer {summary['gradcam_layer']}\n"
+        f"- image {summary['image_res']} px, patch {summary['patch_size']}, grid "
+        f"{summary['grid_size']} x {summary['grid_size']}\n"
+        f"- code {summary['code_version']} on {summary['device']}\n"
+        f"- images: `{summary['images_dir']}`"
+        + ("" if ctx.images_dir is None or str(ctx.images_dir) == summary["images_dir"]
+           else f" (shown from `{ctx.images_dir}`)") + "\n"
+        f"- captions: `{summary['captions_file']}`; instances: `{summary['instances_file']}`\n"
+        f"- started {summary['started_at']}, finished {summary['finished_at'] or '–'}, "
+        f"{summary['seconds'] or 0:.1f} s of compute"
+    )
+with right:
+    st.markdown("**Word rows per method and layer**")
+    st.dataframe(summary["slices"], hide_index=True, width="stretch")
+    with st.expander("Model configuration"):
+        config = summary["config"]
+        st.json(json.loads(config) if isinstance(config, str) else config or {})
+
+errors = data.ask(ctx.db, "run_errors", run_id)
+if errors.empty:
+    st.success("No errors logged for this run.")
+else:
+    st.markdown(f"**Errors** ({summary['errors']:,}, newest first)")
+    st.dataframe(errors, hide_index=True, width="stretch")

@@ -1,0 +1,123 @@
+"""Search: every occurrence of a word, or of the words naming a COCO category, ranked by a metric."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from dashboard import components as ui
+from dashboard import data, review_data, review_session, state
+from db.schema import METRICS
+
+# Autocomplete offers this many of the most frequent words; any other word can still be typed.
+VOCABULARY_SIZE = 5000
+FULL_RANGE = (0.0, 1.0)
+# Fine enough to split maps that are all nearly uniform (entropy 0.99x with small grids).
+RANGE_STEP = 0.001
+OBJECT_FILTER = {"any": None, "labelled": True, "not labelled": False}
+POINTING_FILTER = {"any": None, "hit": (1.0, 1.0), "miss": (0.0, 0.0)}
+
+
+def first_page() -> None:
+    """New criteria start again at page 1."""
+    st.session_state["p"] = 1
+
+
+ctx = data.context()
+run_id = ctx.run["run_id"]
+st.title("Search")
+
+by = st.radio("Search by", ["word", "category"], key="by", bind=state.BIND, horizontal=True,
+              on_change=first_page, help="A word of the captions, or every word that names a COCO category.")
+if by == "word":
+    vocabulary = data.ask(ctx.db, "vocabulary", "", run_id, VOCABULARY_SIZE)
+    counts = dict(zip(vocabulary["word"], vocabulary["n"].astype(int), strict=True))
+    word = state.counted_choice("Word", list(counts), counts, param="word", accept_new_options=True,
+                                on_change=first_page, placeholder="Type a word, e.g. dog",
+                                help="Words of this run's captions, most frequent first, with their counts.")
+    chosen, target = word, {"word": word} if word else None
+else:
+    categories = data.ask(ctx.db, "list_categories", run_id)
+    named = categories[categories["n_words"] > 0]
+    counts = dict(zip(named["name"], named["n_words"].astype(int), strict=True))
+    category = state.counted_choice("COCO category", list(counts), counts, param="category",
+                                    on_change=first_page, placeholder="Choose a category, e.g. dog",
+                                    help="COCO categories named in the captions, with how many words name them.")
+    ids = dict(zip(categories["name"], categories["category_id"], strict=True))
+    chosen, target = category, {"category_id": int(ids[category])} if category else None
+
+with st.expander("Filters and ranking", icon=":material/filter_alt:"):
+    left, right = st.columns(2)
+    sort = left.selectbox("Rank by", METRICS, key="sort", bind=state.BIND, on_change=first_page,
+                          help="\n\n".join(f"**{m}**: {ui.METRIC_INFO[m][1]}" for m in METRICS))
+    order = right.radio("Order", ["descending", "ascending"], key="order", bind=state.BIND, horizontal=True,
+                        on_change=first_page)
+    has_object = left.radio("Named object in the image", list(OBJECT_FILTER), key="object", bind=state.BIND,
+                            horizontal=True, on_change=first_page,
+                            help="labelled: the object the word names is labelled in the image (object "
+                                 "metrics defined); not labelled: the word names a category the image lacks.")
+    pointing = right.radio("Pointing game", list(POINTING_FILTER), key="hit", bind=state.BIND,
+                           horizontal=True, on_change=first_page)
+    ranges = {}
+    for i, metric in enumerate(ui.RANGE_METRICS):
+        low, high = (left, right)[i % 2].slider(
+            ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, RANGE_STEP, format="%.3f", key=f"range_{metric}",
+            bind=state.BIND,
+            on_change=first_page, help=ui.METRIC_INFO[metric][1])
+        if (low, high) != FULL_RANGE:
+            ranges[metric] = (low, high)
+    if POINTING_FILTER[pointing]:
+        ranges["pointing_hit"] = POINTING_FILTER[pointing]
+    review_filter = review_data.filter_controls(review_session.connection(), left, right, on_change=first_page)
+
+with st.expander("Display", icon=":material/palette:"):
+    style, show_mask, show_box = ui.overlay_controls()
+
+if target is None:
+    st.info("Choose a word or a COCO category to see where ALBEF looks when it reads it.")
+    st.stop()
+
+filters = {"run_id": run_id, "method": ctx.method, "layer": ctx.layer, "ranges": ranges or None,
+           "has_object": OBJECT_FILTER[has_object], **target}
+# Verdict, tag and review-status filters and review sort keys join the whole result with the reviews.
+reviewed = review_data.reviewed_search(ctx.db, review_session.connection(),
+                                       filters | {"sort": sort, "descending": order == "descending"}, review_filter)
+total = data.ask(ctx.db, "count_words", **filters) if reviewed is None else len(reviewed)
+if total == 0:
+    if by == "word" and data.ask(ctx.db, "count_words", word=chosen, run_id=run_id) == 0:
+        st.warning(f"“{chosen}” does not occur in the captions of this run. Pick a word from the list.")
+    else:
+        st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
+    st.stop()
+
+n_pages = math.ceil(total / ui.PAGE_SIZE)
+header, downloads = st.columns([3, 2], vertical_alignment="bottom")
+header.markdown(f"**{total:,}** occurrences · {ctx.method} layer {ctx.layer} · ranked by **{sort}** "
+                f"({order})")
+export_filters = filters | {"sort": sort, "descending": order == "descending"}
+stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
+csv_col, parquet_col = downloads.columns(2)
+csv_col.download_button("CSV", lambda: review_data.search_export(ctx.db, "csv", export_filters, reviewed),
+                        f"{stem}.csv", "text/csv",
+                        icon=":material/download:", on_click="ignore", width="stretch",
+                        help="Every matching row with its metrics (no maps).")
+parquet_col.download_button("Parquet", lambda: review_data.search_export(ctx.db, "parquet", export_filters, reviewed),
+                            f"{stem}.parquet", "application/vnd.apache.parquet", icon=":material/download:",
+                            on_click="ignore", width="stretch")
+
+page = st.pagination(n_pages, key="p", bind=state.BIND) if n_pages > 1 else 1
+offset = (page - 1) * ui.PAGE_SIZE
+rows = (data.ask(ctx.db, "search_words", **export_filters, limit=ui.PAGE_SIZE, offset=offset) if reviewed is None
+        else review_data.page_rows(ctx.db, reviewed, offset, ui.PAGE_SIZE))
+instances = data.ask(ctx.db, "image_instances", tuple(int(i) for i in rows["image_id"].unique()))
+missing = False
+for start in range(0, len(rows), ui.GRID_COLUMNS):
+    for column, row in zip(st.columns(ui.GRID_COLUMNS), rows.iloc[start:start + ui.GRID_COLUMNS].to_dict("records"),
+                           strict=False):
+        matched = instances[(instances["image_id"] == row["image_id"])
+                            & (instances["category_id"] == row["category_id"])]
+        with column.container(border=True):
+            missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort)
+if missing:
+    ui.image_missing_note(ctx)

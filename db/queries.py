@@ -1,0 +1,523 @@
+"""Every question the dashboard asks the extraction database, one small function each.
+
+SQL text is static: values are bound parameters, and the only names spliced into SQL (metrics, sort
+columns) come from the METRICS allow-list. Searches and statistics read the `word_search` and
+`word_aggregates` views (see db.schema), or the sorted `word_lookup` table directly for a finalized
+run. Each function runs on its own cursor, so one cached read-only connection can serve several
+Streamlit threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from db.codec import decode_map
+from db.schema import LOOKUP_COLUMNS, MEDIAN_METRICS, METRICS, check_schema
+
+Range = tuple[float | None, float | None]
+
+_TIEBREAK = "image_id, caption_id, word_index, method, layer"
+_WORD_KEYS = ["run_id", "image_id", "caption_id", "word_index", "method", "layer"]
+# Per-group statistics computed from words rows (live), and the same from word_summary's counts and sums:
+# for one summary row, or totalled over a group of them.
+_LIVE_STATS = ", ".join(
+    ["count(mask_mass) AS n_object", "avg(pointing_hit::DOUBLE) AS hit_rate"]
+    + [f"avg({m}) AS mean_{m}" for m in MEDIAN_METRICS]
+    + [f"median({m}) AS median_{m}" for m in MEDIAN_METRICS]
+)
+
+
+def _summary_stats(total: bool) -> str:
+    """n_object, hit_rate and mean_<metric> from word_summary's counts and sums, per row or totalled."""
+
+    def col(name: str) -> str:
+        return f"sum({name})" if total else name
+
+    hit_rate = f"{col('sum_pointing_hit')} / nullif({col('n_pointing_hit')}, 0) AS hit_rate"
+    means = [f"{col(f'sum_{m}')} / nullif({col(f'n_{m}')}, 0) AS mean_{m}" for m in MEDIAN_METRICS]
+    return ", ".join([f"{col('n_mask_mass')}::BIGINT AS n_object", hit_rate, *means])
+
+
+_ROW_STATS, _TOTAL_STATS = _summary_stats(total=False), _summary_stats(total=True)
+# What a search hit's caption and image add to it.
+_CONTEXT_SQL = """
+    SELECT c.caption_id, c.image_id, c.text AS caption, c.raw AS caption_raw,
+        i.file_name, i.width, i.height, i.coco_url
+    FROM captions AS c JOIN images AS i USING (image_id)
+    WHERE c.caption_id IN (SELECT unnest($ids::BIGINT[]))"""
+
+
+def connect_readonly(path: str | Path, config: Mapping[str, object] | None = None) -> duckdb.DuckDBPyConnection:
+    """Open an extraction database read-only (config: DuckDB settings such as {"threads": 2}).
+
+    Raises FileNotFoundError for a missing file and db.schema.SchemaMismatch for a database of another
+    schema version (or not an extraction database at all).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no extraction database at {path}")
+    con = duckdb.connect(str(path), read_only=True, config=dict(config or {}))
+    try:
+        check_schema(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """All runs, newest first."""
+    return _df(con, "SELECT * FROM runs ORDER BY started_at DESC NULLS LAST, run_id")
+
+
+def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
+    """One run's row plus live counts (images done/error, captions, word rows per method/layer, errors).
+
+    Returns {} for an unknown run_id. Keys: the runs columns, 'images_done', 'images_error',
+    'captions', 'errors', 'images_per_second', and 'slices' (DataFrame method, layer, n_rows).
+    """
+    runs = _df(con, "SELECT * FROM runs WHERE run_id = $run_id", {"run_id": run_id})
+    if runs.empty:
+        return {}
+    counts = _df(
+        con,
+        """
+        SELECT
+            (SELECT count(*) FROM image_status WHERE run_id = $run_id AND status = 'done') AS images_done,
+            (SELECT count(*) FROM image_status WHERE run_id = $run_id AND status = 'error') AS images_error,
+            (SELECT count(*) FROM caption_results WHERE run_id = $run_id) AS captions,
+            (SELECT count(*) FROM errors WHERE run_id = $run_id) AS errors""",
+        {"run_id": run_id},
+    )
+    summary = runs.iloc[0].to_dict() | counts.iloc[0].to_dict()
+    seconds = summary["seconds"]
+    summary["images_per_second"] = summary["images_done"] / seconds if seconds else None
+    summary["slices"] = _df(
+        con,
+        "SELECT method, layer, sum(n)::BIGINT AS n_rows FROM word_aggregates WHERE run_id = $run_id "
+        "GROUP BY method, layer ORDER BY method, layer",
+        {"run_id": run_id},
+    )
+    return summary
+
+
+def run_errors(con: duckdb.DuckDBPyConnection, run_id: str, limit: int = 200) -> pd.DataFrame:
+    """The run's logged errors, newest first: item_kind, item_id, path, message, created_at."""
+    return _df(
+        con,
+        "SELECT item_kind, item_id, path, message, created_at FROM errors WHERE run_id = $run_id "
+        "ORDER BY created_at DESC, item_kind, item_id LIMIT $limit",
+        {"run_id": run_id, "limit": limit},
+    )
+
+
+def vocabulary(
+    con: duckdb.DuckDBPyConnection, prefix: str = "", run_id: str | None = None, limit: int = 50
+) -> pd.DataFrame:
+    """Words starting with `prefix`, most frequent first: word, n (occurrences in captions).
+
+    n counts a word once per occurrence (not once per method/layer row), the largest over runs.
+    """
+    where, params = _and(
+        ("starts_with(word, $prefix)", {"prefix": prefix.strip().lower()}),
+        _eq("run_id", run_id),
+    )
+    return _df(
+        con,
+        f"""
+        SELECT word, max(n) AS n FROM (
+            SELECT run_id, method, layer, word, sum(n)::BIGINT AS n FROM word_aggregates WHERE {where}
+            GROUP BY run_id, method, layer, word)
+        GROUP BY word ORDER BY n DESC, word LIMIT $limit""",
+        params | {"limit": limit},
+    )
+
+
+def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pd.DataFrame:
+    """The COCO categories with n_words (caption words naming them), n_instances and n_images."""
+    where, params = _and(("category_id IS NOT NULL", {}), _eq("run_id", run_id))
+    return _df(
+        con,
+        f"""
+        WITH named AS (
+            SELECT category_id, max(n) AS n_words FROM (
+                SELECT run_id, method, layer, category_id, sum(n)::BIGINT AS n
+                FROM word_aggregates WHERE {where}
+                GROUP BY run_id, method, layer, category_id)
+            GROUP BY category_id),
+        labelled AS (
+            SELECT category_id, count(*) AS n_instances, count(DISTINCT image_id) AS n_images
+            FROM instances GROUP BY category_id)
+        SELECT c.category_id, c.name, c.supercategory, coalesce(named.n_words, 0) AS n_words,
+            coalesce(labelled.n_instances, 0) AS n_instances, coalesce(labelled.n_images, 0) AS n_images
+        FROM categories AS c LEFT JOIN named USING (category_id) LEFT JOIN labelled USING (category_id)
+        ORDER BY c.category_id""",
+        params,
+    )
+
+
+def search_words(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    word: str | None = None,
+    category_id: int | None = None,
+    run_id: str | None = None,
+    method: str | None = None,
+    layer: int | None = None,
+    ranges: Mapping[str, Range] | None = None,
+    has_object: bool | None = None,
+    sort: str = "mask_mass",
+    descending: bool = True,
+    limit: int | None = 24,
+    offset: int = 0,
+    with_maps: bool = True,
+) -> pd.DataFrame:
+    """Word rows matching every given filter, ranked by `sort` (NULLs last either way).
+
+    Args:
+        word: exact word (matched lower-cased).
+        category_id: the COCO category the word names.
+        ranges: metric -> (low, high), inclusive, None for an open end; pointing_hit compares as 0/1.
+        has_object: True: the named object is labelled in the image (object metrics defined);
+            False: the word names a category that the image's labels lack. Words naming no category
+            match neither.
+        sort: a metric of METRICS.
+        limit: page size; None for all rows (see export_frame).
+        with_maps: add map, map_max (the uint8 grid blob and its scale; see db.codec).
+
+    Returns one row per hit: run_id, image_id, caption_id, word_index, word, category_id, method, layer,
+    n_pieces, peak_row, peak_col, the metrics, then category (name), caption, caption_raw, file_name,
+    width, height, coco_url (and map, map_max).
+    """
+    where, params = _search_filter(word, category_id, run_id, method, layer, ranges, has_object)
+    order = f"{_metric(sort)} {'DESC' if descending else 'ASC'} NULLS LAST, {_TIEBREAK}"
+    hits = _df(
+        con,
+        f"""
+        SELECT page.*, cat.name AS category FROM (
+            SELECT {LOOKUP_COLUMNS} FROM {_rows(con, run_id)} WHERE {where}
+            ORDER BY {order} LIMIT $limit OFFSET $offset
+        ) AS page LEFT JOIN categories AS cat USING (category_id)
+        ORDER BY {order}""",
+        params | {"limit": limit, "offset": offset},
+    ).astype({"category": "str"})  # also when a page has no category at all (DuckDB gives object then)
+    # Captions, images and maps are looked up by the page's ids, in separate queries: joined to the page,
+    # DuckDB would scan the whole captions and words tables for a couple dozen rows.
+    context = _df(con, _CONTEXT_SQL, {"ids": hits["caption_id"].unique().tolist()})
+    hits = hits.merge(context, how="left", on=["caption_id", "image_id"])
+    if with_maps:
+        maps = _df(
+            con,
+            f"""
+            SELECT {", ".join(_WORD_KEYS)}, map, map_max FROM words
+            WHERE image_id IN (SELECT unnest($images::BIGINT[]))
+                AND caption_id IN (SELECT unnest($captions::BIGINT[]))""",
+            {"images": hits["image_id"].unique().tolist(), "captions": hits["caption_id"].unique().tolist()},
+        )
+        hits = hits.merge(maps, how="left", on=_WORD_KEYS)
+    return hits
+
+
+def count_words(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    word: str | None = None,
+    category_id: int | None = None,
+    run_id: str | None = None,
+    method: str | None = None,
+    layer: int | None = None,
+    ranges: Mapping[str, Range] | None = None,
+    has_object: bool | None = None,
+) -> int:
+    """The number of word rows search_words ranks for the same filters."""
+    where, params = _search_filter(word, category_id, run_id, method, layer, ranges, has_object)
+    sql = f"SELECT count(*) AS n FROM {_rows(con, run_id)} WHERE {where}"
+    return int(_df(con, sql, params)["n"].iloc[0])
+
+
+def export_frame(con: duckdb.DuckDBPyConnection, **filters) -> pd.DataFrame:
+    """Every row search_words matches (same keyword filters and sort), without maps, for CSV/Parquet."""
+    return search_words(con, **filters, limit=None, offset=0, with_maps=False)
+
+
+def image_detail(con: duckdb.DuckDBPyConnection, image_id: int, run_id: str) -> dict[str, pd.DataFrame]:
+    """Everything about one image in one run.
+
+    Returns DataFrames: 'image' (one row, or none for an unknown id), 'captions' (with itm_score,
+    itc_score), 'words' (every method/layer, with maps), 'caption_maps', 'instances' (with category).
+    """
+    params = {"image_id": image_id, "run_id": run_id}
+    return {
+        "image": _df(con, "SELECT * FROM images WHERE image_id = $image_id", {"image_id": image_id}),
+        "captions": _df(
+            con,
+            """
+            SELECT c.caption_id, c.raw, c.text, c.n_words, r.itm_score, r.itc_score
+            FROM captions AS c LEFT JOIN (
+                SELECT * FROM caption_results WHERE image_id = $image_id AND run_id = $run_id
+            ) AS r USING (caption_id)
+            WHERE c.image_id = $image_id ORDER BY c.caption_id""",
+            params,
+        ),
+        "words": _df(
+            con,
+            "SELECT * EXCLUDE (run_id) FROM words WHERE image_id = $image_id AND run_id = $run_id "
+            "ORDER BY caption_id, word_index, method, layer",
+            params,
+        ),
+        "caption_maps": _df(
+            con,
+            "SELECT * EXCLUDE (run_id) FROM caption_maps WHERE image_id = $image_id AND run_id = $run_id "
+            "ORDER BY caption_id, method, layer",
+            params,
+        ),
+        "instances": image_instances(con, [image_id]),
+    }
+
+
+def image_instances(
+    con: duckdb.DuckDBPyConnection, image_ids: Sequence[int], category_id: int | None = None
+) -> pd.DataFrame:
+    """The labelled objects of several images (one query for a page of results), optionally of one category.
+
+    Returns the instances columns plus `category` (name) and `supercategory`, by image_id, annotation_id.
+    """
+    where, params = _and(
+        ("i.image_id IN (SELECT unnest($image_ids::BIGINT[]))", {"image_ids": [int(i) for i in image_ids]}),
+        ("i.category_id = $category_id", {"category_id": category_id}) if category_id is not None else ("", {}),
+    )
+    return _df(
+        con,
+        f"""
+        SELECT i.*, c.name AS category, c.supercategory
+        FROM instances AS i JOIN categories AS c USING (category_id)
+        WHERE {where} ORDER BY i.image_id, i.annotation_id""",
+        params,
+    )
+
+
+def words_at_region(
+    con: duckdb.DuckDBPyConnection,
+    image_id: int,
+    run_id: str,
+    method: str,
+    layer: int,
+    row0: int,
+    col0: int,
+    row1: int,
+    col1: int,
+    limit: int = 10,
+) -> pd.DataFrame:
+    """The image's words whose maps put the largest share of their mass in grid cells [row0:row1, col0:col1].
+
+    The region is half-open like a numpy slice. Returns caption_id, word_index, word, category_id,
+    caption, region_mass (0..1), largest first.
+    """
+    rows = _df(
+        con,
+        """
+        SELECT w.caption_id, w.word_index, w.word, w.category_id, c.text AS caption, w.map, w.map_max
+        FROM words AS w JOIN (SELECT caption_id, text FROM captions WHERE image_id = $image_id) AS c
+            USING (caption_id)
+        WHERE w.image_id = $image_id AND w.run_id = $run_id AND w.method = $method AND w.layer = $layer""",
+        {"image_id": image_id, "run_id": run_id, "method": method, "layer": layer},
+    )
+    rows["region_mass"] = [
+        _region_share(decode_map(blob, peak), row0, col0, row1, col1)
+        for blob, peak in zip(rows["map"], rows["map_max"], strict=True)
+    ]
+    ranked = rows.drop(columns=["map", "map_max"]).sort_values(
+        ["region_mass", "caption_id", "word_index"], ascending=[False, True, True]
+    )
+    return ranked.head(limit).reset_index(drop=True)
+
+
+def word_stats(
+    con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, min_count: int = 1
+) -> pd.DataFrame:
+    """Per word (and the category it names, if any): n, n_object, hit_rate, mean_* and median_* of the metrics."""
+    medians = ", ".join(f"s.median_{m}" for m in MEDIAN_METRICS)
+    return _df(
+        con,
+        f"""
+        SELECT s.word, s.category_id, c.name AS category, s.n, {_ROW_STATS}, {medians}
+        FROM word_aggregates AS s LEFT JOIN categories AS c USING (category_id)
+        WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer AND s.n >= $min_count
+        ORDER BY s.n DESC, s.word""",
+        _slice(run_id, method, layer) | {"min_count": min_count},
+    )
+
+
+def category_stats(
+    con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, min_count: int = 1
+) -> pd.DataFrame:
+    """Per category, over the words naming it: n, n_words (distinct), n_object, hit_rate, means, medians."""
+    return _df(
+        con,
+        f"""
+        SELECT s.category_id, c.name AS category, c.supercategory, count(*) AS n,
+            count(DISTINCT s.word) AS n_words, {_LIVE_STATS}
+        FROM {_rows(con, run_id)} AS s JOIN categories AS c USING (category_id)
+        WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer AND s.category_id IS NOT NULL
+        GROUP BY s.category_id, c.name, c.supercategory
+        HAVING count(*) >= $min_count
+        ORDER BY n DESC, s.category_id""",
+        _slice(run_id, method, layer) | {"min_count": min_count},
+    )
+
+
+def word_category_matrix(
+    con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, metric: str, min_count: int = 1
+) -> pd.DataFrame:
+    """Long form (word, category_id, category, n, value = mean of `metric`) for the words naming a category."""
+    return _df(
+        con,
+        f"""
+        SELECT s.word, s.category_id, c.name AS category, s.n,
+            s.sum_{_metric(metric)} / nullif(s.n_{metric}, 0) AS value
+        FROM word_aggregates AS s JOIN categories AS c USING (category_id)
+        WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer AND s.n >= $min_count
+        ORDER BY c.name, s.n DESC, s.word""",
+        _slice(run_id, method, layer) | {"min_count": min_count},
+    )
+
+
+def metric_values(
+    con: duckdb.DuckDBPyConnection,
+    metric: str,
+    run_id: str,
+    method: str,
+    layer: int,
+    words: Sequence[str] | None = None,
+    max_rows: int = 100_000,
+) -> pd.DataFrame:
+    """Non-null values of one metric (word, value) for distribution plots.
+
+    Only the given `words` when set; a repeatable sample of max_rows rows when there are more.
+    """
+    where, params = _and(
+        ("run_id = $run_id AND method = $method AND layer = $layer", _slice(run_id, method, layer)),
+        (f"{_metric(metric)} IS NOT NULL", {}),
+        ("word IN (SELECT unnest($words::VARCHAR[]))", {"words": list(words)}) if words is not None else ("", {}),
+    )
+    return _df(
+        con,
+        f"""
+        SELECT * FROM (SELECT word, {_range_expr(metric)} AS value FROM {_rows(con, run_id)} WHERE {where})
+        USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE (0)""",
+        params,
+    )
+
+
+def layer_comparison(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Per method and layer: n, n_object, hit_rate and the mean of each metric (which layer localises best)."""
+    return _df(
+        con,
+        f"""
+        SELECT method, layer, sum(n)::BIGINT AS n, {_TOTAL_STATS}
+        FROM word_aggregates WHERE run_id = $run_id GROUP BY method, layer ORDER BY method, layer""",
+        {"run_id": run_id},
+    )
+
+
+def word_frequency_alignment(
+    con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, min_count: int = 1
+) -> pd.DataFrame:
+    """Words naming a labelled object: caption frequency (n, freq_rank) beside localisation quality."""
+    return _df(
+        con,
+        f"""
+        SELECT word, category_id, n, rank() OVER (ORDER BY n DESC) AS freq_rank, {_ROW_STATS}
+        FROM word_aggregates
+        WHERE run_id = $run_id AND method = $method AND layer = $layer AND n_mask_mass > 0
+            AND n >= $min_count
+        ORDER BY n DESC, word""",
+        _slice(run_id, method, layer) | {"min_count": min_count},
+    )
+
+
+def _rows(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
+    """Where one run's word rows are read: word_lookup itself once the run is finalized (DuckDB then
+    reads only the ranked page's columns in full, which it cannot through the word_search union)."""
+    if run_id is not None:
+        finalized = _df(con, "SELECT finalized_at FROM runs WHERE run_id = $run_id", {"run_id": run_id})
+        if len(finalized) and finalized["finalized_at"].notna().all():
+            return "word_lookup"
+    return "word_search"
+
+
+def _search_filter(
+    word: str | None,
+    category_id: int | None,
+    run_id: str | None,
+    method: str | None,
+    layer: int | None,
+    ranges: Mapping[str, Range] | None,
+    has_object: bool | None,
+) -> tuple[str, dict]:
+    """The WHERE clause and parameters shared by search_words and count_words."""
+    clauses = [
+        _eq("word", None if word is None else word.strip().lower()),
+        _eq("category_id", category_id),
+        _eq("run_id", run_id),
+        _eq("method", method),
+        _eq("layer", layer),
+    ]
+    for metric, bounds in (ranges or {}).items():
+        expr = _range_expr(metric)
+        for end, op, bound in zip(("low", "high"), (">=", "<="), bounds, strict=True):
+            if bound is not None:
+                clauses.append((f"{expr} {op} ${end}_{metric}", {f"{end}_{metric}": bound}))
+    if has_object is not None:
+        # background_mass is NULL only when the run had no instance labels: then absence is unknown.
+        absent = "category_id IS NOT NULL AND mask_mass IS NULL AND background_mass IS NOT NULL"
+        clauses.append(("mask_mass IS NOT NULL" if has_object else absent, {}))
+    return _and(*clauses)
+
+
+def _metric(name: str) -> str:
+    """Validate a metric name against the allow-list (it is spliced into SQL text)."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; expected one of {METRICS}")
+    return name
+
+
+def _range_expr(metric: str) -> str:
+    return "pointing_hit::DOUBLE" if _metric(metric) == "pointing_hit" else metric
+
+
+def _eq(column: str, value: object) -> tuple[str, dict]:
+    """`column = $column` when a value is given, else no clause (column names are ours, not user input)."""
+    return (f"{column} = ${column}", {column: value}) if value is not None else ("", {})
+
+
+def _and(*clauses: tuple[str, dict]) -> tuple[str, dict]:
+    sql = " AND ".join(f"({c})" for c, _ in clauses if c) or "TRUE"
+    params: dict = {}
+    for _, p in clauses:
+        params |= p
+    return sql, params
+
+
+def _slice(run_id: str, method: str, layer: int) -> dict:
+    return {"run_id": run_id, "method": method, "layer": layer}
+
+
+def _region_share(m: np.ndarray, row0: int, col0: int, row1: int, col1: int) -> float:
+    g = m.shape[0]
+    if not (0 <= row0 < row1 <= g and 0 <= col0 < col1 <= g):
+        raise ValueError(f"region [{row0}:{row1}, {col0}:{col1}] is not inside the {g} x {g} grid")
+    total = float(m.sum())
+    return float(m[row0:row1, col0:col1].sum()) / total if total > 0 else 0.0
+
+
+def _df(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Run on a fresh cursor: a DuckDB connection object must not be shared by threads at once."""
+    with con.cursor() as cur:
+        return cur.execute(sql, dict(params or {})).df()
+

@@ -1,0 +1,124 @@
+"""Training the demo ALBEF: negatives are false, masking targets attribute words, checkpoints load strictly."""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extractor.checkpoint import load_checkpoint
+from extractor.config import ALBEFConfig
+from extractor.demo import train
+from extractor.demo.captions import caption_is_true, make_captions
+from extractor.demo.scene import sample_scene
+from extractor.demo.world import write_world
+from extractor.model import ALBEF
+from extractor.text import Tokenizer, batch_tensors, pre_caption
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared: Path) -> Tokenizer:
+    return Tokenizer(shared / "bert-base-uncased" / "vocab.txt", 40)
+
+
+def _batch(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, 128) for _ in range(n)]
+    return scenes, [make_captions(s, rng, 1)[0] for s in scenes]
+
+
+def test_truth_matrix_is_caption_truth() -> None:
+    scenes, captions = _batch(24)
+    truth = train.truth_matrix(captions, scenes)
+    assert truth.diagonal().all()
+    expected = [[caption_is_true(c, s) for c in captions] for s in scenes]
+    assert np.array_equal(truth, expected)
+    assert truth.sum() > len(scenes)  # generic captions are true of other scenes too
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_negatives_are_never_true_pairs(hard: bool) -> None:
+    scenes, captions = _batch(32, seed=1)
+    truth = train.truth_matrix(captions, scenes)
+    rng = np.random.default_rng(0)
+    scores = torch.randn(32, 32) * 5
+    for _ in range(20):
+        picked = train.sample_negatives(scores, ~truth, hard, rng)
+        assert not truth[np.arange(32), picked].any()
+    # Hard sampling follows the scores: the most similar allowed column is picked most often.
+    scores = torch.where(torch.from_numpy(~truth), torch.arange(32.0).expand(32, 32), -1e9)
+    picks = np.stack([train.sample_negatives(scores, ~truth, hard, rng) for _ in range(50)])
+    best = np.where(~truth, np.arange(32), -1).argmax(1)
+    share = (picks == best).mean()
+    assert share > 0.5 if hard else share < 0.3
+
+
+def test_swapped_captions_are_false() -> None:
+    scenes, captions = _batch(40, seed=2)
+    swaps = train.swapped_captions(captions, scenes, np.random.default_rng(0))
+    assert sum(s is not None for s in swaps) >= 35
+    for scene, swap in zip(scenes, swaps, strict=True):
+        assert swap is None or not caption_is_true(swap, scene)
+
+
+def test_mlm_masks_whole_words_and_favours_attributes(tokenizer: Tokenizer) -> None:
+    captions = ["a small purple hexagon left of a red box"] * 600
+    tokens = tokenizer([pre_caption(c, 30) for c in captions])
+    ids, _ = batch_tensors(tokens)
+    cfg = train.TrainConfig()
+    masked, labels = train.mask_tokens(ids, captions, [t.word_of_token for t in tokens], cfg,
+                                       np.random.default_rng(0))
+    picked = labels != -100
+    assert torch.equal(labels[picked], ids[picked]) and not picked[:, 0].any()  # never [CLS]
+    assert (picked.sum(1) >= 1).all()
+    owner = torch.tensor(tokens[0].word_of_token)
+    words = tokens[0].words
+    word_picked = {w: picked[:, owner == i] for i, w in enumerate(words)}
+    rate = {w: p.float().mean().item() for w, p in word_picked.items()}
+    hexagon = word_picked["hexagon"]
+    assert hexagon.shape[1] == 3 and (hexagon.all(1) | ~hexagon.any(1)).all()  # all pieces or none
+    # One of colour and shape per phrase, never both: the other still names the object.
+    for colour, shape in (("purple", "hexagon"), ("red", "box")):
+        assert not (word_picked[colour].any(1) & word_picked[shape].any(1)).any()
+        assert rate[colour] == pytest.approx(cfg.attribute_mask_prob / 2, abs=0.07)
+        assert rate[shape] == pytest.approx(cfg.attribute_mask_prob / 2, abs=0.07)
+    assert rate["left"] == pytest.approx(cfg.attribute_mask_prob, abs=0.07)
+    for word in ("a", "small", "of"):
+        assert rate[word] == pytest.approx(cfg.other_mask_prob, abs=0.05), word
+    share_mask = (masked[picked] == train.MASK_ID).float().mean().item()
+    assert share_mask == pytest.approx(0.8, abs=0.05)
+
+
+def test_short_training_writes_a_strictly_loadable_checkpoint(tmp_path: Path, shared: Path) -> None:
+    world = tmp_path / "world"
+    write_world(world, 24, 4, seed=0)
+    out = tmp_path / "ckpt"
+    parser = argparse.ArgumentParser()
+    train.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train-demo", "--world", str(world), "--out", str(out), "--steps", "3",
+                              "--batch-size", "8", "--easy-steps", "1", "--eval-every", "3", "--n-eval", "2",
+                              "--threads", "1", "--vocab", str(shared / "bert-base-uncased" / "vocab.txt")])
+    assert args.func(args) == 0
+    cfg = ALBEFConfig.from_json(out / "config.json")
+    assert cfg == train.DEMO_CONFIG
+    assert json.loads((out / "config.json").read_text())["checkpoint_format"] == "finetuned"
+    model = ALBEF(cfg)
+    load_checkpoint(model, out / "checkpoint.pth")  # strict: every key ours, none missing
+    assert (out / "checkpoint.pth").stat().st_size < 20e6
+    log = (out / "train_log.txt").read_text()
+    assert "eval step 3" in log and "itm true accepted" in log
+
+
+@pytest.mark.parametrize("step", [0, 10])  # first phase (easy negatives) and second (hard + swaps)
+def test_train_step_losses_finite_and_weights_move(tokenizer: Tokenizer, step: int) -> None:
+    model = train.demo_model(0)
+    trainer = train.Trainer(model, train.TrainConfig(easy_steps=5, warmup_steps=1), tokenizer)
+    scenes, _ = _batch(6, seed=3)
+    pixels = torch.randn(6, 3, 96, 96)
+    before = model.itm_head.weight.detach().clone()
+    losses = trainer.step(step, pixels, scenes, np.random.default_rng(0))
+    assert all(np.isfinite(v) for v in losses.values())
+    assert 0 < losses["itm"] < 2 and 0 < losses["mlm"] < 20
+    assert not torch.equal(before, model.itm_head.weight)
