@@ -227,12 +227,9 @@ def process_batch(
 
 
 def flush(con, run_id: str, rows: ImageRows) -> None:
-    """Commit a chunk of images: error log, then result rows and done/error marks."""
-    for kind, item_id, path, message in rows.errors:
-        writer.record_error(con, run_id, kind, item_id, path, message)
-    writer.write_images(con, run_id, rows.frames(), rows.done_ids, "done")
-    if rows.failed_ids:
-        writer.write_images(con, run_id, {}, rows.failed_ids, "error")
+    """Commit a chunk of images in one transaction: result rows, error log, done/error marks."""
+    writer.write_images(con, run_id, rows.frames(), rows.done_ids + rows.failed_ids,
+                        ["done"] * len(rows.done_ids) + ["error"] * len(rows.failed_ids))
 
 
 def parse_shard(text: str) -> tuple[int, int]:

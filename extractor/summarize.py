@@ -56,6 +56,7 @@ class ImageRows:
             "caption_results": pd.DataFrame(self.caption_results),
             "caption_maps": pd.DataFrame(self.caption_maps),
             "words": pd.concat(self.words, ignore_index=True) if self.words else pd.DataFrame(),
+            "errors": pd.DataFrame(self.errors, columns=["item_kind", "item_id", "path", "message"]),
         }
 
 

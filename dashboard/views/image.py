@@ -52,9 +52,9 @@ def region_figure(png: bytes, width: int, height: int, grid: int, instances: pd.
     rows, cols = np.mgrid[0:grid, 0:grid]
     fig.add_trace(go.Scatter(
         x=((cols + 0.5) * width / grid).ravel(), y=((rows + 0.5) * height / grid).ravel(), mode="markers",
-        marker={"size": max(6, 600 // grid), "opacity": 0.02, "symbol": "square"},
+        marker={"size": max(6, 600 // grid), "opacity": 0.0, "symbol": "square"},
         customdata=np.stack([rows.ravel(), cols.ravel()], axis=1),
-        hovertemplate="cell (%{customdata[0]}, %{customdata[1]})<extra></extra>", showlegend=False))
+        hovertemplate="grid cell (%{customdata[0]}, %{customdata[1]})<extra></extra>", showlegend=False))
     if show_box:
         for inst in instances.itertuples():
             fig.add_shape(type="rect", x0=inst.bbox_x, y0=inst.bbox_y, x1=inst.bbox_x + inst.bbox_w,
@@ -64,8 +64,9 @@ def region_figure(png: bytes, width: int, height: int, grid: int, instances: pd.
                                bgcolor="rgba(0,0,0,0.55)")
     fig.update_xaxes(visible=False, range=[0, width])
     fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x")
-    # hoverdistance -1: a click anywhere picks the nearest cell centre, whatever the grid size.
-    fig.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode="select", clickmode="event+select",
+    # hoverdistance -1: a click anywhere picks the nearest cell centre, whatever the grid size. Dragging
+    # pans (plotly ignores clicks while the box tool is active); the toolbar's box tool selects a region.
+    fig.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode="pan", clickmode="event+select",
                       hovermode="closest", hoverdistance=-1,
                       height=int(MAIN_SIDE * height / max(width, height)))
     return fig
@@ -74,10 +75,11 @@ def region_figure(png: bytes, width: int, height: int, grid: int, instances: pd.
 def selected_region(event: dict | None, grid: int) -> tuple[int, int, int, int] | None:
     """Half-open grid region [row0:row1, col0:col1] covering the clicked or box-selected cells."""
     points = (event or {}).get("selection", {}).get("points", [])
-    cells = [p["customdata"] for p in points if p.get("customdata") is not None]
+    # The cell points are trace 1, in row-major order: point i is cell divmod(i, grid).
+    cells = [divmod(int(p["point_index"]), grid) for p in points if p.get("curve_number") == 1]
     if not cells:
         return None
-    rows, cols = zip(*((int(r), int(c)) for r, c in cells), strict=True)
+    rows, cols = zip(*cells, strict=True)
     return min(rows), min(cols), max(rows) + 1, max(cols) + 1
 
 
@@ -140,8 +142,8 @@ if not found:
 left, right = st.columns([3, 2])
 with left:
     what = "whole caption" if selected_word is None else f"“{selected_word['word']}”"
-    st.markdown(f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell or drag a box to see "
-                "which words look there")
+    st.markdown(f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell, or take the box tool in "
+                "the chart's toolbar and drag a box, to see which words look there")
     event = st.plotly_chart(region_figure(png, width, height, grid, shown, show_box), key="region",
                             on_select="rerun", selection_mode=("points", "box"),
                             config={"displayModeBar": True, "modeBarButtonsToRemove": ["lasso2d"]})
