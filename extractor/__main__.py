@@ -9,9 +9,9 @@ import sys
 from extractor import merge, run, verify
 from extractor.checkpoint import CheckpointError
 from extractor.coco import CocoFormatError
-from extractor.demo import train, world
+from extractor.demo import prepare, train, world
 
-COMMANDS = (run, merge, verify, world, train)
+COMMANDS = (run, merge, verify, prepare, world, train)
 # Errors of the user's input: reported in one line, without a traceback.
 INPUT_ERRORS = (CocoFormatError, CheckpointError, FileNotFoundError, ValueError)
 

@@ -44,7 +44,7 @@ class Options:
     instances: Path | None
     checkpoint: Path
     config: Path | None
-    vocab: Path
+    vocab: Path | None
     db: Path
     method: str = "both"
     layers: list[int] | None = None  # fusion layers with raw attention; None = all
@@ -116,8 +116,10 @@ def extract(opts: Options) -> str:
     checkpoint_sha = load_checkpoint(model, opts.checkpoint)
     for p in model.parameters():
         p.requires_grad_(False)
-    tokenizer = Tokenizer(opts.vocab, cfg.bert.max_position_embeddings)
-    run_id = run_identity(cfg, checkpoint_sha, file_sha256(opts.vocab), opts.method, attention_layers)
+    beside = opts.checkpoint.with_name("vocab.txt")
+    vocab = opts.vocab or (beside if beside.is_file() else DEFAULT_VOCAB)
+    tokenizer = Tokenizer(vocab, cfg.bert.max_position_embeddings)
+    run_id = run_identity(cfg, checkpoint_sha, file_sha256(vocab), opts.method, attention_layers)
 
     con = writer.connect(opts.db)
     resuming = writer.start_run(
@@ -256,7 +258,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="model config JSON (default: config.json beside the checkpoint, "
                    "else ALBEF base: ViT-B/16, BERT-base, fusion from layer 6, 384 px)")
     p.add_argument("--image-res", type=int, help="run resolution (default: the config's; pos_embed is resampled)")
-    p.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB, help="bert-base-uncased vocab.txt")
+    p.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: vocab.txt beside the "
+                   "checkpoint, else ../shared/bert-base-uncased/vocab.txt)")
     p.add_argument("--db", type=Path, required=True, help="output DuckDB file (created, or resumed)")
     p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")

@@ -36,14 +36,16 @@ IMAGE_ID_BASE = {"train": 1_000_000, "val": 2_000_000}
 CATEGORY_ID_BASE = 101
 JPEG_QUALITY = 90
 
-DEMO_CATEGORIES: list[dict[str, Any]] = [
-    {"id": CATEGORY_ID_BASE + k, "name": shape, "supercategory": "shape"} for k, shape in enumerate(SHAPES)
-]
-CATEGORY_ID = {c["name"]: c["id"] for c in DEMO_CATEGORIES}
+CATEGORY_ID = {shape: CATEGORY_ID_BASE + k for k, shape in enumerate(SHAPES)}
 DEMO_CATEGORY_WORDS: dict[int, tuple[str, ...]] = {
     CATEGORY_ID[shape]: nouns + tuple(plural(n) for n in nouns) for shape, nouns in SHAPE_NOUNS.items()
 }
 """Category id -> every word that names it in demo captions (nouns, synonyms, plurals); single words."""
+# `synonyms` (an extra key COCO readers ignore) tells the extractor which words name each shape.
+DEMO_CATEGORIES: list[dict[str, Any]] = [
+    {"id": cid, "name": shape, "supercategory": "shape", "synonyms": list(DEMO_CATEGORY_WORDS[cid])}
+    for shape, cid in CATEGORY_ID.items()
+]
 _WORD_CATEGORY = {w: cid for cid, words in DEMO_CATEGORY_WORDS.items() for w in words}
 _INFO = {"description": "Synthetic shapes world for the ALBEF attention demo", "version": "1.0"}
 _LICENSES = [{"id": 1, "name": "CC0 1.0 (synthetic data)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
