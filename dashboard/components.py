@@ -82,11 +82,11 @@ def word_card(ctx: data.Context, row: Mapping[str, Any], style: OverlayStyle,
     Returns whether the image file was found.
     """
     path = data.image_path(ctx, row["file_name"])
-    png, found = data.render_overlay(
+    picture, found = data.render_overlay(
         str(path) if path else None, int(row["width"]), int(row["height"]), row["map"], float(row["map_max"]),
         style, data.instance_tuples(instances), show_mask, show_box,
     )
-    st.image(png, width="stretch")
+    st.image(picture, width="stretch")
     st.html(f'<div class="caption">{highlight_caption(row["caption"], int(row["word_index"]))}</div>')
     st.markdown(badges(row, highlight))
     label = f"Image {row['image_id']}" + ("" if found else " (file missing)")

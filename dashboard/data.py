@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from dashboard.overlay import (
     blank_image,
     display_size,
     draw_instances,
-    to_png,
+    encode,
 )
 from db import queries
 from db.codec import decode_map
@@ -81,7 +81,7 @@ class Context:
     """What the entry point's sidebar chose, handed to every page."""
 
     db: Database
-    run: Mapping[str, Any] = field(hash=False)
+    run: Mapping[str, Any]
     method: str
     layer: int
     images_dir: Path | None
@@ -157,7 +157,7 @@ def render_overlay(
     show_mask: bool = False,
     show_box: bool = False,
 ) -> tuple[bytes, bool]:
-    """PNG of a word map over its image (+ instance masks/boxes); the flag says the image file was found.
+    """JPEG of a word map over its image (+ instance masks/boxes); the flag says the image file was found.
 
     ``blob`` None draws the bare image. ``instances`` are (segmentation JSON, x, y, w, h) in COCO pixels.
     """
@@ -169,7 +169,7 @@ def render_overlay(
     if instances and (show_mask or show_box):
         rows = [dict(zip(INSTANCE_FIELDS, inst, strict=True)) for inst in instances]
         out = draw_instances(out, rows, (int(width), int(height)), show_mask=show_mask, show_box=show_box)
-    return to_png(out), found
+    return encode(out, "JPEG"), found
 
 
 def instance_tuples(instances: pd.DataFrame) -> tuple[tuple[str, float, float, float, float], ...]:

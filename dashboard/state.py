@@ -81,6 +81,10 @@ def counted_choice(
 
 
 def link_params(**params: Any) -> dict[str, str]:
-    """Query parameters for a link to another view: the shared sidebar's plus ``params`` (None dropped)."""
+    """Query parameters for a page link: the shared sidebar's plus ``params`` (None dropped).
+
+    For ``st.page_link`` only: ``st.switch_page`` refuses parameters bound to widgets, and needs none of
+    the sidebar's, which its bound widgets keep across pages.
+    """
     shared = {name: st.session_state.get(name) for name in SHARED}
     return {name: str(value) for name, value in (shared | params).items() if value is not None}

@@ -105,13 +105,12 @@ def test_search_a_word_see_overlays_open_an_image(server, page):
     page.goto(server)
     page.get_by_text("Choose a word or a COCO category").wait_for(timeout=60_000)
     # Type into the word box like a user, pick the suggestion.
-    word_box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Word")
-    word_box.click()
+    page.get_by_role("combobox", name="Word").click()
     page.keyboard.type("man")
     page.get_by_role("option", name="man ·").first.click()
     wait_for_overlays(page, PAGE_SIZE)
     assert "word=man" in page.url
-    assert page.locator("mark", has_text="man").count() == PAGE_SIZE
+    playwright.expect(page.locator("mark", has_text="man")).to_have_count(PAGE_SIZE)
     shoot(page, "search_man")
 
     # A bound control writes itself into the URL, so the view can be shared.
@@ -125,15 +124,27 @@ def test_search_a_word_see_overlays_open_an_image(server, page):
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
     page.get_by_text("Every word").wait_for()
     assert "image=" in page.url and "w=" in page.url
-    assert page.locator("mark").count() == 1  # the chosen word, in its caption
+    playwright.expect(page.locator("mark")).to_have_count(1)  # the chosen word, in its caption
     shoot(page, "image_detail")
+
+    # Region to words: click a grid cell of the image.
+    area = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first.bounding_box()
+    x, y = area["x"] + 0.8 * area["width"], area["y"] + 0.3 * area["height"]
+    page.mouse.move(x - 10, y - 10)
+    page.mouse.move(x, y, steps=5)  # plotly picks the point under the pointer on hover
+    page.mouse.click(x, y)
+    page.get_by_text("Selected cells").wait_for(timeout=30_000)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    shoot(page, "image_region")
 
 
 def test_deep_link_restores_the_view_and_is_fast_when_warm(server, page):
     link = f"{server}/?word=a&sort=entropy&order=ascending&p=2&cmap=viridis"
     page.goto(link)
     wait_for_overlays(page, PAGE_SIZE)
-    assert page.locator('[data-testid="stSelectbox"]').filter(has_text="viridis").count() == 1
+    assert page.get_by_role("combobox", name="Word").input_value().startswith("a ·")
+    page.get_by_text("Display").click()
+    assert page.get_by_role("combobox", name="Colour map").input_value() == "viridis"
     started = time.monotonic()
     page.goto(link)
     wait_for_overlays(page, PAGE_SIZE)
@@ -148,6 +159,14 @@ def test_statistics_and_runs_pages_render(server, page):
     page.locator('[data-testid="stPlotlyChart"]').nth(3).wait_for(timeout=60_000)
     page.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
     shoot(page, "statistics_leaderboards")
+    # Clicking a bar of the noisiest-words board opens that word's search, ranked by entropy.
+    bar = page.locator('[data-testid="stPlotlyChart"]').first.locator("g.point path").first.bounding_box()
+    x, y = bar["x"] + bar["width"] - 5, bar["y"] + bar["height"] / 2  # the bar's end: its base is off-axis
+    page.mouse.move(x - 5, y)
+    page.mouse.click(x, y)
+    page.wait_for_url("**word=**", timeout=30_000)
+    assert "sort=entropy" in page.url
+    wait_for_overlays(page, min(PAGE_SIZE, 3))
     page.goto(f"{server}/runs")
     page.get_by_text("images done").wait_for(timeout=60_000)
     shoot(page, "runs")

@@ -12,9 +12,9 @@ from dashboard.overlay import (
     decode_segmentation,
     display_size,
     draw_instances,
+    encode,
     highlight_caption,
     smooth_map,
-    to_png,
 )
 
 G = 24
@@ -144,9 +144,15 @@ def test_draw_instances_outlines_the_box_and_fills_the_mask(coco, photo):
     assert changed[~mask].mean() < 0.01
 
 
-def test_to_png_round_trips(photo):
+def test_png_round_trips_and_jpeg_stays_close(photo):
     out = attention_overlay(photo, peaked_map(1, 1), OverlayStyle(max_side=64))
-    assert np.array_equal(np.asarray(Image.open(BytesIO(to_png(out)))), np.asarray(out))
+    assert np.array_equal(np.asarray(Image.open(BytesIO(encode(out)))), np.asarray(out))
+    thumbnail = attention_overlay(photo, peaked_map(1, 1), OverlayStyle(max_side=360))
+    jpeg = np.asarray(Image.open(BytesIO(encode(thumbnail, "JPEG"))), np.int16)
+    assert jpeg.shape == (240, 360, 3)
+    assert np.abs(jpeg - np.asarray(thumbnail, np.int16)).mean() < 4
+    with pytest.raises(ValueError, match="format"):
+        encode(out, "BMP")
 
 
 @pytest.mark.parametrize(("text", "index", "expected"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, state
-from dashboard.overlay import OverlayStyle, display_size, highlight_caption
+from dashboard.overlay import display_size, highlight_caption
 
 MAIN_SIDE = 720
 THUMB_SIDE = 200
@@ -43,11 +44,11 @@ def map_of(rows: pd.DataFrame, caption_id: int, word_index: int, method: str, la
     return hit["map"].iloc[0], float(hit["map_max"].iloc[0])
 
 
-def region_figure(png: bytes, width: int, height: int, grid: int, instances: pd.DataFrame,
+def region_figure(picture: bytes, width: int, height: int, grid: int, instances: pd.DataFrame,
                   show_box: bool) -> go.Figure:
     """The image as a plotly figure with one invisible point per grid cell, for click and box selection."""
     scale = width / display_size(width, height, MAIN_SIDE)[0]  # the PNG is drawn at most MAIN_SIDE wide
-    fig = go.Figure(go.Image(source="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+    fig = go.Figure(go.Image(source="data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii"),
                              dx=scale, dy=scale, hoverinfo="skip"))
     rows, cols = np.mgrid[0:grid, 0:grid]
     fig.add_trace(go.Scatter(
@@ -109,9 +110,10 @@ if here.empty:
     st.stop()
 
 caption_id = state.query_int("caption")
-if caption_id not in set(captions["caption_id"]):
-    caption_id = int(here["caption_id"].iloc[0])
 word_index = state.query_int("w")
+if caption_id not in set(captions["caption_id"]):  # no caption chosen yet, or one of another image
+    caption_id, word_index = int(here["caption_id"].iloc[0]), WHOLE
+    state.set_query(caption=None, w=None)
 chosen_rows = here[(here["caption_id"] == caption_id) & (here["word_index"] == word_index)]
 if chosen_rows.empty:
     word_index = WHOLE
@@ -133,8 +135,8 @@ else:
 
 st.subheader(f"{image['file_name']} · {width} x {height}")
 main_map = map_of(words, caption_id, word_index, ctx.method, ctx.layer, detail["caption_maps"])
-big_style = OverlayStyle(style.cmap, style.opacity, style.value_range, max_side=MAIN_SIDE)
-png, found = data.render_overlay(path_text, width, height, *(main_map or (None, 0.0)), big_style,
+big_style = replace(style, max_side=MAIN_SIDE)
+picture, found = data.render_overlay(path_text, width, height, *(main_map or (None, 0.0)), big_style,
                                  data.instance_tuples(shown), show_mask, False)
 if not found:
     ui.image_missing_note(ctx)
@@ -144,7 +146,7 @@ with left:
     what = "whole caption" if selected_word is None else f"“{selected_word['word']}”"
     st.markdown(f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell, or take the box tool in "
                 "the chart's toolbar and drag a box, to see which words look there")
-    event = st.plotly_chart(region_figure(png, width, height, grid, shown, show_box), key="region",
+    event = st.plotly_chart(region_figure(picture, width, height, grid, shown, show_box), key="region",
                             on_select="rerun", selection_mode=("points", "box"),
                             config={"displayModeBar": True, "modeBarButtonsToRemove": ["lasso2d"]})
 with right:
@@ -191,13 +193,13 @@ for column, (method, layer) in zip(st.columns(2), [(ctx.method, ctx.layer), othe
         if pair_map is None:
             st.info("Not extracted for this slice.")
         else:
-            side_png, _ = data.render_overlay(path_text, width, height, *pair_map, big_style,
+            side_jpeg, _ = data.render_overlay(path_text, width, height, *pair_map, big_style,
                                               data.instance_tuples(shown), show_mask, show_box)
-            st.image(side_png, width="stretch")
+            st.image(side_jpeg, width="stretch")
 
 st.subheader("Every word")
 st.caption(f"{slice_label(ctx.method, ctx.layer)}. Click a word to enlarge it above.")
-small_style = OverlayStyle(style.cmap, style.opacity, style.value_range, max_side=THUMB_SIDE)
+small_style = replace(style, max_side=THUMB_SIDE)
 for cap in captions.itertuples():
     cap_words = here[here["caption_id"] == cap.caption_id]
     if cap_words.empty:
@@ -211,8 +213,8 @@ for cap in captions.itertuples():
             if thumb is None:
                 continue
             with column:
-                thumb_png, _ = data.render_overlay(path_text, width, height, *thumb, small_style)
-                st.image(thumb_png, width="stretch")
+                thumb_jpeg, _ = data.render_overlay(path_text, width, height, *thumb, small_style)
+                st.image(thumb_jpeg, width="stretch")
                 chosen = cap.caption_id == caption_id and index == word_index
                 st.button(label, key=f"pick_{cap.caption_id}_{index}", on_click=select,
                           args=(int(cap.caption_id), int(index)), type="primary" if chosen else "secondary",

@@ -33,7 +33,8 @@ def open_search(event: dict | None, kind: str, **params: str) -> None:
     points = (event or {}).get("selection", {}).get("points", [])
     names = [p["customdata"][0] for p in points if p.get("customdata")]
     if names:
-        st.switch_page("views/search.py", query_params=state.link_params(by=kind, **{kind: names[0]}, **params))
+        # Only the Search page's own parameters: the sidebar's are bound to its widgets, which keep them.
+        st.switch_page("views/search.py", query_params={"by": kind, kind: names[0], **params})
 
 
 def chart(fig: go.Figure, key: str) -> dict:
@@ -109,8 +110,8 @@ elif view == "leaderboards":
     categories = data.ask(ctx.db, "category_stats", run_id, ctx.method, ctx.layer, min_count)
     boards = (("entropy", "Noisiest", "H"), ("background_mass", "Most background-heavy", "bg"))
     for board_metric, title, short in boards:
-        threshold = st.slider(f"{title}: mean {ui.metric_label(board_metric)} at least", 0.0, 1.0, 0.0, 0.01,
-                              key=f"min_{short}", bind=state.BIND)
+        threshold = st.slider(f"{title}: mean {ui.metric_label(board_metric)} at least", 0.0, 1.0, 0.0, 0.001,
+                              format="%.3f", key=f"min_{short}", bind=state.BIND)
         word_col, category_col = st.columns(2)
         for label, plural, frame, col in (("word", "words", words, word_col),
                                           ("category", "categories", categories, category_col)):
@@ -124,6 +125,10 @@ elif view == "leaderboards":
                              hover_data={"n": True}, labels={mean: f"mean {ui.metric_label(board_metric)}"},
                              title=f"{title} {plural}")
                 fig.update_yaxes(categoryorder="total ascending")
+                # Start the axis near the smallest bar: near-uniform maps differ only in the third decimal.
+                low, high = float(top[mean].min()), float(top[mean].max())
+                fig.update_xaxes(range=[max(0.0, low - 0.1 * (high - low) - 1e-3), high + 1e-3])
+                fig.update_traces(texttemplate="%{x:.3f}", textposition="inside")
                 open_search(chart(fig, f"board_{short}_{label}"), label, sort=board_metric)
 
 elif view == "reviews":  # team review: verdicts and tags per word (dashboard/review_data.py)
@@ -134,5 +139,6 @@ else:
     fig = px.line(layers, x="layer", y=column, color="method", markers=True, hover_data={"n": True},
                   labels={column: f"mean {ui.metric_label(metric)}"},
                   title=f"Mean {ui.metric_label(metric)} by fusion layer and method")
+    fig.update_xaxes(dtick=1)
     st.plotly_chart(fig, key="layers")
     st.dataframe(layers, hide_index=True, width="stretch")
