@@ -81,7 +81,7 @@ def word_card(ctx: data.Context, row: Mapping[str, Any], style: OverlayStyle,
 
     Returns whether the image file was found.
     """
-    path = data.image_path(ctx, row["file_name"])
+    path = data.image_path(ctx.images_dir, row["file_name"])
     picture, found = data.render_overlay(
         str(path) if path else None, int(row["width"]), int(row["height"]), row["map"], float(row["map_max"]),
         style, data.instance_tuples(instances), show_mask, show_box,

@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
+from dashboard.auth import safe_image_path
 from dashboard.overlay import (
     OverlayStyle,
     attention_overlay,
@@ -129,9 +130,16 @@ def images_dir(run: Mapping[str, Any], override: str | None, db: Database) -> Pa
     return beside if beside.is_dir() else path
 
 
-def image_path(ctx: Context, file_name: str) -> Path | None:
-    """The image file's path, or None when the run has no image folder."""
-    return ctx.images_dir / file_name if ctx.images_dir else None
+def image_path(root: Path | None, file_name: str) -> Path | None:
+    """The image file's path under the image folder `root`; None without a folder, or when the stored
+    name would leave it (a hostile annotation file: absolute, '..', a symlink out)."""
+    if root is None:
+        return None
+    try:
+        return safe_image_path(root, file_name)
+    except ValueError:
+        logger.warning("refusing image path %r outside %s", file_name, root)
+        return None
 
 
 def load_image(path: Path | None, width: int, height: int) -> tuple[Image.Image, bool]:

@@ -9,21 +9,17 @@ checks the actor's role again; viewers and anonymous visitors are shown no write
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import auth, data, review_session, state
 from dashboard import components as ui
+from dashboard import data, review_session, state
 from dashboard.overlay import OverlayStyle, highlight_caption
 from db import review
 from db.review import Item
-
-logger = logging.getLogger(__name__)
 
 ITEM_SIDE = 640
 VERDICT_ICONS = {
@@ -70,13 +66,8 @@ def _run_row(ctx: data.Context, run_id: str) -> dict[str, Any] | None:
 def _image_file(ctx: data.Context, run: dict[str, Any], file_name: str) -> str | None:
     """The image's path, refused (None) if the stored name would leave the image folder."""
     root = ctx.images_dir if run["run_id"] == ctx.run["run_id"] else data.images_dir(run, None, ctx.db)
-    if root is None:
-        return None
-    try:
-        return str(auth.safe_image_path(Path(root), file_name))
-    except ValueError:
-        logger.warning("refusing image path %r outside %s", file_name, root)
-        return None
+    path = data.image_path(root, file_name)
+    return None if path is None else str(path)
 
 
 def item_view(ctx: data.Context, item: Item, style: OverlayStyle, show_mask: bool, show_box: bool) -> bool:

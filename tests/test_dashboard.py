@@ -430,3 +430,14 @@ def test_without_db_it_opens_the_demo_database(open_app, db, monkeypatch, tmp_pa
     at = open_app(word="man").run()
     assert_clean(at)
     assert card_links(at) and at.selectbox(key="run").value == run_row(db)["run_id"]
+
+
+@pytest.mark.parametrize("name", ["../secret.jpg", "/etc/passwd", "a/../../x.jpg"])
+def test_image_paths_cannot_escape_the_image_folder(tmp_path, name):
+    from dashboard.data import image_path
+
+    root = tmp_path / "images"
+    root.mkdir()
+    assert image_path(root, name) is None
+    assert image_path(root, "ok.jpg") == (root / "ok.jpg").resolve()
+    assert image_path(None, "ok.jpg") is None

@@ -117,7 +117,7 @@ if caption_id not in set(captions["caption_id"]):  # no caption chosen yet, or o
 chosen_rows = here[(here["caption_id"] == caption_id) & (here["word_index"] == word_index)]
 if chosen_rows.empty:
     word_index = WHOLE
-path = data.image_path(ctx, image["file_name"])
+path = data.image_path(ctx.images_dir, image["file_name"])
 path_text = str(path) if path else None
 
 with st.expander("Display", icon=":material/palette:"):
