@@ -13,6 +13,8 @@ import streamlit as st
 from dashboard import components as ui
 from dashboard import data, state
 from dashboard.overlay import display_size, highlight_caption
+from dashboard.review_panel import review_panel
+from db.review import Item
 
 MAIN_SIDE = 720
 THUMB_SIDE = 200
@@ -178,6 +180,14 @@ with right:
         st.dataframe(hits[["word", "region_mass", "caption"]], hide_index=True, width="stretch",
                      column_config={"region_mass": st.column_config.ProgressColumn(
                          "mass in region", min_value=0.0, max_value=1.0, format="%.2f")})
+
+with st.expander("Review" + ("" if selected_word is None else f" · “{selected_word['word']}”"),
+                 icon=":material/rate_review:"):
+    if selected_word is None:
+        item = Item(run_id, int(image_id))
+    else:
+        item = Item(run_id, int(image_id), int(caption_id), int(word_index), ctx.method, int(ctx.layer))
+    review_panel(item, key="image_review")
 
 st.subheader("Side by side")
 slices = sorted({(m, int(la)) for m, la in zip(words["method"], words["layer"], strict=True)})
