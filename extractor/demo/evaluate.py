@@ -1,11 +1,15 @@
-"""Grounding quality of an ALBEF on held-out demo scenes: pointing, binding and matching.
+"""Grounding quality of an ALBEF on held-out demo scenes: pointing, binding, mass and matching.
 
 For every colour word and shape noun of the val captions, each map (raw attention of every fusion
 layer, Grad-CAM, and the word-blind [CLS] row of each layer as a control) is scored on the patch
 grid against the object the word describes, known exactly from the scene:
 - pointing: the map's peak cell touches the object; reported over all scenes and multi-object ones;
 - binding: in captions naming several objects, the word's map puts more mass on its own object
-  than on any other named one.
+  than on any other named one;
+- mass/chance: the map's mass on the object's cells over the object's share of the grid.
+Beside them, per word, the levels that need no model: `chance` (a uniformly random cell for
+pointing, a random named object for binding, 1 for mass) and `random object` (a detector that
+points at the most-covered cell of a random object of the scene).
 Matching: the share of true captions the ITM head accepts, and of swapped captions it rejects.
 """
 
@@ -31,12 +35,12 @@ from extractor.text import Tokenizer, pre_caption
 
 @dataclass
 class Tally:
-    """Hit counts per (method, word kind, measure)."""
+    """Per (method, word kind, measure) the values whose mean is reported (hits count as 1/0)."""
 
-    hits: dict[tuple[str, str, str], list[bool]] = field(default_factory=lambda: defaultdict(list))
+    hits: dict[tuple[str, str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, method: str, kind: str, measure: str, hit: bool) -> None:
-        self.hits[method, kind, measure].append(bool(hit))
+    def add(self, method: str, kind: str, measure: str, value: float) -> None:
+        self.hits[method, kind, measure].append(float(value))
 
     def rates(self) -> dict[str, float]:
         return {" ".join(k): float(np.mean(v)) for k, v in sorted(self.hits.items())}
@@ -63,17 +67,29 @@ def _score_caption(tally: Tally, maps: dict[str, np.ndarray], words: list[str], 
                    covers: np.ndarray, n_objects: int) -> None:
     named = sorted(set(grounded.values()))
     shape_ids = match_demo_words(words)
+    touches = covers.reshape(len(covers), -1) > 0  # (objects, cells)
     for w, obj in grounded.items():
         kind = "colour" if words[w] in COLOURS else "shape" if shape_ids[w] is not None else None
         if kind is None:
             continue
+        others = [k for k in named if k != obj]
+        # Levels without a model: a random cell, a random named object, a random object's centre cell.
+        detector = np.mean([touches[obj, covers[o].argmax()] for o in range(n_objects)])
+        share = covers[obj].mean()
+        for method, value in (("chance", touches[obj].mean()), ("random object", detector)):
+            tally.add(method, kind, "pointing", value)
+            if n_objects > 1:
+                tally.add(method, kind, "pointing multi", value)
+        tally.add("chance", kind, "mass/chance", 1.0)
+        if others:
+            tally.add("chance", kind, "binding", 1 / (len(others) + 1))
         for method, m in maps.items():
             p = m[w] / max(m[w].sum(), 1e-12)
-            hit = covers[obj].ravel()[p.argmax()] > 0
+            hit = touches[obj, p.argmax()]
             tally.add(method, kind, "pointing", hit)
             if n_objects > 1:
                 tally.add(method, kind, "pointing multi", hit)
-            others = [k for k in named if k != obj]
+            tally.add(method, kind, "mass/chance", (p * covers[obj]).sum() / share)
             if others:
                 own = (p * covers[obj]).sum()
                 tally.add(method, kind, "binding", own > max((p * covers[k]).sum() for k in others))
