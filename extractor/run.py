@@ -94,30 +94,37 @@ def resolve_device(name: str) -> torch.device:
 
 def run_identity(cfg: ALBEFConfig, checkpoint_sha: str, vocab_sha: str, method: str, layers: list[int]) -> str:
     """The run id: a hash of everything that changes the rows, so the same command resumes the same run."""
-    key = json.dumps(
-        [checkpoint_sha, cfg.to_dict(), method, layers, cfg.image_res, vocab_sha, extractor.__version__],
-        sort_keys=True,
-    )
+    key = json.dumps([checkpoint_sha, cfg.to_dict(), method, layers, vocab_sha, extractor.__version__], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def load_model(opts: Options, device: torch.device) -> tuple[ALBEF, str]:
+    """The frozen model in eval mode on `device`, and its checkpoint's sha256."""
+    model = ALBEF(resolve_config(opts)).eval()
+    checkpoint_sha = load_checkpoint(model, opts.checkpoint)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device), checkpoint_sha
+
+
+def resolve_vocab(opts: Options) -> Path:
+    """--vocab, else a vocab.txt beside the checkpoint (the demo's), else the shared bert-base-uncased one."""
+    beside = opts.checkpoint.with_name("vocab.txt")
+    return opts.vocab or (beside if beside.is_file() else DEFAULT_VOCAB)
 
 
 def extract(opts: Options) -> str:
     """Run (or resume) an extraction; returns the run id."""
     device = resolve_device(opts.device)
-    cfg = resolve_config(opts)
+    dataset = load_coco(opts.captions, opts.instances)
+    model, checkpoint_sha = load_model(opts, device)
+    cfg = model.cfg
     layers = sorted(opts.layers) if opts.layers else cfg.fusion_layers
     if bad := [la for la in layers if la not in cfg.fusion_layers]:
-        raise SystemExit(f"--layers {bad} are not fusion layers of this model ({cfg.fusion_layers})")
+        raise ValueError(f"--layers {bad} are not fusion layers of this model ({cfg.fusion_layers})")
     attention_layers = layers if opts.method in ("both", "attention") else []
     gradcam = opts.method in ("both", "gradcam")
-
-    dataset = load_coco(opts.captions, opts.instances)
-    model = ALBEF(cfg).eval().to(device)
-    checkpoint_sha = load_checkpoint(model, opts.checkpoint)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    beside = opts.checkpoint.with_name("vocab.txt")
-    vocab = opts.vocab or (beside if beside.is_file() else DEFAULT_VOCAB)
+    vocab = resolve_vocab(opts)
     tokenizer = Tokenizer(vocab, cfg.bert.max_position_embeddings)
     run_id = run_identity(cfg, checkpoint_sha, file_sha256(vocab), opts.method, attention_layers)
 
