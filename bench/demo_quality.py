@@ -17,7 +17,7 @@ import torch
 
 from extractor.checkpoint import load_checkpoint
 from extractor.config import ALBEFConfig
-from extractor.demo.evaluate import evaluate
+from extractor.demo.evaluate import evaluate, val_scenes
 from extractor.demo.prepare import CHECKPOINT_DIR
 from extractor.demo.world import write_split
 from extractor.model import ALBEF
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp)
         write_split(world, "val", args.n, args.seed, res=128)  # held out: training uses the train split
-        rates = evaluate(model, world, tokenizer, args.n)
+        rates = evaluate(model, val_scenes(world, args.n, cfg.image_res), tokenizer)
     print(f"demo ALBEF ({args.checkpoint_dir}) on {args.n} held-out scenes, patch grid "
           f"{cfg.grid_size}x{cfg.grid_size}, {time.perf_counter() - start:.0f} s")
     print(table(rates, cfg.fusion_layers))
