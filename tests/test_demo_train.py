@@ -12,8 +12,9 @@ from extractor.checkpoint import load_checkpoint
 from extractor.config import ALBEFConfig
 from extractor.demo import train
 from extractor.demo.captions import caption_is_true, make_captions
-from extractor.demo.scene import sample_scene
+from extractor.demo.scene import coverage, render_scene, sample_scene
 from extractor.demo.world import write_world
+from extractor.image import CLIP_MEAN, CLIP_STD
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, batch_tensors, pre_caption
 
@@ -68,8 +69,9 @@ def test_mlm_masks_whole_words_and_favours_attributes(tokenizer: Tokenizer) -> N
     tokens = tokenizer([pre_caption(c, 30) for c in captions])
     ids, _ = batch_tensors(tokens)
     cfg = train.TrainConfig()
+    pool = torch.tensor([1000, 2000])
     masked, labels = train.mask_tokens(ids, captions, [t.word_of_token for t in tokens], cfg,
-                                       np.random.default_rng(0))
+                                       np.random.default_rng(0), pool)
     picked = labels != -100
     assert torch.equal(labels[picked], ids[picked]) and not picked[:, 0].any()  # never [CLS]
     assert (picked.sum(1) >= 1).all()
@@ -87,13 +89,43 @@ def test_mlm_masks_whole_words_and_favours_attributes(tokenizer: Tokenizer) -> N
     assert rate["left"] == pytest.approx(cfg.attribute_mask_prob, abs=0.07)
     for word in ("a", "small", "of"):
         assert rate[word] == pytest.approx(cfg.other_mask_prob, abs=0.05), word
-    share_mask = (masked[picked] == train.MASK_ID).float().mean().item()
-    assert share_mask == pytest.approx(0.8, abs=0.05)
+    replaced = masked[picked]
+    assert (replaced == train.MASK_ID).float().mean().item() == pytest.approx(0.8, abs=0.05)
+    assert torch.isin(replaced, pool).float().mean().item() == pytest.approx(0.1, abs=0.04)
+    assert torch.equal(masked[~picked], ids[~picked])
 
 
-def test_short_training_writes_a_strictly_loadable_checkpoint(tmp_path: Path, shared: Path) -> None:
-    world = tmp_path / "world"
-    write_world(world, 24, 4, seed=0)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, 40, 4, seed=0)
+    return out
+
+
+def test_batches_are_mirrored_scenes_and_respect_the_curriculum(world: Path) -> None:
+    data = train.TrainWorld(world, 96)
+    assert data.pixels.shape == (40, 3, 96, 96) and data.pixels.dtype == torch.uint8
+    rng = np.random.default_rng(0)
+    pixels, scenes = data.batch(rng, 6, max_objects=1)
+    assert pixels.shape == (6, 3, 96, 96) and all(len(s.objects) == 1 for s in scenes)
+    assert abs(pixels.mean().item()) < 1.5  # normalised, not raw 0..255
+    pixels, scenes = data.batch(rng, 40)
+    by_seed = {s.seed: s for s in data.scenes}
+    mirrored = [s for s in scenes if not np.array_equal(s.objects[0].polygon, by_seed[s.seed].objects[0].polygon)]
+    assert 8 < len(mirrored) < 32  # about half
+    for s in mirrored:  # mirrored geometry, in the scene's own pixel frame
+        original = by_seed[s.seed].objects[0]
+        assert np.allclose(s.objects[0].polygon[:, 0], s.res - original.polygon[:, 0])
+    # The pixels show every object where its (mirrored or not) polygon says, in its colour.
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    rgb = ((pixels * std + mean) * 255).permute(0, 2, 3, 1).numpy()
+    for image, scene in zip(rgb, scenes, strict=True):
+        for obj in scene.objects:
+            inside = coverage(obj.polygon * 96 / scene.res, 96) > 0.99
+            assert np.abs(np.median(image[inside], 0) - obj.rgb).max() < 20
+
+
+def test_short_training_writes_a_strictly_loadable_checkpoint(world: Path, tmp_path: Path, shared: Path) -> None:
     out = tmp_path / "ckpt"
     parser = argparse.ArgumentParser()
     train.add_parser(parser.add_subparsers())
@@ -114,11 +146,35 @@ def test_short_training_writes_a_strictly_loadable_checkpoint(tmp_path: Path, sh
 @pytest.mark.parametrize("step", [0, 10])  # first phase (easy negatives) and second (hard + swaps)
 def test_train_step_losses_finite_and_weights_move(tokenizer: Tokenizer, step: int) -> None:
     model = train.demo_model(0)
-    trainer = train.Trainer(model, train.TrainConfig(easy_steps=5, warmup_steps=1), tokenizer)
     scenes, _ = _batch(6, seed=3)
+    vocab = train.grammar_vocab(tokenizer, scenes, np.random.default_rng(0))
+    trainer = train.Trainer(model, train.TrainConfig(easy_steps=5, warmup_steps=1), tokenizer, vocab)
     pixels = torch.randn(6, 3, 96, 96)
     before = model.itm_head.weight.detach().clone()
     losses = trainer.step(step, pixels, scenes, np.random.default_rng(0))
     assert all(np.isfinite(v) for v in losses.values())
-    assert 0 < losses["itm"] < 2 and 0 < losses["mlm"] < 20
+    assert 0 < losses["itm"] < 2 and 0 < losses["mlm"] < 2 * np.log(len(vocab))
     assert not torch.equal(before, model.itm_head.weight)
+
+
+def test_grammar_vocab_covers_captions(tokenizer: Tokenizer) -> None:
+    scenes, _ = _batch(300, seed=4)
+    vocab = set(train.grammar_vocab(tokenizer, scenes[:200], np.random.default_rng(0)).tolist())
+    assert 60 < len(vocab) < 300 and train.MASK_ID not in vocab
+    captions = [pre_caption(c, 30) for s in scenes[200:] for c in make_captions(s, np.random.default_rng(1))]
+    unseen = {i for t in tokenizer(captions) for i in t.input_ids[1:]} - vocab
+    assert not unseen  # captions of other scenes bring no token outside it
+
+
+def test_patch_embedding_starts_whitened() -> None:
+    rng = np.random.default_rng(5)
+    images = np.stack([render_scene(sample_scene(rng, 96)) for _ in range(150)])
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    model = train.demo_model(0)
+    train.init_patch_embedding(model, pixels)
+    with torch.no_grad():
+        features = model.visual_encoder.patch_embed.proj(pixels).flatten(2).transpose(1, 2).flatten(0, 1)
+    assert features.mean(0).abs().max() < 1e-3
+    cov = torch.cov(features.T)
+    assert torch.allclose(cov, torch.eye(len(cov)), atol=0.05)  # decorrelated, unit variance

@@ -12,6 +12,8 @@ from pycocotools.coco import COCO
 
 from extractor.demo import world
 from extractor.demo.captions import (
+    BACKGROUND_WORDS,
+    SHAPE_NOUNS,
     assignments,
     caption_is_true,
     caption_words,
@@ -20,7 +22,7 @@ from extractor.demo.captions import (
     parse_caption,
     swap_caption,
 )
-from extractor.demo.scene import COLOURS, SHAPES, Obj, Scene, render_scene, sample_scene
+from extractor.demo.scene import BACKGROUNDS, COLOURS, SHAPES, Obj, Scene, render_scene, sample_scene
 from extractor.demo.world import (
     DEMO_CATEGORIES,
     DEMO_CATEGORY_WORDS,
@@ -255,6 +257,7 @@ def test_swap_without_that_kind_of_word_returns_none() -> None:
 
 
 def test_demo_category_table() -> None:
+    assert set(SHAPE_NOUNS) == set(SHAPES) and set(BACKGROUND_WORDS) == set(BACKGROUNDS)
     assert is_demo_categories(DEMO_CATEGORIES)
     assert not is_demo_categories([{"id": 1, "name": "person", "supercategory": "person"}])
     by_name = {c["name"]: c["id"] for c in DEMO_CATEGORIES}
@@ -272,6 +275,6 @@ def test_every_shape_colour_and_size_occurs() -> None:
     assert {o.shape for o in objs} == set(SHAPES)
     assert {o.colour for o in objs} == set(COLOURS)
     assert {o.size for o in objs} == {"small", "large"}
-    assert {s.background for s in scenes} == {"noise", "stripes", "gradient", "checker", "clutter"}
+    assert {s.background for s in scenes} == set(BACKGROUNDS)
     assert 0.15 < np.mean([s.distractors for s in scenes]) < 0.45
     assert all(len(make_captions(s, rng)) == 5 for s in scenes)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from extractor.demo.scene import (
-    BACKGROUNDS,
     COLOURS,
     OPPOSITE,
     SHAPES,
@@ -53,8 +52,6 @@ BACKGROUND_WORDS = {"noise": ("noisy", "speckled"), "stripes": ("striped",), "gr
 NUMBERS = ("zero", "one", "two", "three", "four")
 PREFIXES = ("", "", "", "a picture of ", "an image showing ", "a photo of ", "an image of ",
             "there is ", "this image contains ", "we can see ", "in this picture there is ")
-
-assert set(SHAPE_NOUNS) == set(SHAPES) and set(BACKGROUND_WORDS) == set(BACKGROUNDS)
 
 
 def plural(noun: str) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from extractor.coco import load_image
 from extractor.demo.captions import SWAP_KINDS, caption_words, ground_caption, swap_caption
@@ -95,9 +96,18 @@ def _score_caption(tally: Tally, maps: dict[str, np.ndarray], words: list[str], 
                 tally.add(method, kind, "binding", own > max((p * covers[k]).sum() for k in others))
 
 
-def evaluate(model: ALBEF, world: Path, tokenizer: Tokenizer, n_images: int = 200, seed: int = 0) -> dict[str, float]:
-    """Quality figures on the first `n_images` scenes of the world's val split (model in eval mode)."""
-    cfg = model.cfg
+@dataclass
+class ValScene:
+    """One held-out image: its id, scene, preprocessed pixels (1, 3, R, R) and raw captions."""
+
+    image_id: int
+    scene: Scene
+    pixels: torch.Tensor
+    captions: list[str]
+
+
+def val_scenes(world: Path, n_images: int, image_res: int) -> list[ValScene]:
+    """The first `n_images` scenes of the world's val split, preprocessed as the extractor does."""
     ann_dir = world / "annotations"
     scenes = load_scenes(ann_dir / "instances_val.json")
     data = json.loads((ann_dir / "captions_val.json").read_text())
@@ -105,13 +115,21 @@ def evaluate(model: ALBEF, world: Path, tokenizer: Tokenizer, n_images: int = 20
     by_image: dict[int, list[str]] = defaultdict(list)
     for cap in data["annotations"]:
         by_image[cap["image_id"]].append(cap["caption"])
+    return [
+        ValScene(i, scenes[i], eval_transform(load_image(world / "val" / files[i]), image_res)[None], by_image[i])
+        for i in sorted(scenes)[:n_images]
+    ]
+
+
+def evaluate(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer, seed: int = 0) -> dict[str, float]:
+    """Quality figures on held-out scenes (model in eval mode)."""
+    cfg = model.cfg
     rng = np.random.default_rng(seed)
     tally = Tally()
-    for image_id in sorted(scenes)[:n_images]:
-        scene, raw = scenes[image_id], by_image[image_id]
-        pixels = eval_transform(load_image(world / "val" / files[image_id]), cfg.image_res)[None]
+    for item in items:
+        scene, raw = item.scene, item.captions
         tokens = tokenizer([pre_caption(c, cfg.max_words) for c in raw])
-        results = caption_maps(model, pixels, tokens, [0] * len(raw), cfg.fusion_layers, gradcam=True)
+        results = caption_maps(model, item.pixels, tokens, [0] * len(raw), cfg.fusion_layers, gradcam=True)
         covers = _covers(scene, cfg.grid_size)
         for text, tok, maps in zip(raw, tokens, results, strict=True):
             tally.add("itm", "true", "accepted", maps.itm_score > 0.5)
@@ -122,7 +140,7 @@ def evaluate(model: ALBEF, world: Path, tokenizer: Tokenizer, n_images: int = 20
         swaps = [s for kind in SWAP_KINDS for text in raw if (s := swap_caption(text, kind, rng, scene))]
         if swaps:
             swapped = tokenizer([pre_caption(s.text, cfg.max_words) for s in swaps])
-            results = caption_maps(model, pixels, swapped, [0] * len(swaps), [], gradcam=False)
+            results = caption_maps(model, item.pixels, swapped, [0] * len(swaps), [], gradcam=False)
             for s, maps in zip(swaps, results, strict=True):
                 tally.add("itm", s.kind, "rejected", maps.itm_score <= 0.5)
     return tally.rates()
