@@ -24,6 +24,7 @@ from extractor.model import ALBEF
 from extractor.text import Tokenizer
 
 GOALS = {
+    ("colour", "pointing single"): 0.85, ("shape", "pointing single"): 0.85,
     ("colour", "binding"): 0.75, ("shape", "binding"): 0.65, ("colour", "pointing multi"): 0.55,
     ("shape", "pointing multi"): 0.55, ("colour", "mass/chance"): 4.0, ("shape", "mass/chance"): 4.0,
 }  # fmt: skip
@@ -34,7 +35,7 @@ def table(rates: dict[str, float], layers: list[int]) -> str:
                "gradcam"]
     lines = [f"{'':<28}" + "".join(f"{c:>14}" for c in columns) + f"{'goal':>8}"]
     for kind in ("colour", "shape"):
-        for measure in ("pointing", "pointing multi", "binding", "mass/chance"):
+        for measure in ("pointing", "pointing single", "pointing multi", "binding", "mass/chance"):
             cells = [rates.get(f"{c} {kind} {measure}") for c in columns]
             goal = GOALS.get((kind, measure))
             values = "".join(f"{'-':>14}" if v is None else f"{v:>14.3f}" for v in cells)

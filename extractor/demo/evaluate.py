@@ -3,7 +3,7 @@
 For every colour word and shape noun of the val captions, each map (raw attention of every fusion
 layer, Grad-CAM, and the word-blind [CLS] row of each layer as a control) is scored on the patch
 grid against the object the word describes, known exactly from the scene:
-- pointing: the map's peak cell touches the object; reported over all scenes and multi-object ones;
+- pointing: the map's peak cell touches the object; over all scenes, single- and multi-object ones;
 - binding: in captions naming several objects, the word's map puts more mass on its own object
   than on any other named one;
 - mass/chance: the map's mass on the object's cells over the object's share of the grid.
@@ -77,10 +77,10 @@ def _score_caption(tally: Tally, maps: dict[str, np.ndarray], words: list[str], 
         # Levels without a model: a random cell, a random named object, a random object's centre cell.
         detector = np.mean([touches[obj, covers[o].argmax()] for o in range(n_objects)])
         share = covers[obj].mean()
+        scope = "pointing multi" if n_objects > 1 else "pointing single"
         for method, value in (("chance", touches[obj].mean()), ("random object", detector)):
             tally.add(method, kind, "pointing", value)
-            if n_objects > 1:
-                tally.add(method, kind, "pointing multi", value)
+            tally.add(method, kind, scope, value)
         tally.add("chance", kind, "mass/chance", 1.0)
         if others:
             tally.add("chance", kind, "binding", 1 / (len(others) + 1))
@@ -88,8 +88,7 @@ def _score_caption(tally: Tally, maps: dict[str, np.ndarray], words: list[str], 
             p = m[w] / max(m[w].sum(), 1e-12)
             hit = touches[obj, p.argmax()]
             tally.add(method, kind, "pointing", hit)
-            if n_objects > 1:
-                tally.add(method, kind, "pointing multi", hit)
+            tally.add(method, kind, scope, hit)
             tally.add(method, kind, "mass/chance", (p * covers[obj]).sum() / share)
             if others:
                 own = (p * covers[obj]).sum()
