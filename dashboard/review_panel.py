@@ -249,3 +249,14 @@ def review_panel(
         with st.expander("History (audit log)", icon=":material/history:"):
             log = review.audit_log(con, actor, target=item.key)
             st.dataframe(log.drop(columns=["target"]), hide_index=True, width="stretch")
+
+
+def item_with_review(ctx: data.Context, item: Item, **panel: Any) -> None:
+    """The item's view (with display controls) beside its review panel; `panel` goes to review_panel."""
+    with st.expander("Display", icon=":material/palette:"):
+        style, show_mask, show_box = ui.overlay_controls()
+    left, right = st.columns([3, 2])
+    with left:
+        item_view(ctx, item, style, show_mask, show_box)
+    with right:
+        review_panel(item, **panel)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components as ui
 from dashboard import data, review_data, review_panel, review_session, state
 from db import review
 from db.review import ITEM_COLUMNS, Item
@@ -65,13 +64,7 @@ if item is not None:
     title, close = st.columns([5, 1], vertical_alignment="bottom")
     title.subheader(review_panel.describe(item))
     close.button("Close", icon=":material/close:", on_click=open_item, args=(None,), width="stretch")
-    with st.expander("Display", icon=":material/palette:"):
-        style, show_mask, show_box = ui.overlay_controls()
-    left, right = st.columns([3, 2])
-    with left:
-        review_panel.item_view(ctx, item, style, show_mask, show_box)
-    with right:
-        review_panel.review_panel(item)
+    review_panel.item_with_review(ctx, item)
 
 st.subheader("Reviewed items")
 st.caption(f"Run `{run_id}`: every word and image with a verdict, tag, comment or status change. "

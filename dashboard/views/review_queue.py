@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components as ui
 from dashboard import data, review_panel, review_session, state
 from db import review
 
@@ -78,11 +77,5 @@ where.markdown(f"**Item {position + 1} of {len(items)}** · {review_panel.descri
 forward.button("Next", key="next", icon=":material/arrow_forward:", icon_position="right", shortcut="J",
                width="stretch", on_click=go, args=("next", position), help="Next item (J)")
 
-with st.expander("Display", icon=":material/palette:"):
-    style, show_mask, show_box = ui.overlay_controls()
-left, right = st.columns([3, 2])
-with left:
-    review_panel.item_view(ctx, item, style, show_mask, show_box)
-with right:
-    review_panel.review_panel(item, key="queue_review", shortcuts=True,
+review_panel.item_with_review(ctx, item, key="queue_review", shortcuts=True,
                               after_verdict=(lambda: go("next", position)) if advance else None)
