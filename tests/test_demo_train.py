@@ -84,8 +84,8 @@ def test_mlm_masks_whole_words_and_favours_attributes(tokenizer: Tokenizer) -> N
     # One of colour and shape per phrase, never both: the other still names the object.
     for colour, shape in (("purple", "hexagon"), ("red", "box")):
         assert not (word_picked[colour].any(1) & word_picked[shape].any(1)).any()
-        assert rate[colour] == pytest.approx(cfg.attribute_mask_prob / 2, abs=0.07)
-        assert rate[shape] == pytest.approx(cfg.attribute_mask_prob / 2, abs=0.07)
+        assert rate[colour] == pytest.approx(cfg.attribute_mask_prob * (1 - cfg.shape_share), abs=0.07)
+        assert rate[shape] == pytest.approx(cfg.attribute_mask_prob * cfg.shape_share, abs=0.07)
     assert rate["left"] == pytest.approx(cfg.attribute_mask_prob, abs=0.07)
     for word in ("a", "small", "of"):
         assert rate[word] == pytest.approx(cfg.other_mask_prob, abs=0.05), word
@@ -104,7 +104,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_batches_are_mirrored_scenes_and_respect_the_curriculum(world: Path) -> None:
     data = train.TrainWorld(world, 96)
-    assert data.pixels.shape == (40, 3, 96, 96) and data.pixels.dtype == torch.uint8
+    assert len(data.scenes) == len(data.files) == 40
     rng = np.random.default_rng(0)
     pixels, scenes = data.batch(rng, 6, max_objects=1)
     assert pixels.shape == (6, 3, 96, 96) and all(len(s.objects) == 1 for s in scenes)
@@ -125,14 +125,24 @@ def test_batches_are_mirrored_scenes_and_respect_the_curriculum(world: Path) -> 
             assert np.abs(np.median(image[inside], 0) - obj.rgb).max() < 20
 
 
-def test_short_training_writes_a_strictly_loadable_checkpoint(world: Path, tmp_path: Path, shared: Path) -> None:
-    out = tmp_path / "ckpt"
+def test_curriculum_adds_one_object_per_stage() -> None:
+    cfg = train.TrainConfig(stage_steps=100)
+    assert [cfg.max_objects(s) for s in (0, 99, 100, 199, 200, 300, 10_000)] == [1, 1, 2, 2, 3, 4, 4]
+
+
+def _train_demo(world: Path, out: Path, shared: Path) -> Path:
     parser = argparse.ArgumentParser()
     train.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["train-demo", "--world", str(world), "--out", str(out), "--steps", "3",
-                              "--batch-size", "8", "--easy-steps", "1", "--eval-every", "3", "--n-eval", "2",
-                              "--threads", "1", "--vocab", str(shared / "bert-base-uncased" / "vocab.txt")])
+    args = parser.parse_args(["train-demo", "--world", str(world), "--out", str(out), "--steps", "4",
+                              "--batch-size", "8", "--easy-steps", "2", "--stage-steps", "1", "--eval-every", "2",
+                              "--n-eval", "2", "--threads", "1",
+                              "--vocab", str(shared / "bert-base-uncased" / "vocab.txt")])
     assert args.func(args) == 0
+    return out
+
+
+def test_short_training_writes_a_strictly_loadable_checkpoint(world: Path, tmp_path: Path, shared: Path) -> None:
+    out = _train_demo(world, tmp_path / "ckpt", shared)
     cfg = ALBEFConfig.from_json(out / "config.json")
     assert cfg == train.DEMO_CONFIG
     assert json.loads((out / "config.json").read_text())["checkpoint_format"] == "finetuned"
@@ -140,7 +150,13 @@ def test_short_training_writes_a_strictly_loadable_checkpoint(world: Path, tmp_p
     load_checkpoint(model, out / "checkpoint.pth")  # strict: every key ours, none missing
     assert (out / "checkpoint.pth").stat().st_size < 20e6
     log = (out / "train_log.txt").read_text()
-    assert "eval step 3" in log and "itm true accepted" in log
+    assert "eval step 2" in log and "eval step 4" in log and "itm true accepted" in log
+
+    # The documented command reproduces the checkpoint: same seed and world, same weights, bit for bit.
+    again = torch.load(_train_demo(world, tmp_path / "again", shared) / "checkpoint.pth", weights_only=True)
+    first = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 @pytest.mark.parametrize("step", [0, 10])  # first phase (easy negatives) and second (hard + swaps)

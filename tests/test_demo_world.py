@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from extractor.categories import matcher_from_synonyms
 from extractor.demo import world
 from extractor.demo.captions import (
     BACKGROUND_WORDS,
@@ -26,11 +27,11 @@ from extractor.demo.scene import BACKGROUNDS, COLOURS, SHAPES, Obj, Scene, rende
 from extractor.demo.world import (
     DEMO_CATEGORIES,
     DEMO_CATEGORY_WORDS,
-    is_demo_categories,
     load_scenes,
     match_demo_words,
     write_world,
 )
+from extractor.text import pre_caption
 
 N = 40  # images per split: enough for every template and shape, fast on a shared CPU
 
@@ -258,8 +259,6 @@ def test_swap_without_that_kind_of_word_returns_none() -> None:
 
 def test_demo_category_table() -> None:
     assert set(SHAPE_NOUNS) == set(SHAPES) and set(BACKGROUND_WORDS) == set(BACKGROUNDS)
-    assert is_demo_categories(DEMO_CATEGORIES)
-    assert not is_demo_categories([{"id": 1, "name": "person", "supercategory": "person"}])
     by_name = {c["name"]: c["id"] for c in DEMO_CATEGORIES}
     assert match_demo_words(["a", "red", "box", "and", "two", "discs", "Hexagon"]) == [
         None, None, by_name["square"], None, None, by_name["circle"], by_name["hexagon"]]
@@ -278,3 +277,13 @@ def test_every_shape_colour_and_size_occurs() -> None:
     assert {s.background for s in scenes} == set(BACKGROUNDS)
     assert 0.15 < np.mean([s.distractors for s in scenes]) < 0.45
     assert all(len(make_captions(s, rng)) == 5 for s in scenes)
+
+
+def test_extractor_matches_caption_words_like_the_demo_table(png_world: Path, val) -> None:
+    """The extractor reads the shape words from the instances file's `synonyms`: same ids as our table."""
+    categories = json.loads((png_world / "annotations" / "instances_val.json").read_text())["categories"]
+    match = matcher_from_synonyms({c["id"]: [c["name"], *c["synonyms"]] for c in categories})
+    _, _, captions = val
+    words = [pre_caption(c["caption"], 30).split(" ") for c in captions]
+    assert all(match(w) == match_demo_words(w) for w in words)
+    assert sum(i is not None for w in words for i in match(w)) > len(captions)  # most name a shape

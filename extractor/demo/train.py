@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -84,11 +85,17 @@ class TrainConfig:
     weight_decay: float = 0.02  # ALBEF's
     warmup_steps: int = 150
     easy_steps: int = 600  # first phase: uniform in-batch negatives, no swapped captions
-    easy_max_objects: int = 4  # first phase: only scenes with at most this many objects
+    stage_steps: int = 800  # curriculum: scenes of at most 1 object, then 2 after this many steps, ... up to 4
     attribute_mask_prob: float = 0.8  # MLM masking of one of colour/shape per phrase, and relation words
     other_mask_prob: float = 0.15  # MLM masking of every other word (BERT's rate)
-    mlm_captions: int = 3  # captions per image for MLM: its ITM positive and fresh ones (text is cheap)
+    shape_share: float = 0.7  # of the phrases masked: how many lose their shape (the rest their colour)
+    mlm_captions: int = 4  # captions per image for MLM: its ITM positive and fresh ones (text is cheap)
     seed: int = 0
+
+    def max_objects(self, step: int) -> int:
+        """Most objects per scene at this step: single objects first, where "a red [MASK]" has one
+        answer in view and shapes are learnt; then one more per stage, binding among ever more objects."""
+        return min(4, 1 + step // self.stage_steps)
 
 
 class MLMHead(nn.Module):
@@ -130,23 +137,23 @@ def init_bert_weights(module: nn.Module) -> None:
 
 
 class TrainWorld:
-    """The training split held in memory: uint8 pixels at the model resolution and the scenes."""
+    """The training split held in memory as JPEG bytes (a few kB a scene) with its scenes."""
 
     def __init__(self, world: Path, res: int):
         scenes = load_scenes(world / "annotations" / "instances_train.json")
         self.ids = sorted(scenes)
         self.scenes = [scenes[i] for i in self.ids]
-        # Resized as eval_transform does (PIL bicubic to a square), normalised per batch.
-        self.pixels = torch.stack([self._load(world / "train" / f"{i:012d}.jpg", res) for i in self.ids])
+        self.files = [(world / "train" / f"{i:012d}.jpg").read_bytes() for i in self.ids]
         self.n_objects = np.array([len(s.objects) for s in self.scenes])
+        self.res = res
         self.mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
-    @staticmethod
-    def _load(path: Path, res: int) -> Tensor:
-        with Image.open(path) as img:
-            pixels = np.array(img.convert("RGB").resize((res, res), Image.Resampling.BICUBIC))
-        return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, R, R) uint8
+    def _pixels(self, k: int) -> Tensor:
+        """(3, R, R) uint8, resized as eval_transform does (PIL bicubic to a square)."""
+        with Image.open(io.BytesIO(self.files[k])) as img:
+            pixels = np.array(img.convert("RGB").resize((self.res, self.res), Image.Resampling.BICUBIC))
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def batch(self, rng: np.random.Generator, size: int, max_objects: int = 4) -> tuple[Tensor, list[Scene]]:
         """Normalised pixels (B, 3, R, R) of random images, half of them mirrored, and their scenes.
@@ -156,7 +163,7 @@ class TrainWorld:
         eligible = np.flatnonzero(self.n_objects <= max_objects)
         idx = rng.choice(eligible, size, replace=False)
         flip = rng.random(size) < 0.5
-        pixels = self.pixels[idx].clone()
+        pixels = torch.stack([self._pixels(k) for k in idx])
         pixels[flip] = pixels[flip].flip(-1)
         scenes = [mirrored(self.scenes[i]) if f else self.scenes[i] for i, f in zip(idx, flip, strict=True)]
         return (pixels.float() / 255 - self.mean) / self.std, scenes
@@ -171,17 +178,18 @@ def truth_matrix(captions: list[str], scenes: list[Scene]) -> np.ndarray:
 def words_to_mask(caption: str, n_words: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     """Which words of a caption MLM predicts, (n_words,) bool.
 
-    In a phrase that states both colour and shape, one of the two is masked with probability
-    `attribute_mask_prob` and the other never, so the phrase still points at its object: "a [MASK]
-    circle" is answered by looking at the circle, "a red [MASK]" by looking at the red object. Relation
-    words are masked at the same high rate, every other word at BERT's rate; at least one word always.
+    In a phrase that states both colour and shape, one of the two (the shape with probability
+    `shape_share`) is masked with probability `attribute_mask_prob` and the other never, so the
+    phrase still points at its object: "a [MASK] circle" is answered by looking at the circle, "a red
+    [MASK]" by looking at the red object. Relation words are masked at the same high rate, every other
+    word at BERT's rate; at least one word always.
     """
     rate = np.full(n_words, cfg.other_mask_prob)
     parsed = parse_caption(caption)
     for phrase in parsed.phrases:
         if "colour" in phrase.words and "shape" in phrase.words:
-            target, keep = rng.permutation([phrase.words["colour"], phrase.words["shape"]])
-            rate[target], rate[keep] = cfg.attribute_mask_prob, 0.0
+            target, keep = ("shape", "colour") if rng.random() < cfg.shape_share else ("colour", "shape")
+            rate[phrase.words[target]], rate[phrase.words[keep]] = cfg.attribute_mask_prob, 0.0
     for *_, word in parsed.relations:
         rate[word] = cfg.attribute_mask_prob
     chosen = rng.random(n_words) < rate
@@ -284,9 +292,11 @@ class Trainer:
             logits = self.mlm(hidden.hidden)  # (R, T, V)
             predicted = self.mlm.vocab_ids[logits.argmax(-1)]
             correct = ((predicted == ids[index]) | ~target).all(1)
+            scenes = "single" if len(item.scene.objects) == 1 else "multi"
             for kind, ok in zip(kinds, correct.tolist(), strict=True):
-                hits[kind].append(ok)
-        return {f"mlm {kind} accuracy": float(np.mean(v)) for kind, v in sorted(hits.items())}
+                hits[f"mlm {kind} accuracy"].append(ok)
+                hits[f"mlm {kind} accuracy {scenes}"].append(ok)
+        return {key: float(np.mean(v)) for key, v in sorted(hits.items())}
 
     def _tokens(self, texts: list[str]):
         tokens = self.tokenizer([pre_caption(t, self.model.cfg.max_words) for t in texts])
@@ -407,10 +417,7 @@ def train(world: Path, out: Path, tcfg: TrainConfig, vocab: Path, eval_every: in
     running: dict[str, list[float]] = {}
     for step in range(tcfg.steps):
         model.train()
-        # Curriculum: the first phase sees few objects per scene, where "a red [MASK]" has one answer
-        # in view and shapes are learnt quickly; binding among more objects comes after.
-        max_objects = tcfg.easy_max_objects if step < tcfg.easy_steps else 4
-        pixels, scenes = data.batch(rng, tcfg.batch_size, max_objects)
+        pixels, scenes = data.batch(rng, tcfg.batch_size, tcfg.max_objects(step))
         for k, v in trainer.step(step, pixels, scenes, rng).items():
             running.setdefault(k, []).append(v)
         if (step + 1) % 50 == 0:
@@ -421,12 +428,19 @@ def train(world: Path, out: Path, tcfg: TrainConfig, vocab: Path, eval_every: in
             model.eval()
             rates = {**evaluate(model, val, tokenizer), **trainer.mlm_accuracy(val)}
             record(f"eval step {step + 1} on {len(val)} val scenes\n{format_rates(rates)}")
+            save_checkpoint(model, out)  # a crash loses at most one evaluation interval
+    written = save_checkpoint(model, out)
+    record(f"done in {time.perf_counter() - start:.0f}s")
+    log_file.close()
+    return [*written, log_path]
+
+
+def save_checkpoint(model: ALBEF, out: Path) -> list[Path]:
+    """Write checkpoint.pth (ALBEF's fine-tuned format) and config.json; returns both paths."""
     checkpoint, config = out / "checkpoint.pth", out / "config.json"
     torch.save(model.state_dict(), checkpoint)
     config.write_text(json.dumps({**DEMO_CONFIG.to_dict(), "checkpoint_format": "finetuned"}, indent=2) + "\n")
-    record(f"done in {time.perf_counter() - start:.0f}s")
-    log_file.close()
-    return [checkpoint, config, log_path]
+    return [checkpoint, config]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -437,15 +451,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="folder for checkpoint.pth, config.json and train_log.txt")
     p.add_argument("--world", type=Path, default=REPO / "data" / "demo-world",
                    help="demo world folder (generated there if it has no training split)")
-    p.add_argument("--n-train", type=int, default=10000, help="training scenes when the world is generated")
+    p.add_argument("--n-train", type=int, default=40000, help="training scenes when the world is generated")
     p.add_argument("--n-val", type=int, default=500, help="held-out scenes when the world is generated")
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW, cosine decay)")
     p.add_argument("--easy-steps", type=int, default=defaults.easy_steps,
                    help="steps of the first phase (uniform negatives, no swapped captions)")
-    p.add_argument("--easy-max-objects", type=int, default=defaults.easy_max_objects,
-                   help="first phase: only scenes with at most this many objects")
+    p.add_argument("--stage-steps", type=int, default=defaults.stage_steps,
+                   help="curriculum: steps per stage of 1, 2, 3 objects at most (then up to 4)")
+    p.add_argument("--shape-share", type=float, default=defaults.shape_share,
+                   help="of the MLM-masked phrases, the share that loses its shape word (the rest: colour)")
+    p.add_argument("--mlm-captions", type=int, default=defaults.mlm_captions,
+                   help="captions per image for MLM (the ITM positive and fresh ones)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the model and the batches")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--eval-every", type=int, default=500, help="evaluate on val scenes every N steps (0: never)")
@@ -459,7 +477,8 @@ def main(args: argparse.Namespace) -> int:
     if not (args.world / "annotations" / "instances_train.json").is_file():
         write_world(args.world, args.n_train, args.n_val, seed=0)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, easy_steps=args.easy_steps,
-                       easy_max_objects=args.easy_max_objects, seed=args.seed)
+                       stage_steps=args.stage_steps, shape_share=args.shape_share,
+                       mlm_captions=args.mlm_captions, seed=args.seed)
     for path in train(args.world, args.out, tcfg, args.vocab, args.eval_every, args.n_eval):
         print(path)
     return 0

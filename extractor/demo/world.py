@@ -51,11 +51,6 @@ _INFO = {"description": "Synthetic shapes world for the ALBEF attention demo", "
 _LICENSES = [{"id": 1, "name": "CC0 1.0 (synthetic data)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
 
 
-def is_demo_categories(categories: Sequence[dict[str, Any]]) -> bool:
-    """Whether an instances file's `categories` are the demo shapes (then use `match_demo_words`)."""
-    return {(c["id"], c["name"]) for c in categories} == {(c["id"], c["name"]) for c in DEMO_CATEGORIES}
-
-
 def match_demo_words(words: Sequence[str]) -> list[int | None]:
     """Demo category id named by each word of a cleaned caption, None where it names none.
 
