@@ -27,3 +27,14 @@ def test_committed_demo_model_is_small_and_complete():
     files = {p.name: p.stat().st_size for p in CHECKPOINT_DIR.iterdir()}
     assert {"checkpoint.pth", "config.json", "vocab.txt", "train_log.txt"} <= set(files)
     assert sum(files.values()) <= 20 * 2**20
+
+
+def test_a_database_of_another_demo_model_is_rebuilt(tmp_path):
+    db = prepare(tmp_path, n_images=4, seed=0, res=128)
+    with duckdb.connect(str(db)) as con:  # as if an older commit's model had made it
+        con.execute("UPDATE runs SET checkpoint_sha256 = 'an older model'")
+    assert not demo_is_ready(db)
+    assert prepare(tmp_path, n_images=4, seed=0, res=128) == db
+    assert demo_is_ready(db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT n_images) FROM runs").fetchone() == (1, 1)

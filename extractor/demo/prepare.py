@@ -11,8 +11,11 @@ import argparse
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from db import queries
 from extractor import run
+from extractor.checkpoint import file_sha256
 from extractor.demo.world import write_split
 
 log = logging.getLogger(__name__)
@@ -20,20 +23,35 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def demo_is_ready(db: Path) -> bool:
-    """Whether `db` holds a completed demo extraction."""
+def demo_runs(db: Path) -> pd.DataFrame:
+    """The runs recorded in `db` (none if it does not exist)."""
     if not db.is_file():
-        return False
+        return pd.DataFrame(columns=["status", "checkpoint_sha256"])
     with queries.connect_readonly(db) as con:
-        return bool((queries.list_runs(con)["status"] == "complete").any())
+        return queries.list_runs(con)
+
+
+def demo_is_ready(db: Path) -> bool:
+    """Whether `db` holds a completed extraction by the committed demo model."""
+    runs = demo_runs(db)
+    current = runs["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth")
+    return bool(((runs["status"] == "complete") & current).any())
 
 
 def prepare(out: Path, n_images: int, seed: int, res: int) -> Path:
-    """The demo database under `out`, built if missing or incomplete (an interrupted build resumes)."""
+    """The demo database under `out`, built if missing or incomplete (an interrupted build resumes).
+
+    A database made by another demo model (an older commit's) is rebuilt, so the demo shows the
+    committed model.
+    """
     db = out / "demo.duckdb"
     if demo_is_ready(db):
         log.info("demo database %s is ready", db)
         return db
+    if not (demo_runs(db)["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth")).all():
+        log.info("demo database %s was made by another demo model: rebuilding it", db)
+        db.unlink()
+        db.with_name(db.name + ".wal").unlink(missing_ok=True)
     world = out / "world"
     captions, instances = world / "annotations" / "captions_val.json", world / "annotations" / "instances_val.json"
     if not instances.is_file():
