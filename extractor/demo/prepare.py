@@ -24,18 +24,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def demo_runs(db: Path) -> pd.DataFrame:
-    """The runs recorded in `db` (none if it does not exist)."""
+    """The runs recorded in `db` (none if it does not exist), with `by_demo_model`: whether the
+    committed demo model made each."""
     if not db.is_file():
-        return pd.DataFrame(columns=["status", "checkpoint_sha256"])
+        return pd.DataFrame(columns=["status", "checkpoint_sha256", "by_demo_model"])
     with queries.connect_readonly(db) as con:
-        return queries.list_runs(con)
+        runs = queries.list_runs(con)
+    return runs.assign(by_demo_model=runs["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth"))
 
 
 def demo_is_ready(db: Path) -> bool:
     """Whether `db` holds a completed extraction by the committed demo model."""
-    runs = demo_runs(db)
-    current = runs["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth")
-    return bool(((runs["status"] == "complete") & current).any())
+    return _has_complete_demo_run(demo_runs(db))
+
+
+def _has_complete_demo_run(runs: pd.DataFrame) -> bool:
+    return bool((runs["by_demo_model"] & (runs["status"] == "complete")).any())
 
 
 def prepare(out: Path, n_images: int, seed: int, res: int) -> Path:
@@ -45,10 +49,11 @@ def prepare(out: Path, n_images: int, seed: int, res: int) -> Path:
     committed model.
     """
     db = out / "demo.duckdb"
-    if demo_is_ready(db):
+    runs = demo_runs(db)
+    if _has_complete_demo_run(runs):
         log.info("demo database %s is ready", db)
         return db
-    if not (demo_runs(db)["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth")).all():
+    if not runs["by_demo_model"].all():
         log.info("demo database %s was made by another demo model: rebuilding it", db)
         db.unlink()
         db.with_name(db.name + ".wal").unlink(missing_ok=True)
