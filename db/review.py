@@ -34,6 +34,7 @@ import math
 import operator
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -450,12 +451,29 @@ def connect(path: str | Path) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA foreign_keys = ON")
-    mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _set_wal(con)
     if mode != "wal":
         # e.g. a network file system: still correct, but writers then block readers.
         log.warning("review store %s runs in journal mode %r, not WAL", path, mode)
     init_db(con)
     return con
+
+
+def _set_wal(con: sqlite3.Connection) -> str:
+    """Switch to WAL and return the journal mode in force.
+
+    The switch needs the file to itself. While other processes are creating the store at the same
+    moment, SQLite can answer "database is locked" without calling the busy handler (it would deadlock
+    waiting), so the switch is retried here, within the same busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def init_db(con: sqlite3.Connection) -> None:

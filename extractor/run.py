@@ -1,7 +1,8 @@
 """`python -m extractor run`: ALBEF per-word maps and metrics over a COCO dataset, into DuckDB.
 
-Each image's rows and its 'done' mark are committed together (in chunks of images), so a crash,
-kill -9 or Ctrl-C loses at most the chunk in flight, and the same command resumes where it stopped.
+Each image's rows and its 'done' mark are committed together (in chunks of images), so a crash or
+kill -9 loses at most the chunk in flight, and the same command resumes where it stopped. Ctrl-C or
+SIGTERM (a scheduler's preemption) stops after the batch in hand and saves it; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import argparse
 import hashlib
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,25 +166,62 @@ def extract(opts: Options) -> str:
         num_workers=workers,
         collate_fn=list,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_interrupts,
     )
     started = time.perf_counter()
     pending = ImageRows()
+    interrupted = SystemExit(f"interrupted: {opts.db} keeps every finished image; run the same command to resume")
     try:
-        with tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar:
+        with stop_requests() as stop, tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar:
             for batch in loader:
                 pending.extend(process_batch(model, tokenizer, dataset, batch, attention_layers, gradcam, device))
                 if pending.n_images >= opts.commit_every:
                     flush(con, run_id, pending)
                     pending = ImageRows()
                 bar.update(len(batch))
+                if stop.is_set():
+                    break
             if pending.n_images:
                 flush(con, run_id, pending)
     except KeyboardInterrupt:
         con.close()
-        raise SystemExit(f"interrupted: {opts.db} keeps every finished image; run the same command to resume") from None
+        raise interrupted from None
+    if stop.is_set():
+        con.close()
+        raise interrupted
     writer.finish_run(con, run_id, time.perf_counter() - started, "complete", finalize_run=opts.shard == (0, 1))
     con.close()
     return run_id
+
+
+@contextmanager
+def stop_requests() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT or SIGTERM; a second one raises KeyboardInterrupt at once.
+
+    Only the main thread can take signals: elsewhere the event is never set and signals act as usual.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("%s: stopping after the batch in hand (send it again to stop at once)", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shard: tuple[int, int]) -> list[dict]:

@@ -1,5 +1,6 @@
 """Concurrent writers on one review store lose nothing: sessions as threads, servers as processes."""
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -115,3 +116,17 @@ def test_two_server_processes_writing_at_once_lose_none(tmp_path):
     actors = [r[0] for r in con.execute("SELECT actor FROM audit_log ORDER BY audit_id")]
     switches = sum(a != b for a, b in zip(actors, actors[1:], strict=False))
     assert switches > 1
+
+
+def test_opening_waits_for_another_process_creating_the_store(tmp_path):
+    # Another process is mid-way through creating the store: it holds the write lock of a file that is
+    # not yet in WAL mode. SQLite refuses the WAL switch at once there (no busy wait), so without a retry
+    # a second dashboard starting at the same moment fails with "database is locked".
+    path = tmp_path / "review.sqlite"
+    creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE being_created (x)")
+    threading.Timer(0.3, creator.execute, ["COMMIT"]).start()
+    con = review.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert review.schema_version(con) == review.SCHEMA_VERSION
