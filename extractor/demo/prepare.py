@@ -42,7 +42,7 @@ def _has_complete_demo_run(runs: pd.DataFrame) -> bool:
     return bool((runs["by_demo_model"] & (runs["status"] == "complete")).any())
 
 
-def prepare(out: Path, n_images: int, seed: int, res: int) -> Path:
+def prepare(out: Path, n_images: int, seed: int, res: int, device: str = "auto") -> Path:
     """The demo database under `out`, built if missing or incomplete (an interrupted build resumes).
 
     A database made by another demo model (an older commit's) is rebuilt, so the demo shows the
@@ -70,6 +70,7 @@ def prepare(out: Path, n_images: int, seed: int, res: int) -> Path:
             config=CHECKPOINT_DIR / "config.json",
             vocab=CHECKPOINT_DIR / "vocab.txt",
             db=db,
+            device=device,
         )
     )
     return db
@@ -82,9 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-images", type=int, default=300, help="held-out scenes to generate and extract")
     p.add_argument("--seed", type=int, default=0, help="world seed (0: the world the demo model was trained on)")
     p.add_argument("--res", type=int, default=128, help="image side in pixels")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    print(f"demo database: {prepare(args.out, args.n_images, args.seed, args.res)}")
+    print(f"demo database: {prepare(args.out, args.n_images, args.seed, args.res, args.device)}")
     return 0
