@@ -27,7 +27,8 @@ class TokenMaps:
     itm_logits: np.ndarray  # (2,) index 1 = match
     itm_score: float  # softmax match probability
     itc_score: float  # cosine of the ITC features (not divided by temp)
-    attention: dict[int, np.ndarray]  # fusion layer -> (heads, T, 1+N) post-softmax, incl. image [CLS] column
+    attention: dict[int, np.ndarray]  # fusion layer -> (heads, T, 1+N) post-softmax, incl. image [CLS] column;
+    # (1, T, 1+N), the mean over heads, unless caption_maps was asked to keep the heads
     gradcam: np.ndarray | None  # (T, g, g), row 0 = text [CLS]
 
     def attention_grid(self, layer: int) -> np.ndarray:
@@ -49,6 +50,7 @@ def caption_maps(
     image_index: Iterable[int],
     layers: Iterable[int],
     gradcam: bool,
+    keep_heads: bool = False,
 ) -> list[TokenMaps]:
     """Maps for captions of one or more images.
 
@@ -59,6 +61,7 @@ def caption_maps(
         image_index: for each caption, its image's row in `pixels`.
         layers: fusion layers whose raw attention to keep (absolute BERT indices).
         gradcam: also compute Grad-CAM at `model.cfg.gradcam_block`.
+        keep_heads: keep each head's attention rather than their mean (the reference fixtures have them).
     """
     cfg = model.cfg
     device = pixels.device
@@ -80,19 +83,25 @@ def caption_maps(
             attn = fused.cross_attentions[cfg.gradcam_block - cfg.bert.fusion_layer]
             (grad,) = torch.autograd.grad(logits[:, 1].sum(), attn)
             cams = gradcam_from(attn.detach(), grad).float()
-    kept = {layer: fused.cross_attentions[layer - cfg.bert.fusion_layer].detach().float() for layer in layers}
-    scores = logits.detach().softmax(-1)[:, 1]
+    # One device-to-host copy per array for the whole batch: each copy waits for the device.
+    kept = {}
+    for layer in layers:
+        a = fused.cross_attentions[layer - cfg.bert.fusion_layer].detach().float()
+        kept[layer] = (a if keep_heads else a.mean(1, keepdim=True)).cpu().numpy()
+    logits = logits.detach()
+    scores, logits, itc = (t.float().cpu().numpy() for t in (logits.softmax(-1)[:, 1], logits, itc))
     g = cfg.grid_size
+    cams = None if cams is None else cams.reshape(len(captions), -1, g, g).cpu().numpy()
     out = []
     for b, cap in enumerate(captions):
         T = len(cap.input_ids)
         out.append(
             TokenMaps(
-                itm_logits=logits[b].detach().cpu().numpy(),
+                itm_logits=logits[b],
                 itm_score=float(scores[b]),
                 itc_score=float(itc[b]),
-                attention={layer: a[b, :, :T].cpu().numpy() for layer, a in kept.items()},
-                gradcam=None if cams is None else cams[b, :T].reshape(T, g, g).cpu().numpy(),
+                attention={layer: a[b, :, :T] for layer, a in kept.items()},
+                gradcam=None if cams is None else cams[b, :T],
             )
         )
     return out
@@ -101,4 +110,6 @@ def caption_maps(
 def merge_pieces(token_maps: np.ndarray, word_of_token: list[int], n_words: int) -> np.ndarray:
     """Whole-word maps as the mean of their word pieces' maps: (T, g, g) -> (n_words, g, g)."""
     owner = np.asarray(word_of_token)
-    return np.stack([token_maps[owner == w].mean(0) for w in range(n_words)]).astype(np.float32)
+    pieces = (owner == np.arange(n_words)[:, None]).astype(np.float32)  # (n_words, T)
+    flat = token_maps.reshape(len(owner), -1).astype(np.float32)
+    return ((pieces / pieces.sum(1, keepdims=True)) @ flat).reshape(n_words, *token_maps.shape[1:])

@@ -31,6 +31,7 @@ from extractor.config import ALBEFConfig
 from extractor.dataset import CocoDataset, load_coco
 from extractor.image import eval_transform
 from extractor.maps import caption_maps
+from extractor.metrics import ImageCovers
 from extractor.model import ALBEF
 from extractor.summarize import CaptionInput, ImageRows, summarize_image
 from extractor.text import Tokenizer, pre_caption
@@ -63,21 +64,25 @@ class Options:
 
 
 class ImageFiles(Dataset):
-    """Decodes and transforms images (in DataLoader workers on CUDA); bad files come back as errors."""
+    """Decoded, transformed images and their objects on the patch grid (in DataLoader workers on CUDA).
 
-    def __init__(self, images_dir: Path, records: list[dict], res: int):
-        self.images_dir, self.records, self.res = images_dir, records, res
+    An item is (image record, pixels, covers, error): a bad file or annotation comes back as an error.
+    """
+
+    def __init__(self, images_dir: Path, dataset: CocoDataset, records: list[dict], res: int, grid: int):
+        self.images_dir, self.dataset, self.records, self.res, self.grid = images_dir, dataset, records, res, grid
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[dict, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[dict, torch.Tensor | None, ImageCovers | None, str | None]:
         rec = self.records[i]
         try:
             img = load_image(self.images_dir / rec["file_name"])
-        except ImageError as e:
-            return rec, None, str(e)
-        return rec, eval_transform(img, self.res), None
+            covers = self.dataset.covers_of(rec, self.grid)
+        except (ImageError, CocoFormatError) as e:
+            return rec, None, None, str(e)
+        return rec, eval_transform(img, self.res), covers, None
 
 
 def resolve_config(opts: Options) -> ALBEFConfig:
@@ -161,7 +166,7 @@ def extract(opts: Options) -> str:
     batch_size = opts.batch_size or (8 if device.type == "cuda" else 1)
     workers = opts.workers if opts.workers is not None else (4 if device.type == "cuda" else 0)
     loader = DataLoader(
-        ImageFiles(opts.images, todo, cfg.image_res),
+        ImageFiles(opts.images, dataset, todo, cfg.image_res, cfg.grid_size),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,
@@ -235,7 +240,7 @@ def process_batch(
     model: ALBEF,
     tokenizer: Tokenizer,
     dataset: CocoDataset,
-    batch: list[tuple[dict, torch.Tensor | None, str | None]],
+    batch: list[tuple[dict, torch.Tensor | None, ImageCovers | None, str | None]],
     attention_layers: list[int],
     gradcam: bool,
     device: torch.device,
@@ -243,18 +248,15 @@ def process_batch(
     """Maps and metrics for a batch of decoded images: one image encode each, all their captions together."""
     cfg = model.cfg
     rows = ImageRows()
-    good, covers = [], []
-    for rec, pixels, error in batch:
-        try:
-            if error is not None:
-                raise ImageError(error)
-            covers.append(dataset.covers_of(rec, cfg.grid_size))
-            good.append((rec, pixels))
-        except (ImageError, CocoFormatError) as e:
-            rows.fail_image(rec["id"], rec["file_name"], str(e))
+    good = []
+    for rec, pixels, covers, error in batch:
+        if error is None:
+            good.append((rec, pixels, covers))
+        else:
+            rows.fail_image(rec["id"], rec["file_name"], error)
     inputs: list[list[CaptionInput]] = [[] for _ in good]
     tokens, owners = [], []
-    for i, (rec, _) in enumerate(good):
+    for i, (rec, _, _) in enumerate(good):
         for cap in dataset.captions_of(rec["id"]):
             tok = tokenizer([pre_caption(cap["caption"], cfg.max_words)])[0]
             if not tok.words:
@@ -265,14 +267,14 @@ def process_batch(
             tokens.append(tok)
             owners.append(i)
     if tokens:
-        pixels = torch.stack([p for _, p in good]).to(device, non_blocking=True)
+        pixels = torch.stack([p for _, p, _ in good]).to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             maps = iter(caption_maps(model, pixels, tokens, owners, attention_layers, gradcam))
         for caption_inputs in inputs:
             for cap in caption_inputs:
                 cap.maps = next(maps)
     gradcam_layer = cfg.gradcam_block if gradcam else None
-    for (rec, _), caption_inputs, image_covers in zip(good, inputs, covers, strict=True):
+    for (rec, _, image_covers), caption_inputs in zip(good, inputs, strict=True):
         rows.extend(summarize_image(rec["id"], caption_inputs, image_covers, attention_layers, gradcam_layer))
     return rows
 

@@ -32,7 +32,7 @@ class CaptionInput:
 class ImageRows:
     """Rows of a chunk of images, ready for `db.writer.write_images`."""
 
-    words: list[pd.DataFrame] = field(default_factory=list)
+    words: list[dict[str, np.ndarray]] = field(default_factory=list)  # columns of a (caption, method, layer)
     caption_results: list[dict] = field(default_factory=list)
     caption_maps: list[dict] = field(default_factory=list)
     done_ids: list[int] = field(default_factory=list)
@@ -55,7 +55,7 @@ class ImageRows:
         return {
             "caption_results": pd.DataFrame(self.caption_results),
             "caption_maps": pd.DataFrame(self.caption_maps),
-            "words": pd.concat(self.words, ignore_index=True) if self.words else pd.DataFrame(),
+            "words": words_frame(self.words),
             "errors": pd.DataFrame(self.errors, columns=["item_kind", "item_id", "path", "message"]),
         }
 
@@ -93,27 +93,22 @@ def summarize_image(
                 cat_cover, box_cover, has_object = covers_for_words(cap.category_ids, covers, g)
                 metrics = word_metrics_batch(word_maps, cat_cover, box_cover, covers.union, has_object)
             blobs, maxes = encode_maps(np.clip(word_maps, 0, None))
-            has_object = metrics.pop("has_object")
-            hit = pd.array(metrics.pop("pointing_hit"), dtype="boolean")
-            hit[~has_object] = pd.NA
             rows.words.append(
-                pd.DataFrame(
-                    {
-                        "image_id": image_id,
-                        "caption_id": cap.caption_id,
-                        "word_index": np.arange(n, dtype=np.int16),
-                        "word": words,
-                        "n_pieces": cap.tokens.n_pieces,
-                        "category_id": pd.array(cap.category_ids, dtype="Int32"),
-                        "method": method,
-                        "layer": layer,
-                        **metrics,
-                        "pointing_hit": hit,
-                        "itm_score": cap.maps.itm_score,
-                        "map": blobs,
-                        "map_max": maxes,
-                    }
-                )
+                {
+                    "image_id": np.full(n, image_id, np.int64),
+                    "caption_id": np.full(n, cap.caption_id, np.int64),
+                    "word_index": np.arange(n, dtype=np.int16),
+                    "word": np.array(words, dtype=object),
+                    "n_pieces": np.asarray(cap.tokens.n_pieces),
+                    "category_id": np.array([c or 0 for c in cap.category_ids], np.int32),
+                    "no_category": np.array([c is None for c in cap.category_ids]),
+                    "method": np.full(n, method, dtype=object),
+                    "layer": np.full(n, layer, np.int16),
+                    **metrics,
+                    "itm_score": np.full(n, cap.maps.itm_score, np.float64),
+                    "map": np.array(blobs, dtype=object),
+                    "map_max": np.asarray(maxes),
+                }
             )
             (caption_blob,), (caption_max,) = encode_maps(word_maps.mean(0, keepdims=True).clip(0))
             (cls_blob,), (cls_max,) = encode_maps(grid[:1].clip(0))
@@ -122,3 +117,13 @@ def summarize_image(
                  "map": caption_blob, "map_max": caption_max, "cls_map": cls_blob, "cls_map_max": cls_max}
             )
     return rows
+
+
+def words_frame(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The words table's rows from per-slice columns: one concatenation per column, nulls as masks."""
+    if not parts:
+        return pd.DataFrame()
+    cols = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    cols["category_id"] = pd.arrays.IntegerArray(cols["category_id"], cols.pop("no_category"))
+    cols["pointing_hit"] = pd.arrays.BooleanArray(cols["pointing_hit"], ~cols.pop("has_object"))
+    return pd.DataFrame(cols)

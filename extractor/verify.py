@@ -50,7 +50,7 @@ def reference_outputs(ref_dir: Path, vocab: Path, batched: bool, device: str = "
             maps = [
                 m
                 for group in groups
-                for m in caption_maps(model, pixels, group, [0] * len(group), cfg.fusion_layers, True)
+                for m in caption_maps(model, pixels, group, [0] * len(group), cfg.fusion_layers, True, keep_heads=True)
             ]
             for j, m in enumerate(maps):
                 out[f"itm_{i}_{j}"] = m.itm_logits

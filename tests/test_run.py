@@ -168,6 +168,12 @@ def test_interrupted_run_resumes_to_the_same_result(shared, uninterrupted_db, tm
     assert_same_results(db, uninterrupted_db)
 
 
+def test_loader_workers_and_batches_give_the_same_result(shared, small_db, tmp_path):
+    # The CUDA defaults (batches of 8 images, decoding and object covers in worker processes) on CPU.
+    db = run_extraction(shared, tmp_path / "workers.duckdb", "val2017-small", "--workers", "2", "--batch-size", "4")
+    assert_same_results(db, small_db)
+
+
 def test_shards_merge_into_the_same_database(shared, small_db, tmp_path):
     shards = [run_extraction(shared, tmp_path / f"s{k}.duckdb", "val2017-small", "--shard", f"{k}/2") for k in (0, 1)]
     merged = tmp_path / "merged.duckdb"

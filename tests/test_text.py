@@ -1,7 +1,9 @@
 import json
 
+import numpy as np
 import pytest
 
+from extractor.maps import merge_pieces
 from extractor.text import Tokenizer, batch_tensors, pre_caption
 
 
@@ -47,3 +49,14 @@ def test_batch_is_right_padded(tokenizer):
     assert ids.shape == mask.shape == (2, len(caps[1].input_ids))
     assert mask[0].tolist() == [1, 1, 1] + [0] * (ids.shape[1] - 3)
     assert ids[0, 3:].eq(0).all()
+
+
+def test_word_maps_are_the_mean_of_their_pieces_maps(tokenizer):
+    cap = tokenizer([pre_caption("Marshmellows & sprinkels on a café table", 30)])[0]
+    rng = np.random.default_rng(0)
+    token_maps = rng.random((len(cap.input_ids), 3, 3), dtype=np.float32)
+    words = merge_pieces(token_maps, cap.word_of_token, len(cap.words))
+    owner = np.array(cap.word_of_token)
+    assert words.shape == (len(cap.words), 3, 3) and words.dtype == np.float32
+    for w in range(len(cap.words)):  # [CLS] (owner -1) belongs to no word
+        np.testing.assert_allclose(words[w], token_maps[owner == w].mean(0), rtol=1e-6)
