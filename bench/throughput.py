@@ -6,7 +6,7 @@ DuckDB commits. The weights are random (speed does not depend on them); images, 
 are real COCO, repeated to make --images images.
 
     python -m bench.throughput                                   # CPU, a few images
-    python -m bench.throughput --device cuda --images 2000       # a GPU; try --batch-size, --workers
+    python -m bench.throughput --device cuda --images 2000       # a GPU; try --batch-size and the workers
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, help="images per model call (default: the extractor's)")
     parser.add_argument("--workers", type=int, help="image decoding processes (default: the extractor's)")
+    parser.add_argument("--summary-workers", type=int, help="word-row processes (default: the extractor's)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             batch_size=args.batch_size,
             workers=args.workers,
+            summary_workers=args.summary_workers,
         )
         start = time.perf_counter()
         run_id = run.extract(opts)

@@ -11,12 +11,16 @@ import argparse
 import hashlib
 import json
 import logging
+import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +37,7 @@ from extractor.image import eval_transform
 from extractor.maps import caption_maps
 from extractor.metrics import ImageCovers
 from extractor.model import ALBEF
-from extractor.summarize import CaptionInput, ImageRows, summarize_image
+from extractor.summarize import CaptionInput, ImageRows, MappedImage, summarize_images
 from extractor.text import Tokenizer, pre_caption
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ class Options:
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
+    summary_workers: int | None = None
     limit: int | None = None
     shard: tuple[int, int] = (0, 1)
     commit_every: int = 32
@@ -123,6 +128,16 @@ def resolve_vocab(opts: Options) -> Path:
     return opts.vocab or (beside if beside.is_file() else DEFAULT_VOCAB)
 
 
+def parallelism(opts: Options, device: torch.device) -> tuple[int, int, int]:
+    """(images per batch, decoding workers, summary workers): as asked, else 8, 4, 4 on CUDA and 1, 0, 0 on CPU.
+
+    On CPU the model already keeps every core busy.
+    """
+    asked = (opts.batch_size, opts.workers, opts.summary_workers)
+    defaults = (8, 4, 4) if device.type == "cuda" else (1, 0, 0)
+    return tuple(n if n is not None else default for n, default in zip(asked, defaults, strict=True))
+
+
 def extract(opts: Options) -> str:
     """Run (or resume) an extraction; returns the run id."""
     device = resolve_device(opts.device)
@@ -163,8 +178,7 @@ def extract(opts: Options) -> str:
     todo = pending_images(dataset, writer.done_image_ids(con, run_id), opts.limit, opts.shard)
     log.info("run %s: %s, %d images to do", run_id, "resuming" if resuming else "new", len(todo))
 
-    batch_size = opts.batch_size or (8 if device.type == "cuda" else 1)
-    workers = opts.workers if opts.workers is not None else (4 if device.type == "cuda" else 0)
+    batch_size, workers, summary_workers = parallelism(opts, device)
     loader = DataLoader(
         ImageFiles(opts.images, dataset, todo, cfg.image_res, cfg.grid_size),
         batch_size=batch_size,
@@ -177,15 +191,21 @@ def extract(opts: Options) -> str:
     pending = ImageRows()
     interrupted = SystemExit(f"interrupted: {opts.db} keeps every finished image; run the same command to resume")
     try:
-        with stop_requests() as stop, tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar:
-            for batch in loader:
-                pending.extend(process_batch(model, tokenizer, dataset, batch, attention_layers, gradcam, device))
+        with (
+            stop_requests() as stop,
+            summary_pool(summary_workers) as pool,
+            tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar,
+        ):
+            mapped = partial(map_batch, model, tokenizer, dataset, attention_layers=attention_layers,
+                             gradcam=gradcam, device=device)  # fmt: skip
+            summarize = partial(pool.submit, summarize_images, attention_layers=attention_layers,
+                                gradcam_layer=cfg.gradcam_block if gradcam else None)  # fmt: skip
+            for n, rows in rows_in_order(loader, mapped, summarize, 2 * max(1, summary_workers), stop):
+                pending.extend(rows)
                 if pending.n_images >= opts.commit_every:
                     flush(con, run_id, pending)
                     pending = ImageRows()
-                bar.update(len(batch))
-                if stop.is_set():
-                    break
+                bar.update(n)
             if pending.n_images:
                 flush(con, run_id, pending)
     except KeyboardInterrupt:
@@ -224,9 +244,32 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(s, handler)
 
 
-def ignore_interrupts(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the main process."""
+def ignore_interrupts(*_: object) -> None:
+    """Worker processes leave Ctrl-C and SIGTERM (sent to the whole process group) to the main process,
+    which finishes the work under way and then stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class InProcess(Executor):
+    """Runs each call at once, in this process: the summary pool when no workers are asked for."""
+
+    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def summary_pool(n_workers: int) -> Executor:
+    """Where word rows and metrics are computed: n worker processes, or this process when n is 0.
+
+    Workers are spawned fresh rather than forked from this process, which holds CUDA and torch's
+    threads; a forkserver would itself die of a SIGTERM sent to the process group.
+    """
+    if n_workers == 0:
+        return InProcess()
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(n_workers, mp_context=context, initializer=ignore_interrupts)
 
 
 def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shard: tuple[int, int]) -> list[dict]:
@@ -236,7 +279,7 @@ def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shar
     return [im for im in images if im["id"] not in done]
 
 
-def process_batch(
+def map_batch(
     model: ALBEF,
     tokenizer: Tokenizer,
     dataset: CocoDataset,
@@ -244,39 +287,69 @@ def process_batch(
     attention_layers: list[int],
     gradcam: bool,
     device: torch.device,
-) -> ImageRows:
-    """Maps and metrics for a batch of decoded images: one image encode each, all their captions together."""
+) -> tuple[ImageRows, list[MappedImage]]:
+    """The model's pass over a batch of decoded images: one image encode each, all their captions together.
+
+    Returns the rows of what failed (images, empty captions) and each good image's captions with maps.
+    """
     cfg = model.cfg
-    rows = ImageRows()
-    good = []
+    failed = ImageRows()
+    images = []
     for rec, pixels, covers, error in batch:
         if error is None:
-            good.append((rec, pixels, covers))
+            images.append((rec, pixels, MappedImage(rec["id"], [], covers)))
         else:
-            rows.fail_image(rec["id"], rec["file_name"], error)
-    inputs: list[list[CaptionInput]] = [[] for _ in good]
+            failed.fail_image(rec["id"], rec["file_name"], error)
     tokens, owners = [], []
-    for i, (rec, _, _) in enumerate(good):
+    for i, (rec, _, image) in enumerate(images):
         for cap in dataset.captions_of(rec["id"]):
             tok = tokenizer([pre_caption(cap["caption"], cfg.max_words)])[0]
             if not tok.words:
                 message = "caption is empty after ALBEF's cleaning"
-                rows.errors.append(("caption", str(cap["id"]), rec["file_name"], message))
+                failed.errors.append(("caption", str(cap["id"]), rec["file_name"], message))
                 continue
-            inputs[i].append(CaptionInput(cap["id"], tok, None, dataset.match(tok.words)))
+            image.captions.append(CaptionInput(cap["id"], tok, None, dataset.match(tok.words)))
             tokens.append(tok)
             owners.append(i)
     if tokens:
-        pixels = torch.stack([p for _, p, _ in good]).to(device, non_blocking=True)
+        pixels = torch.stack([p for _, p, _ in images]).to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             maps = iter(caption_maps(model, pixels, tokens, owners, attention_layers, gradcam))
-        for caption_inputs in inputs:
-            for cap in caption_inputs:
+        for _, _, image in images:
+            for cap in image.captions:
                 cap.maps = next(maps)
-    gradcam_layer = cfg.gradcam_block if gradcam else None
-    for (rec, _, image_covers), caption_inputs in zip(good, inputs, strict=True):
-        rows.extend(summarize_image(rec["id"], caption_inputs, image_covers, attention_layers, gradcam_layer))
-    return rows
+    return failed, [image for _, _, image in images]
+
+
+def rows_in_order(
+    batches: Iterable[list],
+    map_batch: Callable[[list], tuple[ImageRows, list[MappedImage]]],
+    summarize: Callable[[list[MappedImage]], Future],
+    depth: int,
+    stop: threading.Event,
+) -> Iterator[tuple[int, ImageRows]]:
+    """(images in the batch, its rows) per batch, in order.
+
+    Each batch's maps are summarized (`summarize` returns a future) while the next batches go through
+    the model, with at most `depth` batches waiting. After `stop` is set no new batch is started, and
+    those under way are finished.
+    """
+    waiting: deque[tuple[int, ImageRows, Future]] = deque()
+
+    def oldest() -> tuple[int, ImageRows]:
+        n, rows, future = waiting.popleft()
+        rows.extend(future.result())
+        return n, rows
+
+    for batch in batches:
+        if stop.is_set():
+            break
+        failed, images = map_batch(batch)
+        waiting.append((len(batch), failed, summarize(images)))
+        while waiting and (len(waiting) > depth or waiting[0][2].done()):
+            yield oldest()
+    while waiting:
+        yield oldest()
 
 
 def flush(con, run_id: str, rows: ImageRows) -> None:
@@ -317,6 +390,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 8 on CUDA, 1 on CPU)")
     p.add_argument("--workers", type=int, help="image decoding workers (default 4 on CUDA, 0 on CPU)")
+    p.add_argument("--summary-workers", type=int,
+                   help="processes computing word rows and metrics while the model runs (default 4 on CUDA, 0 on CPU)")
     p.add_argument("--limit", type=int, help="only the first N images (by id)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this process takes every N-th image "
                    "from K; merge the shard files with `python -m extractor merge`")

@@ -29,6 +29,15 @@ class CaptionInput:
 
 
 @dataclass
+class MappedImage:
+    """An image's captions with their maps and its objects on the grid: what its rows are made from."""
+
+    image_id: int
+    captions: list[CaptionInput]
+    covers: ImageCovers | None  # None when the run has no instances file
+
+
+@dataclass
 class ImageRows:
     """Rows of a chunk of images, ready for `db.writer.write_images`."""
 
@@ -116,6 +125,16 @@ def summarize_image(
                 {"caption_id": cap.caption_id, "image_id": image_id, "method": method, "layer": layer,
                  "map": caption_blob, "map_max": caption_max, "cls_map": cls_blob, "cls_map_max": cls_max}
             )
+    return rows
+
+
+def summarize_images(
+    images: Sequence[MappedImage], attention_layers: Sequence[int], gradcam_layer: int | None
+) -> ImageRows:
+    """All result rows of a batch of images."""
+    rows = ImageRows()
+    for image in images:
+        rows.extend(summarize_image(image.image_id, image.captions, image.covers, attention_layers, gradcam_layer))
     return rows
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shutil
 import signal
@@ -149,13 +150,16 @@ def test_interrupted_run_resumes_to_the_same_result(shared, uninterrupted_db, tm
     argv = cli(shared, db, "val2017-subset", *RESUME_LIMIT)
     # kill -9 keeps what was committed; SIGINT and SIGTERM also save the uncommitted images (32 per commit).
     commit_every = "1" if sig == signal.SIGKILL else "32"
-    proc = subprocess.Popen([*argv, "--commit-every", commit_every], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C in a terminal, and many schedulers' SIGTERM, reach the whole process group: the workers too.
+    workers = () if sig == signal.SIGKILL else ("--workers", "2", "--summary-workers", "2")
+    proc = subprocess.Popen([*argv, "--commit-every", commit_every, *workers], cwd=REPO, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
     seen = ""
     while images_done(seen) < 3:
         ch = proc.stderr.read(1)
         assert ch, f"extractor ended before 3 images: {seen[-500:]}"
         seen += ch
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     rest = proc.communicate(timeout=60)[1]
     assert proc.returncode != 0
     if sig != signal.SIGKILL:
@@ -168,9 +172,11 @@ def test_interrupted_run_resumes_to_the_same_result(shared, uninterrupted_db, tm
     assert_same_results(db, uninterrupted_db)
 
 
-def test_loader_workers_and_batches_give_the_same_result(shared, small_db, tmp_path):
-    # The CUDA defaults (batches of 8 images, decoding and object covers in worker processes) on CPU.
-    db = run_extraction(shared, tmp_path / "workers.duckdb", "val2017-small", "--workers", "2", "--batch-size", "4")
+def test_worker_processes_and_batches_give_the_same_result(shared, small_db, tmp_path):
+    # What CUDA runs do by default, on CPU: batches of images, decoding and object covers in loader
+    # workers, word rows and metrics in summary workers while the next batch is mapped.
+    parallel = ("--batch-size", "3", "--workers", "2", "--summary-workers", "2")
+    db = run_extraction(shared, tmp_path / "workers.duckdb", "val2017-small", *parallel)
     assert_same_results(db, small_db)
 
 
