@@ -17,10 +17,10 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from bench.coco_args import add_coco_arguments
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.image import eval_transform
@@ -29,8 +29,6 @@ from extractor.metrics import image_covers
 from extractor.model import ALBEF
 from extractor.summarize import CaptionInput, summarize_image
 from extractor.text import Tokenizer, batch_tensors, pre_caption
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[tuple[float, float]]:
@@ -54,9 +52,7 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[tuple[flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--coco", type=Path, default=SHARED / "coco" / "val2017-subset", help="COCO folder")
-    parser.add_argument("--vocab", type=Path, default=SHARED / "bert-base-uncased" / "vocab.txt", help="vocab.txt")
-    parser.add_argument("--image-res", type=int, default=384, help="resolution (384: fine-tuned ALBEF)")
+    add_coco_arguments(parser)
     parser.add_argument("--images", type=int, default=3, help="distinct images, each timed")
     parser.add_argument("--repeats", type=int, default=2, help="measured runs per image and variant")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from bench.coco_args import add_coco_arguments
 from db import queries
 from extractor import run
 from extractor.config import ALBEFConfig
 from extractor.model import ALBEF
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 COCO_IMAGES = 123_287  # train2017 + val2017
 COCO_CAPTIONS = 616_767
 
@@ -63,10 +63,8 @@ def repeated_coco(coco: Path, n_images: int, out: Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--coco", type=Path, default=SHARED / "coco" / "val2017-subset", help="COCO folder")
-    parser.add_argument("--vocab", type=Path, default=SHARED / "bert-base-uncased" / "vocab.txt", help="vocab.txt")
+    add_coco_arguments(parser)
     parser.add_argument("--images", type=int, default=8, help="images to extract")
-    parser.add_argument("--image-res", type=int, default=384, help="resolution (384: fine-tuned ALBEF)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, help="images per model call (default: the extractor's)")
     parser.add_argument("--workers", type=int, help="image decoding processes (default: the extractor's)")

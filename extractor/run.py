@@ -2,7 +2,7 @@
 
 Each image's rows and its 'done' mark are committed together (in chunks of images), so a crash or
 kill -9 loses at most the chunk in flight, and the same command resumes where it stopped. Ctrl-C or
-SIGTERM (a scheduler's preemption) stops after the batch in hand and saves it; a second one stops at once.
+SIGTERM (a scheduler's preemption) finishes and saves the batches under way; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -234,7 +234,8 @@ def stop_requests() -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        log.warning("%s: stopping after the batch in hand (send it again to stop at once)", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        log.warning("%s: saving the batches under way, then stopping (send it again to stop at once)", name)
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -245,8 +246,11 @@ def stop_requests() -> Iterator[threading.Event]:
 
 
 def ignore_interrupts(*_: object) -> None:
-    """Worker processes leave Ctrl-C and SIGTERM (sent to the whole process group) to the main process,
-    which finishes the work under way and then stops them."""
+    """In a worker process: leave Ctrl-C and SIGTERM to the main process.
+
+    Both often reach the whole process group; the main process finishes the work under way and then
+    stops its workers.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -1,0 +1,13 @@
+"""The command-line arguments that the extraction benchmarks share."""
+
+import argparse
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def add_coco_arguments(parser: argparse.ArgumentParser) -> None:
+    """--coco (a COCO folder), --vocab and --image-res, defaulting to ../shared and fine-tuned ALBEF."""
+    parser.add_argument("--coco", type=Path, default=SHARED / "coco" / "val2017-subset", help="COCO folder")
+    parser.add_argument("--vocab", type=Path, default=SHARED / "bert-base-uncased" / "vocab.txt", help="vocab.txt")
+    parser.add_argument("--image-res", type=int, default=384, help="resolution (384: fine-tuned ALBEF)")
