@@ -267,12 +267,13 @@ class InProcess(Executor):
 def summary_pool(n_workers: int) -> Executor:
     """Where word rows and metrics are computed: n worker processes, or this process when n is 0.
 
-    Workers are spawned fresh rather than forked from this process, which holds CUDA and torch's
-    threads; a forkserver would itself die of a SIGTERM sent to the process group.
+    Workers are forked, as DataLoader workers are: they never touch CUDA. Spawned workers would run the
+    main module again (a notebook's or a Streamlit script's), and a forkserver dies of a SIGTERM sent
+    to the process group.
     """
     if n_workers == 0:
         return InProcess()
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     return ProcessPoolExecutor(n_workers, mp_context=context, initializer=ignore_interrupts)
 
 

@@ -146,11 +146,14 @@ def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
 
             bob.get_by_role("button", name="aligned").click()
             sync_api.expect(bob.get_by_text("Item 2 of 4")).to_be_visible(timeout=TIMEOUT_MS)
+            # The run that moved on also empties the note box: typing before it ends can be overwritten.
+            settle(bob)
             # Typing a digit into the note is text, not a verdict shortcut.
             note = bob.get_by_role("textbox", name="Note with my verdict (optional)")
             note.fill("3 dogs, 1 sofa")
             note.blur()  # commits the note; with the focus off it, keys are shortcuts again
             settle(bob)
+            sync_api.expect(note).to_have_value("3 dogs, 1 sofa")
             assert review.item_review(review.connect(store), items[1]).verdicts == ()
             bob.keyboard.press("3")
             sync_api.expect(bob.get_by_text("Item 3 of 4")).to_be_visible(timeout=TIMEOUT_MS)
