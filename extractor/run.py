@@ -317,7 +317,9 @@ def map_batch(
             tokens.append(tok)
             owners.append(i)
     if tokens:
-        pixels = torch.stack([p for _, p, _ in images]).to(device, non_blocking=True)
+        # Each image goes to the device from the pinned memory the loader put it in; a stack on the host
+        # would copy the batch into unpinned memory first.
+        pixels = torch.stack([p.to(device, non_blocking=True) for _, p, _ in images])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             maps = iter(caption_maps(model, pixels, tokens, owners, attention_layers, gradcam))
         for _, _, image in images:
@@ -328,7 +330,7 @@ def map_batch(
 
 def rows_in_order(
     batches: Iterable[list],
-    map_batch: Callable[[list], tuple[ImageRows, list[MappedImage]]],
+    to_maps: Callable[[list], tuple[ImageRows, list[MappedImage]]],
     summarize: Callable[[list[MappedImage]], Future],
     depth: int,
     stop: threading.Event,
@@ -349,7 +351,7 @@ def rows_in_order(
     for batch in batches:
         if stop.is_set():
             break
-        failed, images = map_batch(batch)
+        failed, images = to_maps(batch)
         waiting.append((len(batch), failed, summarize(images)))
         while waiting and (len(waiting) > depth or waiting[0][2].done()):
             yield oldest()
