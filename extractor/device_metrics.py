@@ -1,0 +1,142 @@
+"""The word metrics of :mod:`extractor.metrics` and the map codec of :mod:`db.codec` as batched torch ops.
+
+They run where the maps are (the GPU the model ran on), so only metric columns and uint8 maps go back
+to the host. The numpy definitions stay the reference: every function here computes the same formula
+on a batch. Maps are flattened to (n, N), N = g*g cells in row-major order, and g = isqrt(N); covers
+likewise. Metrics are computed in float64: a batch is a few thousand maps of 576 cells, and in float32
+the cumulative sums would move DINO's top-60% boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from extractor.metrics import OBJECT_CELL_COVERAGE, TOP_MASS_FRACTION
+
+
+def distribution(maps: Tensor) -> Tensor:
+    """p = m / m.sum() per map of (n, N), as float64; a map without mass reads as uniform."""
+    if (maps < 0).any():
+        raise ValueError("attention maps must be non-negative")
+    m = maps.double()
+    total = m.sum(-1, keepdim=True)
+    return torch.where(total > 0, m / total.where(total > 0, 1.0), 1.0 / m.shape[-1])
+
+
+def _peak(p: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+    # torch.argmax returns the first maximal index, as numpy does: the first peak in row-major order.
+    flat = p.argmax(-1)
+    return flat // g, flat % g, p.gather(-1, flat[:, None])[:, 0]
+
+
+def _entropy(p: Tensor) -> Tensor:
+    return -(p * torch.where(p > 0, p, 1.0).log()).sum(-1) / math.log(p.shape[-1])
+
+
+def _mass(p: Tensor, cover: Tensor) -> Tensor:
+    return (p * cover).sum(-1)
+
+
+def _hit(p: Tensor, cover: Tensor) -> Tensor:
+    return (cover > 0).gather(-1, p.argmax(-1)[:, None])[:, 0]
+
+
+def _top_mass(p: Tensor, fraction: float) -> Tensor:
+    # extractor.metrics._top_mass: the cells above the smallest kept value, then ties taken row-major.
+    ascending = p.sort(-1).values
+    n_dropped = (ascending.cumsum(-1) <= 1.0 - fraction).sum(-1, keepdim=True)
+    threshold = ascending.gather(-1, n_dropped)  # the smallest kept value
+    above, tied = p > threshold, p == threshold
+    n_tied_kept = p.shape[-1] - n_dropped - above.sum(-1, keepdim=True)
+    return above | (tied & (tied.cumsum(-1) <= n_tied_kept))
+
+
+def _object_cells(cover: Tensor) -> Tensor:
+    cells = cover >= OBJECT_CELL_COVERAGE
+    fallback = ~cells.any(-1) & (cover.amax(-1) > 0)
+    best = torch.arange(cover.shape[-1], device=cover.device) == cover.argmax(-1)[:, None]
+    return cells | (best & fallback[:, None])
+
+
+def _iou_top60(p: Tensor, cover: Tensor) -> Tensor:
+    top, obj = _top_mass(p, TOP_MASS_FRACTION), _object_cells(cover)
+    return (top & obj).sum(-1).double() / (top | obj).sum(-1)
+
+
+def word_metrics(
+    maps: Tensor,
+    category_cover: Tensor | None = None,
+    box_cover: Tensor | None = None,
+    union_cover: Tensor | None = None,
+    has_object: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """:func:`extractor.metrics.word_metrics_batch` on flattened maps, on their device.
+
+    Args:
+        maps: (n, N) non-negative, N = g*g; any float dtype.
+        category_cover: (n, N) grid cover of each word's category masks, or None when no word has an
+            object. Covers are read in float64; pass them as image_covers made them (float64), since
+            a float32 cover near 0.5 can round onto the other side of OBJECT_CELL_COVERAGE.
+        box_cover: (n, N) grid cover of the same category's boxes; given with category_cover.
+        union_cover: (N,) or (n, N) cover of the union of all the image's masks; None when no
+            instances file was given.
+        has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
+
+    Returns:
+        Tensors of length n on the maps' device: peak_row, peak_col (int64), peak_value, entropy,
+        mask_mass, box_mass, background_mass, iou_top60 (float64) and pointing_hit, has_object (bool),
+        NaN (pointing_hit False) where word_metrics_batch has them NULL.
+
+    Raises:
+        ValueError: a negative map (checking it waits for the device once per call).
+    """
+    n, N = maps.shape
+    g = math.isqrt(N)
+    if g * g != N:
+        raise ValueError(f"maps must be flattened square grids (n, g*g), got {N} cells")
+    if (category_cover is None) != (box_cover is None):
+        raise ValueError("category_cover and box_cover go together")
+    p = distribution(maps)
+    row, col, value = _peak(p, g)
+    out = {"peak_row": row, "peak_col": col, "peak_value": value, "entropy": _entropy(p)}
+    if category_cover is None:
+        has_object = torch.zeros(n, dtype=torch.bool, device=p.device)
+        category_cover = box_cover = torch.zeros_like(p)
+    elif has_object is None:
+        has_object = torch.ones(n, dtype=torch.bool, device=p.device)
+    cover, no_object = category_cover.double(), ~has_object
+    out["mask_mass"] = _mass(p, cover).masked_fill(no_object, math.nan)
+    out["box_mass"] = _mass(p, box_cover.double()).masked_fill(no_object, math.nan)
+    out["iou_top60"] = _iou_top60(p, cover).masked_fill(no_object, math.nan)
+    out["pointing_hit"] = _hit(p, cover) & has_object
+    out["has_object"] = has_object
+    if union_cover is None:
+        out["background_mass"] = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
+    else:
+        out["background_mass"] = _mass(p, 1.0 - union_cover.double())
+    return out
+
+
+def encode(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`db.codec.encode_maps` on flattened maps: round(255 * m / max(m)) as uint8, and max(m).
+
+    Args:
+        maps: (n, N) finite, non-negative; computed in float32 as the codec does.
+
+    Returns:
+        (codes uint8 (n, N), maxes float32 (n,)) on the maps' device; an all-zero map encodes as
+        zeros with max 0.
+
+    Raises:
+        ValueError: a negative or non-finite map (checking it waits for the device once per call).
+    """
+    maps = maps.float()
+    if not (maps.isfinite() & (maps >= 0)).all():
+        raise ValueError("maps must be finite and non-negative")
+    maxes = maps.amax(-1)
+    # A tensor numerator: torch computes `255.0 / maxes` as 255 * (1 / maxes), an ulp off numpy's division.
+    scale = torch.where(maxes > 0, maxes.new_tensor(255.0) / maxes.where(maxes > 0, 1.0), 0.0)
+    return (maps * scale[:, None]).round().to(torch.uint8), maxes
