@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -34,19 +34,73 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the configured model."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The raw state dict of an ALBEF checkpoint file, loaded with `weights_only=True`."""
-    path = Path(path)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_START = b"\x80"  # the legacy format: pickles, the first opening with its protocol number
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file, told from what it is and its first bytes; None if it may be."""
+    if not path.exists():
+        return "file not found"
+    if path.is_dir():
+        return "a directory, not a file"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        return "not a regular file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        return f"cannot read it ({e.strerror})"
+    if not head:
+        return "empty file (0 bytes)"
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_START)):
+        return f"not a PyTorch checkpoint: neither a zip archive nor a pickle (it starts with {head!r})"
+    return None
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"\.\s+(?=[A-Z])", " ".join(text.split()))[0]
+
+
+def _load_problem(error: Exception) -> str:
+    """What torch.load's error says, in one line."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # torch's long weights_only refusal: keep its verdict
+        verdict = next((line for line in text.split("WeightsUnpickler error:")[1].splitlines() if line.strip()), "")
+        return f"holds objects that weights_only loading refuses ({_first_sentence(verdict)})"
+    if isinstance(error, EOFError):
+        return "truncated: the data ends early"
+    return f"truncated or corrupt ({type(error).__name__}: {_first_sentence(text):.200})"
+
+
+def _not_a_state_dict(ckpt: object) -> str | None:
+    """Why a loaded object is not an ALBEF state dict; None when it is one."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a state dict"
+    if not_tensors := [str(k) for k, v in ckpt.items() if not isinstance(v, Tensor)]:
+        names = ", ".join(not_tensors[:5])
+        return f"not a state dict: {len(not_tensors)} of its entries are not tensors ({names:.200})"
+    return None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The raw state dict of an ALBEF checkpoint file, loaded with `weights_only=True`.
+
+    Raises:
+        CheckpointError: one line naming the file and why it cannot be read: missing, a directory,
+            empty, not a checkpoint, truncated or corrupt, refused by weights_only, or not a state dict.
+    """
+    path = Path(path)
+    if problem := _file_problem(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only): {e}") from e
+    except Exception as e:  # torch.load's parsers raise anything on bad bytes: IndexError, EOFError, RuntimeError...
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_problem(e)}") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]  # pre-trained format: {'model': ..., 'config': ..., 'epoch': ...}
-    if not isinstance(ckpt, dict) or not all(isinstance(v, Tensor) for v in ckpt.values()):
-        raise CheckpointError(f"{path} is not an ALBEF state dict")
+    if problem := _not_a_state_dict(ckpt):
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
     return ckpt
 
 

@@ -12,9 +12,26 @@ import pandas as pd
 from pycocotools.coco import COCO
 
 from extractor.categories import COCO_CATEGORIES, match_words, matcher_from_synonyms
-from extractor.coco import image_objects, load_captions, load_instances
+from extractor.coco import SkippedAnnotation, decode_objects, load_captions, load_instances
 from extractor.metrics import ImageCovers, image_covers
 from extractor.text import pre_caption
+
+ErrorRow = tuple[str, str, str | None, str]
+"""(item_kind, item_id, path, message): a row of the `errors` table."""
+SIZE_WARNING_KIND = "image"
+"""The errors table's kind for an image whose file is not the size its COCO record gives (the schema
+has no kind for warnings: the message says it is one, and the image's status stays 'done')."""
+
+
+def _size_warning(image: dict, height: int, width: int) -> ErrorRow:
+    message = (f"warning: the file is {width}x{height}, its COCO record says {image['width']}x{image['height']}; "
+               "masks are laid on the file's size, coordinates as they are")  # fmt: skip
+    return SIZE_WARNING_KIND, str(image["id"]), image["file_name"], message
+
+
+def _skipped_row(image: dict, skipped: SkippedAnnotation) -> ErrorRow:
+    message = f"annotation {skipped.annotation_id} of image {image['id']} skipped: {skipped.reason}"
+    return "annotation", str(skipped.annotation_id), image["file_name"], message
 
 
 @dataclass
@@ -31,12 +48,32 @@ class CocoDataset:
     def captions_of(self, image_id: int) -> list[dict]:
         return self.captions.get(image_id, [])
 
-    def covers_of(self, image: dict, g: int) -> ImageCovers | None:
-        """The image's objects on the g x g grid; None without an instances file."""
+    def covers_of(
+        self, image: dict, g: int, size: tuple[int, int] | None = None
+    ) -> tuple[ImageCovers | None, list[ErrorRow]]:
+        """The image's objects on the g x g grid (None without an instances file), and its error rows.
+
+        Args:
+            image: the COCO image record.
+            g: grid size.
+            size: (height, width) of the image file, at which masks are laid (their coordinates are
+                pixels of the file, never rescaled); default the record's. Where it differs from the
+                record, a warning row says so.
+
+        Returns:
+            (covers, rows): one 'annotation' row per annotation left out (see `decode_objects`) and the
+            size warning, each naming the image's file.
+
+        Raises:
+            CocoFormatError: an image too large for its masks to be decoded.
+        """
+        height, width = size or (image["height"], image["width"])
+        rows = [] if (height, width) == (image["height"], image["width"]) else [_size_warning(image, height, width)]
         if self.instances is None:
-            return None
-        objects = image_objects(self.instances, image["id"], image["height"], image["width"])
-        return image_covers(objects, image["height"], image["width"], g)
+            return None, rows
+        objects, skipped = decode_objects(self.instances, image["id"], height, width)
+        rows += [_skipped_row(image, s) for s in skipped]
+        return image_covers(objects, height, width, g), rows
 
     def frames(self, max_words: int) -> tuple[pd.DataFrame, ...]:
         """(categories, images, captions, instances) rows for `db.writer.upsert_dataset`."""

@@ -32,7 +32,7 @@ from db import writer
 from extractor.checkpoint import file_sha256, load_checkpoint
 from extractor.coco import CocoFormatError, ImageError, load_image
 from extractor.config import ALBEFConfig
-from extractor.dataset import CocoDataset, load_coco
+from extractor.dataset import CocoDataset, ErrorRow, load_coco
 from extractor.image import eval_transform
 from extractor.maps import caption_maps
 from extractor.metrics import ImageCovers
@@ -71,7 +71,8 @@ class Options:
 class ImageFiles(Dataset):
     """Decoded, transformed images and their objects on the patch grid (in DataLoader workers on CUDA).
 
-    An item is (image record, pixels, covers, error): a bad file or annotation comes back as an error.
+    An item is (image record, pixels, covers, error, error rows): a bad file comes back as an error, a
+    skipped annotation or a size warning of an image that goes on as error rows (`CocoDataset.covers_of`).
     """
 
     def __init__(self, images_dir: Path, dataset: CocoDataset, records: list[dict], res: int, grid: int):
@@ -80,14 +81,14 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[dict, torch.Tensor | None, ImageCovers | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[dict, torch.Tensor | None, ImageCovers | None, str | None, list[ErrorRow]]:
         rec = self.records[i]
         try:
             img = load_image(self.images_dir / rec["file_name"])
-            covers = self.dataset.covers_of(rec, self.grid)
+            covers, error_rows = self.dataset.covers_of(rec, self.grid, size=(img.height, img.width))
         except (ImageError, CocoFormatError) as e:
-            return rec, None, None, str(e)
-        return rec, eval_transform(img, self.res), covers, None
+            return rec, None, None, str(e), []
+        return rec, eval_transform(img, self.res), covers, None, error_rows
 
 
 def resolve_config(opts: Options) -> ALBEFConfig:
@@ -288,19 +289,21 @@ def map_batch(
     model: ALBEF,
     tokenizer: Tokenizer,
     dataset: CocoDataset,
-    batch: list[tuple[dict, torch.Tensor | None, ImageCovers | None, str | None]],
+    batch: list[tuple[dict, torch.Tensor | None, ImageCovers | None, str | None, list[ErrorRow]]],
     attention_layers: list[int],
     gradcam: bool,
     device: torch.device,
 ) -> tuple[ImageRows, list[MappedImage]]:
     """The model's pass over a batch of decoded images: one image encode each, all their captions together.
 
-    Returns the rows of what failed (images, empty captions) and each good image's captions with maps.
+    Returns the rows of what failed (images, empty captions, skipped annotations) and each good image's
+    captions with maps.
     """
     cfg = model.cfg
     failed = ImageRows()
     images = []
-    for rec, pixels, covers, error in batch:
+    for rec, pixels, covers, error, error_rows in batch:
+        failed.errors.extend(error_rows)
         if error is None:
             images.append((rec, pixels, MappedImage(rec["id"], [], covers)))
         else:

@@ -7,6 +7,7 @@ per-piece maps can be merged back into whole words.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,32 @@ from tokenizers import BertWordPieceTokenizer
 CLS_ID = 101
 _STRIP = re.compile(r"([,.'!?\"()*#:;~])")
 _SPACES = re.compile(r"\s{2,}")
+_REPLACEMENT = "\ufffd"
+
+
+def _visible_char(char: str) -> str:
+    category = unicodedata.category(char)
+    if char in "\t\n\r" or category == "Zs":
+        return " "
+    return "" if category in ("Cc", "Cf") or char == _REPLACEMENT else char
+
+
+def _visible_text(text: str) -> str:
+    """BERT's own text cleaning: tabs, line breaks and Unicode spaces as a space; control characters
+    (NUL, ...), invisible format characters (zero-width spaces and joiners, BOM, soft hyphen) and
+    U+FFFD removed.
+
+    ALBEF's tokenizer cleans the same way before it splits words, so its pieces are unchanged; done
+    first, it also makes a word with a zero-width space inside one word, and "a<TAB>dog" two.
+    """
+    if text.isprintable() and _REPLACEMENT not in text:  # the common case, without a per-character loop
+        return text
+    return "".join(map(_visible_char, text))
 
 
 def pre_caption(caption: str, max_words: int) -> str:
-    """ALBEF's `dataset/utils.py::pre_caption`, character for character."""
+    """ALBEF's `dataset/utils.py::pre_caption`, character for character, after BERT's own cleaning (`_visible_text`)."""
+    caption = _visible_text(caption)
     caption = _STRIP.sub("", caption.lower()).replace("-", " ").replace("/", " ").replace("<person>", "person")
     caption = _SPACES.sub(" ", caption)
     caption = caption.rstrip("\n").strip(" ")

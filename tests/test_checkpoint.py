@@ -1,4 +1,10 @@
+import argparse
 import dataclasses
+import io
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,6 +13,7 @@ import torch.nn.functional as F
 from extractor.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from extractor.config import ALBEFConfig
 from extractor.model import ALBEF
+from tests.conftest import REPO
 
 
 def fixture(shared, name):
@@ -66,13 +73,65 @@ def test_wrong_size_config_is_a_shape_error(shared):
         load_checkpoint(ALBEF(wider), fixture(shared, "finetuned-tiny") / "checkpoint.pth")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
-def test_unreadable_checkpoints_are_clear_errors(tmp_path, content):
+def first_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def saved(obj: object, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, **kwargs)
+    return buffer.getvalue()
+
+
+UNREADABLE = {
+    "missing": (None, "file not found"),
+    "directory": ("dir", "a directory, not a file"),
+    "empty": (lambda shared: b"", r"empty file \(0 bytes\)"),
+    "text": (lambda shared: b"this is not a checkpoint\n", "not a PyTorch checkpoint: neither a zip archive nor"),
+    "JPEG": (lambda shared: (shared / "coco/val2017-small/val2017/000000037777.jpg").read_bytes(),
+             "neither a zip archive nor a pickle"),
+    "truncated zip": (lambda shared: first_half((fixture(shared, "finetuned-tiny") / "checkpoint.pth").read_bytes()),
+                      "truncated or corrupt .*central directory"),
+    "truncated legacy pickle": (  # torch.save's format before PyTorch 1.6
+        lambda shared: first_half(saved({"a": torch.zeros(3)}, _use_new_zipfile_serialization=False)),
+        "truncated: the data ends early",
+    ),
+    "a list": (lambda shared: saved([torch.zeros(3)]), "it holds a list, not a state dict"),
+    "a dict of numbers": (lambda shared: saved({"epoch": 3, "w": torch.zeros(1)}),
+                          r"not a state dict: 1 of its entries are not tensors \(epoch\)"),
+    "a pickled class": (lambda shared: saved(argparse.Namespace(a=1)), "weights_only loading refuses .*Namespace"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("make, problem", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_checkpoints_are_one_line_naming_the_file_and_problem(shared, tmp_path, make, problem):
     path = tmp_path / "x.pth"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(CheckpointError):
+    if make == "dir":
+        path.mkdir()
+    elif make is not None:
+        path.write_bytes(make(shared))
+    with pytest.raises(CheckpointError) as error:
         read_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"cannot read checkpoint {path}: ")
+    assert re.search(problem, message), message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_the_cli_reports_a_text_checkpoint_in_one_line(shared, tmp_path):
+    bad = tmp_path / "mscoco.pth"
+    bad.write_text("<html>404 Not Found</html>")
+    ref = tmp_path / "ref"
+    shutil.copytree(fixture(shared, "finetuned-tiny"), ref)
+    (ref / "checkpoint.pth").write_bytes(bad.read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "extractor", "verify-reference", str(ref)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot read checkpoint {ref / 'checkpoint.pth'}: not a PyTorch checkpoint: neither a zip archive "
+        "nor a pickle (it starts with b'<html>404 Not Fo')"
+    )
 
 
 def test_default_config_is_albef_base():

@@ -1,6 +1,9 @@
+import collections
 import json
+import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -279,3 +282,63 @@ def test_limit_and_method_restrict_the_run(shared, tmp_path):
     run_extraction(shared, db, "val2017-small", "--limit", "3", "--method", "gradcam")  # nothing left to do
     assert rows(db, "SELECT count(*) FROM image_status") == [(3,)]
     assert rows(db, "SELECT count(*) FROM runs") == [(1,)]
+
+
+def limit_memory() -> None:
+    """In the child: an address-space limit, so a mask that allocates without bound fails the test instead of
+    taking the machine (unchecked, one poisoned polygon grew a run to 22 GB)."""
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+@pytest.fixture
+def poisoned_dataset(shared, tmp_path):
+    """The small set with five bad annotations on its most crowded image, and another image whose COCO
+    record gives a size its file does not have."""
+    ann = shared / "coco" / "val2017-small" / "annotations"
+    instances = json.loads(next(ann.glob("instances_*.json")).read_text())
+    captions = json.loads(next(ann.glob("captions_*.json")).read_text())
+    crowded = collections.Counter(a["image_id"] for a in instances["annotations"]).most_common(1)[0][0]
+    mine = [a for a in instances["annotations"] if a["image_id"] == crowded][-5:]  # the table its captions name stays
+    bad = {
+        mine[0]["id"]: ({"segmentation": [[10, 10, 100, 10, 1e12, 100]]}, "reaches (1e+12, 100)"),
+        mine[1]["id"]: ({"segmentation": [[10, 10, math.nan, 50, 60, 70]]}, "not a finite number (nan)"),
+        mine[2]["id"]: ({"segmentation": [[10, 10, 50, 50]]}, "polygon 0 has 2 points"),
+        mine[3]["id"]: ({"segmentation": {"size": [5, 5], "counts": "0i0"}}, "its RLE has size [5, 5]"),
+        mine[4]["id"]: ({"bbox": [math.inf, 0, 10, 10]}, "is not 4 finite numbers"),
+    }
+    for a in mine:
+        a.update(bad[a["id"]][0])
+    resized = next(im for im in captions["images"] if im["id"] != crowded)
+    resized.update(width=resized["width"] + 8, height=resized["height"] + 6)
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    return tmp_path, crowded, bad, resized
+
+
+def test_a_poisoned_instances_file_costs_only_its_bad_annotations(shared, poisoned_dataset):
+    root, crowded, bad, resized = poisoned_dataset
+    db = root / "poisoned.duckdb"
+    argv = cli(shared, db, "val2017-small")
+    argv[argv.index("--captions") + 1] = str(root / "captions.json")
+    argv[argv.index("--instances") + 1] = str(root / "instances.json")
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, preexec_fn=limit_memory, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert rows(db, "SELECT count(*), count(*) FILTER (status = 'done') FROM image_status") == [(10, 10)]
+    assert rows(db, "SELECT status FROM runs") == [("complete",)]
+    errors = rows(db, "SELECT item_kind, item_id, path, message FROM errors ORDER BY item_kind, item_id")
+    skipped = {item: (path, message) for kind, item, path, message in errors if kind == "annotation"}
+    assert set(skipped) == {str(i) for i in bad}
+    for ann_id, (_, reason) in bad.items():
+        path, message = skipped[str(ann_id)]
+        assert path == f"{crowded:012d}.jpg"
+        assert message.startswith(f"annotation {ann_id} of image {crowded} skipped: ") and reason in message
+    real_width, real_height = resized["width"] - 8, resized["height"] - 6
+    assert ("image", str(resized["id"]), resized["file_name"],
+            f"warning: the file is {real_width}x{real_height}, its COCO record says {resized['width']}x"
+            f"{resized['height']}; masks are laid on the file's size, coordinates as they are") in errors  # fmt: skip
+    assert len(errors) == len(bad) + 1
+    # The crowded image keeps all its captions, and its words still meet the objects that remain.
+    assert rows(db, "SELECT count(*) FROM caption_results WHERE image_id = ?", [crowded]) == [(5,)]
+    tables = rows(db, "SELECT mask_mass FROM words WHERE image_id = ? AND word = 'table'", [crowded])
+    assert tables and all(mass is not None for (mass,) in tables)

@@ -1,8 +1,10 @@
 import json
+import re
 
 import numpy as np
 import pytest
 
+from extractor.categories import COCO_CATEGORIES, match_words
 from extractor.maps import merge_pieces
 from extractor.text import Tokenizer, batch_tensors, pre_caption
 
@@ -60,3 +62,46 @@ def test_word_maps_are_the_mean_of_their_pieces_maps(tokenizer):
     assert words.shape == (len(cap.words), 3, 3) and words.dtype == np.float32
     for w in range(len(cap.words)):  # [CLS] (owner -1) belongs to no word
         np.testing.assert_allclose(words[w], token_maps[owner == w].mean(0), rtol=1e-6)
+
+
+def albef_pre_caption(caption: str, max_words: int) -> str:
+    """ALBEF's dataset/utils.py::pre_caption verbatim: the reference our cleaning must not change."""
+    caption = re.sub(r"([,.'!?\"()*#:;~])", "", caption.lower()).replace("-", " ").replace("/", " ")
+    caption = caption.replace("<person>", "person")
+    caption = re.sub(r"\s{2,}", " ", caption)
+    caption = caption.rstrip("\n")
+    caption = caption.strip(" ")
+    words = caption.split(" ")
+    if len(words) > max_words:
+        caption = " ".join(words[:max_words])
+    return caption
+
+
+DOG = next(cid for cid, c in COCO_CATEGORIES.items() if c.name == "dog")
+INVISIBLE = {"NUL": "\x00", "zero-width space": "\u200b", "zero-width non-joiner": "\u200c",
+             "zero-width joiner": "\u200d", "word joiner": "\u2060", "BOM": "\ufeff", "soft hyphen": "\u00ad",
+             "escape": "\x1b", "delete": "\x7f", "replacement character": "\ufffd"}  # fmt: skip
+
+
+@pytest.mark.parametrize("char", INVISIBLE.values(), ids=INVISIBLE.keys())
+def test_invisible_characters_inside_a_word_are_removed(tokenizer, char):
+    raw = f"{char}A d{char}og on a{char} mat."
+    assert pre_caption(raw, 30) == "a dog on a mat"
+    words = tokenizer([pre_caption(raw, 30)])[0].words
+    assert match_words(words) == [None, DOG, None, None, None]
+    # ALBEF's tokenizer drops the same characters: the model reads the same pieces as before.
+    assert tokenizer([pre_caption(raw, 30)])[0].input_ids == tokenizer([albef_pre_caption(raw, 30)])[0].input_ids
+
+
+@pytest.mark.parametrize("space", ["\t", "\n", "\r", "\u00a0", "\u3000"],
+                         ids=["tab", "newline", "CR", "no-break", "ideographic"])
+def test_any_space_between_words_separates_them(tokenizer, space):
+    raw = f"A{space}dog on a mat\n"
+    assert pre_caption(raw, 30) == "a dog on a mat"
+    assert tokenizer([pre_caption(raw, 30)])[0].input_ids == tokenizer([albef_pre_caption(raw, 30)])[0].input_ids
+
+
+def test_every_coco_caption_is_cleaned_as_albef_cleans_it(shared):
+    captions = json.loads((shared / "coco" / "captions-full" / "captions_val2017.json").read_text())["annotations"]
+    assert sum(not c["caption"].isprintable() for c in captions) > 50  # line breaks and tabs among them
+    assert [pre_caption(c["caption"], 30) for c in captions] == [albef_pre_caption(c["caption"], 30) for c in captions]
