@@ -20,11 +20,14 @@ if str(REPO) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from dashboard import data, review_session, state  # noqa: E402
+from dashboard.markup import code  # noqa: E402
 from db.review import Actor  # noqa: E402
 
 # Not "pages/": a pages/ folder beside the entry point switches Streamlit to its old file-based
 # multipage mode before st.navigation first runs, which runs a deep-linked page without this script.
 VIEWS = Path(__file__).resolve().parent / "views"
+# Served by the app itself: an emoji or Material page icon makes every browser fetch it from a CDN.
+FAVICON = Path(__file__).resolve().parent / "favicon.png"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -76,10 +79,10 @@ def sidebar(db: data.Database, images_override: str | None) -> data.Context | No
                               help="Extraction run; the Runs page shows what each one extracted.")
         run = by_id[run_id]
         st.caption(f"{run['method']} · {run['status']} · {run['n_images'] or 0:,} images · "
-                   f"checkpoint `{Path(run['checkpoint_path'] or '?').name}`")
+                   f"checkpoint {code(Path(run['checkpoint_path'] or '?').name)}")
         slices = data.ask(db, "run_summary", run_id)["slices"]
         if slices.empty:
-            st.info(f"Run `{run_id}` has no word maps yet (status: {run['status']}).")
+            st.info(f"Run {code(run_id)} has no word maps yet (status: {run['status']}).")
             return None
         methods = sorted(slices["method"].unique())
         method = st.radio("Map", methods, key="method", bind=state.BIND, horizontal=True,
@@ -93,7 +96,7 @@ def sidebar(db: data.Database, images_override: str | None) -> data.Context | No
 
 
 def main() -> None:
-    st.set_page_config(page_title="ALBEF attention", page_icon=":material/visibility:", layout="wide")
+    st.set_page_config(page_title="ALBEF attention", page_icon=FAVICON, layout="wide")
     try:
         args = parse_args(sys.argv[1:])
     except SystemExit:

@@ -21,15 +21,20 @@ sub-table belong to `[auth]` itself (TOML). See `.streamlit/secrets.example.toml
     [auth.email_roles]             # OIDC: verified e-mail address -> role
     "carol@example.org" = "admin"
 
-    [auth.throttle]                # failed sign-ins per user name; defaults shown (ThrottlePolicy)
-    free_failures = 3
+    [auth.throttle]                # failed sign-ins in a row; defaults shown (db.review.ThrottlePolicy)
+    free_failures = 3              # per user name
+    address_free_failures = 10     # per client address, whatever the user names
     base_delay_s = 1.0
     max_delay_s = 900.0
     reset_after_s = 3600.0
 
 Roles: viewer reads; reviewer also writes verdicts, tags and comments; admin also manages queues and
-reads the audit log (enforced in db/review.py). Failed sign-ins are counted per user name in the review
-store, so the delay holds across sessions and server processes.
+reads the audit log (enforced in db/review.py). Failed sign-ins are counted per user name and per client
+address in the review store, checked and counted in one transaction, so the delay holds across parallel
+attempts, sessions and server processes. The client address is Streamlit's `st.context.ip_address`: the
+TCP peer, or, behind a reverse proxy on the same host, the address it forwards (uvicorn trusts
+X-Forwarded-For from 127.0.0.1 only; FORWARDED_ALLOW_IPS names other proxies). Local connections have
+none, and are then throttled per user name only.
 
 Everything but the last section is plain Python; the Streamlit glue imports streamlit when called.
 """
@@ -49,8 +54,9 @@ from typing import Any
 
 import bcrypt
 
+from dashboard.markup import literal
 from db import review
-from db.review import Actor
+from db.review import Actor, ThrottlePolicy
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +68,6 @@ _BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}")
 # timing does not reveal which names exist. Its password was random and thrown away.
 _DUMMY_HASH = "$2b$12$eUhWEQa9dvjd.NbH1dQwNOWSmZu9IG.zEXMHNoXnf5fODI538xPHa"
 _SESSION_USER = "_auth_signed_in_user"  # session_state key of the password sign-in; no widget may use it
-
-
-@dataclass(frozen=True)
-class ThrottlePolicy:
-    """How long a user name must wait after failed sign-ins in a row."""
-
-    free_failures: int = 3  # failures allowed back to back (typos) before any wait
-    base_delay_s: float = 1.0  # wait after the first failure beyond the free ones; doubles each time
-    max_delay_s: float = 900.0  # cap, so an attacker can lock an account out for 15 minutes at most
-    reset_after_s: float = 3600.0  # a failure this long after the previous one starts a new count
-
-    def delay_s(self, failures: int) -> float:
-        """Seconds to wait after `failures` failures in a row: 0, ..., 0, base, 2 base, 4 base, ..., max."""
-        extra = failures - self.free_failures
-        if extra <= 0:
-            return 0.0
-        return min(self.max_delay_s, self.base_delay_s * 2.0 ** min(extra - 1, 64))
 
 
 @dataclass(frozen=True)
@@ -107,7 +96,8 @@ class SignIn:
     """The outcome of a password sign-in."""
 
     actor: Actor | None  # set when it succeeded
-    retry_after_s: float = 0.0  # > 0: sign-ins for this user name are refused for this long
+    retry_after_s: float = 0.0  # > 0: sign-ins for this user name (or from this address) wait this long
+    throttled: bool = False  # refused without checking the password: too many failures in a row
 
     @property
     def ok(self) -> bool:
@@ -179,40 +169,38 @@ def verify_password(password: str, password_hash: str) -> bool:
         return False
 
 
-def retry_after_s(con: sqlite3.Connection, policy: ThrottlePolicy, username: str, now: float) -> float:
-    """Seconds before `username` may try to sign in again (0 if now)."""
-    failures, last_at = review.sign_in_failures(con, username)
-    elapsed = now - last_at
-    if failures == 0 or elapsed > policy.reset_after_s:
-        return 0.0
-    return max(0.0, policy.delay_s(failures) - elapsed)
-
-
 def sign_in(
-    con: sqlite3.Connection, config: AuthConfig, username: str, password: str, *, now: float | None = None
+    con: sqlite3.Connection,
+    config: AuthConfig,
+    username: str,
+    password: str,
+    *,
+    address: str | None = None,
+    now: float | None = None,
 ) -> SignIn:
-    """Check a password sign-in, throttled per user name through the review store `con`.
+    """Check a password sign-in, throttled per user name and per client address through the review store.
 
-    While a user name must wait, every attempt is refused without checking the password, so guesses
-    during the wait are worthless. Unknown names are counted and slowed exactly like known ones.
+    While a user name or an address must wait, every attempt is refused without checking the password,
+    so guesses during the wait are worthless. Unknown names are counted and slowed exactly like known ones.
     Args:
+        address: the client's IP address (`st.context.ip_address`); None when unknown.
         now: unix time (tests pass a clock); default the current time.
     """
     now = time.time() if now is None else now
     if len(username) > MAX_USERNAME_CHARS:
         return SignIn(None)
-    wait = retry_after_s(con, config.throttle, username, now)
+    wait = review.claim_sign_in(con, config.throttle, username, address, now)
     if wait > 0:
-        log.warning("sign-in for %r refused: throttled for %.0f s more", username, wait)
-        return SignIn(None, wait)
+        log.warning("sign-in for %r from %s refused: throttled for %.0f s more", username, address, wait)
+        return SignIn(None, wait, throttled=True)
     account = config.accounts.get(username)
     matched = verify_password(password, account.password_hash if account else _DUMMY_HASH)
     if account is not None and matched:
-        review.clear_sign_in_failures(con, username)
+        review.sign_in_succeeded(con, username, address)
         return SignIn(Actor(username, account.role))
-    failures = review.record_sign_in_failure(con, username, now, config.throttle.reset_after_s)
-    log.warning("failed sign-in for %r (%d in a row)", username, failures)
-    return SignIn(None, config.throttle.delay_s(failures))
+    failures = review.sign_in_failures(con, "user", username)[0]
+    log.warning("failed sign-in for %r from %s (%d in a row)", username, address, failures)
+    return SignIn(None, review.sign_in_wait_s(con, config.throttle, username, address, now))
 
 
 def oidc_actor(config: AuthConfig, user: Mapping[str, Any]) -> Actor | None:
@@ -272,13 +260,22 @@ def current_actor(config: AuthConfig) -> Actor | None:
     return Actor(None, "anonymous") if config.public_read else None
 
 
+def client_address() -> str | None:
+    """The client's IP address as Streamlit's server saw it; None when unknown (a local connection, or a
+    session without a real client, such as AppTest's)."""
+    import streamlit as st
+
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None
+
+
 def sign_in_form(con: sqlite3.Connection, config: AuthConfig) -> None:
     """Render the sign-in form (password, and one button per OIDC provider) and act on it."""
     import streamlit as st
 
     user = st.user.to_dict() if config.oidc_providers else {}
     if user.get("is_logged_in") and oidc_actor(config, user) is None:
-        st.warning(f"{user.get('email') or 'This account'} has no access to this dashboard.")
+        st.warning(f"{literal(user.get('email') or 'This account')} has no access to this dashboard.")
         if st.button("Sign out"):
             st.logout()
     with st.form("sign_in"):
@@ -286,13 +283,13 @@ def sign_in_form(con: sqlite3.Connection, config: AuthConfig) -> None:
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
-        result = sign_in(con, config, username, password)
+        result = sign_in(con, config, username, password, address=client_address())
         if result.ok:
             st.session_state[_SESSION_USER] = username
             st.rerun()
-        message = "Wrong user name or password."
+        message = "Too many failed sign-ins." if result.throttled else "Wrong user name or password."
         if result.retry_after_s > 0:
-            message += f" Too many failures: try again in {math.ceil(result.retry_after_s)} s."
+            message += f" Try again in {math.ceil(result.retry_after_s)} s."
         st.error(message)
     for provider in config.oidc_providers:
         if st.button(f"Sign in with {provider}", key=f"oidc_{provider}"):

@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, state
-from dashboard.overlay import COLORMAPS, OverlayStyle, highlight_caption
+from dashboard.markup import code, marked_caption
+from dashboard.overlay import COLORMAPS, OverlayStyle
 from db.schema import METRICS
 
 # Short badge label and the explanation shown as help, per metric of db.schema.METRICS.
@@ -70,7 +71,7 @@ def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:
 
 def image_missing_note(ctx: data.Context) -> None:
     """Explain once per page why images are grey."""
-    where = f"under `{ctx.images_dir}`" if ctx.images_dir else "(the run records no image folder)"
+    where = f"under {code(str(ctx.images_dir))}" if ctx.images_dir else "(the run records no image folder)"
     st.warning(f"Some image files were not found {where}; maps are drawn on grey. Point the dashboard at "
                "the images with `streamlit run dashboard/app.py -- --db PATH --images DIR`.")
 
@@ -87,7 +88,7 @@ def word_card(ctx: data.Context, row: Mapping[str, Any], style: OverlayStyle,
         style, data.instance_tuples(instances), show_mask, show_box,
     )
     st.image(picture, width="stretch")
-    st.html(f'<div class="caption">{highlight_caption(row["caption"], int(row["word_index"]))}</div>')
+    st.markdown(marked_caption(row["caption"], int(row["word_index"])))
     st.markdown(badges(row, highlight))
     label = f"Image {row['image_id']}" + ("" if found else " (file missing)")
     st.page_link("views/image.py", label=label, icon=":material/open_in_new:", query_params=state.link_params(

@@ -19,6 +19,7 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from dashboard.auth import safe_image_path
+from dashboard.markup import code
 from dashboard.overlay import (
     OverlayStyle,
     attention_overlay,
@@ -63,17 +64,17 @@ class Database:
         """Check that ``path`` is a readable extraction database of this schema version."""
         path = Path(path).expanduser().resolve()
         if not path.is_file():
-            raise DatabaseUnavailable(f"No database file at `{path}`.")
+            raise DatabaseUnavailable(f"No database file at {code(str(path))}.")
         db = cls(str(path), path.stat().st_mtime_ns)
         try:
             _connection(db.path, db.mtime_ns)
         except SchemaMismatch as exc:
-            raise DatabaseUnavailable(f"`{path}` cannot be shown: {exc}") from exc
+            raise DatabaseUnavailable(f"{code(str(path))} cannot be shown: {exc}") from exc
         except duckdb.Error as exc:
             if "lock" in str(exc).lower():  # DuckDB allows one writer or many readers, not both
-                raise DatabaseUnavailable(f"`{path}` is being written by another process (an extraction in "
-                                          f"progress?); open it when that finishes. {exc}") from exc
-            raise DatabaseUnavailable(f"`{path}` is not a readable DuckDB extraction database: {exc}") from exc
+                raise DatabaseUnavailable(f"{code(str(path))} is being written by another process (an extraction "
+                                          f"in progress?); open it when that finishes. {exc}") from exc
+            raise DatabaseUnavailable(f"{code(str(path))} is not a readable DuckDB extraction database: {exc}") from exc
         return db
 
 

@@ -9,7 +9,6 @@ so here they are folded into two small matrices per image size: the map is ``A @
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from collections.abc import Iterable, Mapping
@@ -214,10 +213,3 @@ def encode(image: Image.Image, fmt: str = "PNG", quality: int = 90) -> bytes:
         raise ValueError(f"unsupported image format {fmt!r}")
     return buffer.getvalue()
 
-
-def highlight_caption(text: str, word_index: int | None) -> str:
-    """HTML of a cleaned caption with word ``word_index`` (0-based, split on spaces) marked; all escaped."""
-    words = [html.escape(word) for word in text.split(" ")]
-    if word_index is not None and 0 <= word_index < len(words):
-        words[word_index] = f"<mark>{words[word_index]}</mark>"
-    return " ".join(words)

@@ -20,6 +20,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import data, review_session, state
+from dashboard.markup import literal, plotly_labels
 from db import queries, review, review_words
 from db.review import ITEM_COLUMNS, Item
 
@@ -105,7 +106,7 @@ def _create_queue(db: data.Database, filters: Mapping[str, Any], key: str) -> No
     except (PermissionError, ValueError) as exc:
         st.session_state[f"{key}_outcome"] = ("error", str(exc))
     else:
-        message = f"Queue {queue_id} “{review_session.literal(name)}” created with {n} items."
+        message = f"Queue {queue_id} “{literal(name)}” created with {n} items."
         st.session_state[f"{key}_outcome"] = ("success", message)
 
 
@@ -124,7 +125,7 @@ def queue_form(db: data.Database, filters: Mapping[str, Any], default_name: str,
     if level == "success":
         st.success(message)
     elif level == "error":  # db.review's message may quote the name as typed
-        st.error(review_session.literal(message))
+        st.error(literal(message))
 
 
 # ---------------------------------------------------------------------------------------------- Search, Statistics
@@ -260,12 +261,12 @@ def statistics_view(ctx: data.Context, words: pd.DataFrame, mean_column: str) ->
         "./?" + urlencode(state.link_params(by="word", word=w, rv_verdict=None if verdict == ANY else verdict))
         for w in table["word"]
     ]
-    top = table.head(STATISTICS_WORDS).melt(id_vars="word", value_vars=[f"n_{v}" for v in review.VERDICTS],
-                                             var_name="verdict", value_name="items")
+    shown = plotly_labels(table.head(STATISTICS_WORDS), "word")
+    top = shown.melt(id_vars="word", value_vars=[f"n_{v}" for v in review.VERDICTS], var_name="verdict",
+                     value_name="items")
     top["verdict"] = top["verdict"].str.removeprefix("n_")
     fig = px.bar(top, x="items", y="word", color="verdict", orientation="h", title="Majority verdict per word",
-                 category_orders={"word": table["word"].head(STATISTICS_WORDS).tolist(),
-                                  "verdict": list(review.VERDICTS)})
+                 category_orders={"word": shown["word"].tolist(), "verdict": list(review.VERDICTS)})
     st.plotly_chart(fig, key="review_verdicts")
     st.dataframe(table.drop(columns=list(shares)), hide_index=True, width="stretch", column_config={
         "search": st.column_config.LinkColumn("search", display_text="open"),

@@ -1,8 +1,9 @@
 """Reviewing one item, embeddable in any page: what the item is (:func:`item_view`) and what the team
 says about it (:func:`review_panel`: verdicts, tags, comment thread, resolve/reopen, who and when).
 
-Everything a user typed (comments, notes, tags) is shown as text (``st.text`` or dataframe cells), never
-as Markdown or HTML, so a comment cannot inject markup or script. Writes go through db/review.py, which
+Everything a user typed (comments, notes, tags) and every caption is shown as text (``st.text``, dataframe
+cells, or Markdown escaped by dashboard/markup.py), never read as Markdown or HTML, so it cannot inject
+markup or make the browser fetch anything. Writes go through db/review.py, which
 checks the actor's role again; viewers and anonymous visitors are shown no write controls at all.
 """
 
@@ -17,7 +18,8 @@ import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, review_session, state
-from dashboard.overlay import OverlayStyle, highlight_caption
+from dashboard.markup import literal, marked_caption
+from dashboard.overlay import OverlayStyle
 from db import review
 from db.review import Item
 
@@ -105,7 +107,7 @@ def item_view(ctx: data.Context, item: Item, style: OverlayStyle, show_mask: boo
                                          data.instance_tuples(named), show_mask, show_box)
         st.image(png, width="stretch")
         caption = detail["captions"].set_index("caption_id").loc[item.caption_id, "text"]
-        st.html(f'<div class="caption">{highlight_caption(caption, item.word_index)}</div>')
+        st.markdown(marked_caption(caption, item.word_index))
         st.markdown(ui.badges(row.to_dict()))
     if not found:
         ui.image_missing_note(ctx)
@@ -152,9 +154,9 @@ def flash() -> None:
     """Show the outcome of the last write callback (errors in the page, successes as a toast)."""
     level, message = st.session_state.pop(_FLASH_KEY, (None, None))
     if level == "error":  # db.review's messages may quote what the user typed
-        st.error(review_session.literal(message), icon=":material/error:")
+        st.error(literal(message), icon=":material/error:")
     elif level == "success":
-        st.toast(review_session.literal(message), icon=":material/check:")
+        st.toast(literal(message), icon=":material/check:")
 
 
 # ---------------------------------------------------------------------------------------------- the panel
@@ -184,7 +186,7 @@ def review_panel(
     by = f" by {about.status_by}, {when(about.status_at)}" if about.status_by else ""
     st.markdown(f"**Review** · {':green-badge[resolved]' if status == 'resolved' else ':orange-badge[open]'}")
     if by:
-        st.caption(f"{status.capitalize()}{review_session.literal(by)}")
+        st.caption(f"{status.capitalize()}{literal(by)}")
 
     if actor.can_review:
         note_key = f"{key}_note"
@@ -198,7 +200,7 @@ def review_panel(
         st.text_input("Note with my verdict (optional)", key=note_key, max_chars=review.MAX_TEXT_CHARS,
                       placeholder=mine.note if mine and mine.note else "why, in a few words")
     for v in about.verdicts:
-        st.markdown(f":{VERDICT_COLOURS[v.verdict]}-badge[{v.verdict}] **{review_session.literal(v.reviewer)}** · "
+        st.markdown(f":{VERDICT_COLOURS[v.verdict]}-badge[{v.verdict}] **{literal(v.reviewer)}** · "
                     f"{when(v.at)}")
         if v.note:
             st.text(v.note)
@@ -229,7 +231,7 @@ def review_panel(
     st.markdown(f"**Comments** ({len(about.comments)})")
     for comment in about.comments:
         with st.container(border=True):
-            st.caption(f"{review_session.literal(comment.author)} · {when(comment.at)}")
+            st.caption(f"{literal(comment.author)} · {when(comment.at)}")
             st.text(comment.body)
     if actor.can_review:
         with st.form(f"{key}_comment_form", clear_on_submit=True, border=False):

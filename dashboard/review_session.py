@@ -26,6 +26,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import auth
+from dashboard.markup import code, literal
 from db import review
 from db.review import Actor
 
@@ -37,7 +38,6 @@ _STORE_KEY = "_review_store"  # (path, connection) of this session
 _ACTOR_KEY = "_review_actor"
 _CONFIG_KEY = "_review_config"
 _SIGN_IN_KEY = "_review_sign_in_requested"  # a public_read visitor asked for the sign-in form
-_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()#+-.!<>|~$:")
 
 
 def open_store(path: str | Path) -> sqlite3.Connection:
@@ -65,12 +65,12 @@ def start(store_path: str | Path) -> Actor | None:
         open_store(store_path)
     except (OSError, sqlite3.Error, RuntimeError) as exc:
         logger.exception("cannot open review store %s", store_path)
-        st.error(f"The review store `{store_path}` cannot be opened: {exc}")
+        st.error(f"The review store {code(str(store_path))} cannot be opened: {literal(str(exc))}")
         st.stop()
     try:
         config = auth.load_config()
     except ValueError as exc:
-        st.error(f"The `[auth]` settings in `.streamlit/secrets.toml` are invalid: {exc}")
+        st.error(f"The `[auth]` settings in `.streamlit/secrets.toml` are invalid: {literal(str(exc))}")
         st.stop()
     # Nobody could sign in without accounts or OIDC: the dashboard is then open, read-only for all.
     actor = auth.current_actor(config) if sign_in_configured(config) else Actor(None, "anonymous")
@@ -122,11 +122,6 @@ def gate(actor: Actor | None) -> None:
             st.button("Sign in", key="sign_in", icon=":material/login:", on_click=_request_sign_in, args=(True,))
         else:
             st.caption("Read-only: no accounts are configured (see README, “Team review”).")
-
-
-def literal(text: str) -> str:
-    """`text` (a user name, a tag) escaped to show as itself inside Markdown: no markup, links or HTML."""
-    return "".join(f"\\{ch}" if ch in _MARKDOWN_SPECIAL else ch for ch in text)
 
 
 def connection() -> sqlite3.Connection:

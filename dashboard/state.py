@@ -19,6 +19,8 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard.markup import literal
+
 logger = logging.getLogger(__name__)
 
 BIND = "query-params"
@@ -67,7 +69,7 @@ def counted_choice(
     if key not in st.session_state:
         wanted = st.query_params.get(param)
         if wanted is not None and not accept_new_options and wanted not in options:
-            st.warning(f"{label} “{wanted}” from the link is not in this database.")
+            st.warning(f"{label} “{literal(wanted)}” from the link is not in this database.")
             wanted = None
         st.session_state[key] = wanted
 

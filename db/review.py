@@ -19,6 +19,17 @@ whole image (run_id, image_id); `Item.key` is its canonical text key
 (`word:<run_id>:<image_id>:<caption_id>:<word_index>:<method>:<layer>` or `image:<run_id>:<image_id>`),
 and the `items` table keeps the key's parts as columns so that exports join with word metrics.
 
+Audit log. Every write appends who, when, what, and the value before and after. The database refuses
+to update, delete or replace a row (triggers), and this module's connections may not drop tables or
+triggers (an authorizer), so nothing the application runs can rewrite the log. Against someone who can
+write the file itself, each row also stores `row_hash`, the sha256 of the previous row's hash and its own
+content: `verify_audit_chain` finds the first row that was edited, inserted or removed. Whoever can write
+the file can still recompute the whole chain; only a copy of the chain head kept elsewhere shows that.
+
+Sign-in throttling. Failed sign-ins are counted per user name and per client address; `claim_sign_in`
+checks and counts an attempt in one write transaction, so parallel attempts from any number of sessions
+and processes cannot all pass the check.
+
 Rights. Users and roles are not stored here: they come from the dashboard's secrets (dashboard/auth.py).
 Every write takes the acting `Actor` (user and role) and raises PermissionError unless the role allows
 it: anonymous and viewer read only; reviewer sets verdicts, tags and comments and resolves/reopens
@@ -28,6 +39,7 @@ Connections. `connect()` is cheap. Give each session (or thread) its own connect
 between sessions running at the same time: a transaction belongs to the connection, not to the thread.
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -47,7 +59,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: audit hash chain, no REPLACE of audit rows, sign-in failures per user and address
 VERDICTS = ("aligned", "noisy", "background-heavy", "wrong object", "other")
 ROLES = ("anonymous", "viewer", "reviewer", "admin")  # in increasing rights
 METHODS = ("attention", "gradcam")
@@ -61,6 +73,7 @@ MAX_TAG_CHARS = 64
 MAX_NAME_CHARS = 200
 MAX_TEXT_CHARS = 10_000
 BUSY_TIMEOUT_MS = 30_000  # a writer waits up to this long for its turn; each write holds the lock for ms
+CHAIN_START = "0" * 64  # the "previous hash" of the first audit row
 
 _VERDICT_LIST = ", ".join(f"'{v}'" for v in VERDICTS)
 
@@ -145,7 +158,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     action TEXT NOT NULL,
     target TEXT NOT NULL,     -- an item key or 'queue:<queue_id>'
     value_before TEXT,        -- JSON; NULL when nothing was there
-    value_after TEXT          -- JSON; NULL when it was removed
+    value_after TEXT,         -- JSON; NULL when it was removed
+    row_hash TEXT             -- sha256 of the previous row's row_hash and this row (audit_row_hash)
 );
 CREATE INDEX IF NOT EXISTS audit_target ON audit_log (target);
 
@@ -154,27 +168,36 @@ CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+-- REPLACE INTO / INSERT OR REPLACE would delete the row holding the id without firing the delete trigger.
+CREATE TRIGGER IF NOT EXISTS audit_log_no_replace BEFORE INSERT ON audit_log
+WHEN EXISTS (SELECT 1 FROM audit_log WHERE audit_id = NEW.audit_id)
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: an audit_id cannot be reused'); END;
 CREATE TRIGGER IF NOT EXISTS queue_items_no_update BEFORE UPDATE ON queue_items
 BEGIN SELECT RAISE(ABORT, 'a queue''s item list is frozen'); END;
 CREATE TRIGGER IF NOT EXISTS queue_items_no_delete BEFORE DELETE ON queue_items
 BEGIN SELECT RAISE(ABORT, 'a queue''s item list is frozen'); END;
 
--- Failed sign-ins per user name, shared by every session and server process (dashboard/auth.py).
+-- Failed sign-ins in a row per user name and per client address, shared by every session and process.
 CREATE TABLE IF NOT EXISTS sign_in_failures (
-    username TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'address')),
+    name TEXT NOT NULL,            -- the user name as typed, or the client's IP address
     failures INTEGER NOT NULL,
-    last_failure_at REAL NOT NULL  -- unix seconds
-);
+    last_failure_at REAL NOT NULL, -- unix seconds
+    PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
 """
 
 _SCHEMA_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
+_HAS_META = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+_SET_SCHEMA_VERSION = "UPDATE meta SET value = ? WHERE key = 'schema_version'"
 _ITEM_SELECT = "i.item_key, i.kind, i.run_id, i.image_id, i.caption_id, i.word_index, i.method, i.layer"
 _ENSURE_ITEM = """
 INSERT OR IGNORE INTO items (item_key, kind, run_id, image_id, caption_id, word_index, method, layer)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-_AUDIT = """
-INSERT INTO audit_log (at, actor, role, action, target, value_before, value_after)
-VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_AUDIT_COLUMNS = "audit_id, at, actor, role, action, target, value_before, value_after"  # what row_hash covers
+_AUDIT = f"INSERT INTO audit_log ({_AUDIT_COLUMNS}, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_LAST_AUDIT = "SELECT audit_id, row_hash FROM audit_log ORDER BY audit_id DESC LIMIT 1"
+_AUDIT_CHAIN = f"SELECT {_AUDIT_COLUMNS}, row_hash FROM audit_log ORDER BY audit_id"
 _GET_VERDICT = "SELECT verdict, note FROM verdicts WHERE item_key = ? AND reviewer = ?"
 _UPSERT_VERDICT = """
 INSERT INTO verdicts (item_key, reviewer, verdict, note, at) VALUES (?, ?, ?, ?, ?)
@@ -280,8 +303,8 @@ WHERE {_IN_QUEUE}
   AND v.item_key IN (SELECT item_key FROM verdicts GROUP BY item_key HAVING COUNT(DISTINCT verdict) > 1)
 ORDER BY i.item_key, v.reviewer"""
 
-_AUDIT_LOG = """
-SELECT audit_id, at, actor, role, action, target, value_before, value_after FROM audit_log
+_AUDIT_LOG = f"""
+SELECT {_AUDIT_COLUMNS} FROM audit_log
 WHERE (:user IS NULL OR actor = :user)
   AND (:action IS NULL OR action = :action)
   AND (:target IS NULL OR target = :target)
@@ -289,15 +312,15 @@ WHERE (:user IS NULL OR actor = :user)
   AND (:until IS NULL OR at < :until)
 ORDER BY audit_id DESC LIMIT :limit"""
 
-_SIGN_IN_FAILURES = "SELECT failures, last_failure_at FROM sign_in_failures WHERE username = ?"
-# One statement, so concurrent failures from several sessions all count.
-_RECORD_SIGN_IN_FAILURE = """
-INSERT INTO sign_in_failures (username, failures, last_failure_at) VALUES (:username, 1, :now)
-ON CONFLICT (username) DO UPDATE SET
+_SIGN_IN_FAILURES = "SELECT failures, last_failure_at FROM sign_in_failures WHERE kind = ? AND name = ?"
+_COUNT_SIGN_IN_FAILURE = """
+INSERT INTO sign_in_failures (kind, name, failures, last_failure_at) VALUES (:kind, :name, 1, :now)
+ON CONFLICT (kind, name) DO UPDATE SET
     failures = CASE WHEN :now - last_failure_at > :reset_after THEN 1 ELSE failures + 1 END,
-    last_failure_at = :now
-RETURNING failures"""
-_CLEAR_SIGN_IN_FAILURES = "DELETE FROM sign_in_failures WHERE username = ?"
+    last_failure_at = MAX(last_failure_at, :now)"""
+_CLEAR_USER_FAILURES = "DELETE FROM sign_in_failures WHERE kind = 'user' AND name = ?"
+_UNCOUNT_ADDRESS_FAILURE = """
+UPDATE sign_in_failures SET failures = failures - 1 WHERE kind = 'address' AND name = ? AND failures > 0"""
 
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -438,13 +461,47 @@ class QueueEntry:
     item: Item
 
 
+@dataclass(frozen=True)
+class ChainCheck:
+    """What `verify_audit_chain` found."""
+
+    n_rows: int
+    first_broken: int | None  # audit_id of the first row whose row_hash does not follow; None: all do
+    head: str  # the last row's row_hash (CHAIN_START when empty): a copy kept elsewhere dates the log
+
+    @property
+    def ok(self) -> bool:
+        """Whether every row's hash follows from the rows before it."""
+        return self.first_broken is None
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """How long sign-ins must wait after failures in a row, per user name and per client address."""
+
+    free_failures: int = 3  # failures of one user name allowed back to back (typos) before any wait
+    address_free_failures: int = 10  # the same from one client address, any names: people may share one
+    base_delay_s: float = 1.0  # the first wait; doubles with each further failure
+    max_delay_s: float = 900.0  # cap, so an attacker can lock an account out for 15 minutes at most
+    reset_after_s: float = 3600.0  # a failure this long after the previous one starts a new count
+
+    def delay_s(self, failures: int, free: int | None = None) -> float:
+        """Seconds to wait after `failures` failures in a row, the first `free` (default free_failures) of
+        them without a wait: 0, ..., 0, base, 2 base, 4 base, ..., max."""
+        extra = failures - (self.free_failures if free is None else free)
+        if extra < 0:
+            return 0.0
+        return min(self.max_delay_s, self.base_delay_s * 2.0 ** min(extra, 64))
+
+
 # ---------------------------------------------------------------------------------------------- setup
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) the review store at `path`, in WAL mode, with the schema initialised.
+    """Open (creating or migrating if needed) the review store at `path`, in WAL mode.
 
-    Autocommit mode: writes in this module open their own short transactions.
+    Autocommit mode: writes in this module open their own short transactions. The connection may not
+    drop or alter tables and triggers (`_authorize`), so the audit log's triggers hold for it.
     """
     # timeout= is SQLite's busy_timeout. check_same_thread=False: Streamlit reruns a session's script on
     # a new thread each time, one after another, so a session's connection is never used concurrently.
@@ -456,7 +513,18 @@ def connect(path: str | Path) -> sqlite3.Connection:
         # e.g. a network file system: still correct, but writers then block readers.
         log.warning("review store %s runs in journal mode %r, not WAL", path, mode)
     init_db(con)
+    con.set_authorizer(_authorize)
     return con
+
+
+# Schema changes a connection of this module must never make: they would lift the audit log's triggers.
+_DENIED_ACTIONS = frozenset({sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_ALTER_TABLE})
+
+
+def _authorize(action: int, arg1: str | None, *_: str | None) -> int:
+    if action in _DENIED_ACTIONS or (action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() == "writable_schema"):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
 
 
 def _set_wal(con: sqlite3.Connection) -> str:
@@ -477,16 +545,44 @@ def _set_wal(con: sqlite3.Connection) -> str:
 
 
 def init_db(con: sqlite3.Connection) -> None:
-    """Create the schema if missing (idempotent, safe when several processes start at once)."""
-    try:
-        con.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
-    version = schema_version(con)
+    """Create the schema if missing, or migrate a store of an older version, in one transaction
+    (idempotent, safe when several processes start at once). A newer store is refused."""
+    with _write(con):
+        version = schema_version(con) if _one(con, _HAS_META) else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"review store has schema version {version}, newer than this code's "
+                               f"{SCHEMA_VERSION}: update the dashboard")
+        if version == 1:
+            _migrate_from_1(con)
+        for statement in _statements(SCHEMA):  # executescript would commit the transaction first
+            con.execute(statement)
+        version = schema_version(con)
     if version != SCHEMA_VERSION:
         raise RuntimeError(f"review store has schema version {version}, this code expects {SCHEMA_VERSION}")
+
+
+def _migrate_from_1(con: sqlite3.Connection) -> None:
+    """Version 1 to 2: chain the existing audit rows (lifting the update trigger while their hashes are
+    written; the schema puts it back). Sign-in failure counts are transient: their table starts afresh."""
+    con.execute("DROP TRIGGER audit_log_no_update")
+    con.execute("ALTER TABLE audit_log ADD COLUMN row_hash TEXT")
+    previous = CHAIN_START
+    for row in con.execute(_AUDIT_CHAIN).fetchall():
+        previous = audit_row_hash(previous, tuple(row)[:-1])
+        con.execute("UPDATE audit_log SET row_hash = ? WHERE audit_id = ?", (previous, row["audit_id"]))
+    con.execute("DROP TABLE sign_in_failures")
+    con.execute(_SET_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
+    log.info("review store migrated from schema version 1 to %d", SCHEMA_VERSION)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
 
 
 def schema_version(con: sqlite3.Connection) -> int:
@@ -545,8 +641,20 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+def audit_row_hash(previous: str, row: tuple) -> str:
+    """The row_hash of an audit row: sha256 (hex) of the previous row's row_hash and this row's values
+    (audit_id, at, actor, role, action, target, value_before, value_after) as a JSON list."""
+    content = json.dumps([previous, *row], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def _audit(con: sqlite3.Connection, at: str, actor: Actor, action: str, target: str, before: Any, after: Any) -> None:
-    con.execute(_AUDIT, (at, actor.user, actor.role, action, target, _json(before), _json(after)))
+    # Inside the caller's write transaction, so no other writer can append between reading the last row
+    # and appending this one.
+    last = _one(con, _LAST_AUDIT)
+    audit_id, previous = (1, CHAIN_START) if last is None else (last["audit_id"] + 1, last["row_hash"])
+    row = (audit_id, at, actor.user, actor.role, action, target, _json(before), _json(after))
+    con.execute(_AUDIT, (*row, audit_row_hash(previous, row)))
 
 
 def _item_row(item: Item) -> tuple:
@@ -954,6 +1062,20 @@ def audit_log(
     return _frame(con, _AUDIT_LOG, params)
 
 
+def verify_audit_chain(con: sqlite3.Connection, actor: Actor) -> ChainCheck:
+    """Recompute every audit row's hash (admin): the first row that was edited, or inserted or removed
+    before its successor, breaks the chain from there on."""
+    _require(actor, "admin", "verify the audit log")
+    n_rows, first_broken, previous = 0, None, CHAIN_START
+    with _snapshot(con):
+        for row in con.execute(_AUDIT_CHAIN):
+            n_rows += 1
+            if first_broken is None and row["row_hash"] != audit_row_hash(previous, tuple(row)[:-1]):
+                first_broken = row["audit_id"]
+            previous = row["row_hash"]
+    return ChainCheck(n_rows, first_broken, previous)
+
+
 def join_metrics(metrics: pd.DataFrame, reviews: pd.DataFrame) -> pd.DataFrame:
     """Join word metrics rows (extraction `words` columns incl. ITEM_COLUMNS) with `review_summary` rows.
 
@@ -973,19 +1095,61 @@ def join_metrics(metrics: pd.DataFrame, reviews: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- sign-in
 
 
-def sign_in_failures(con: sqlite3.Connection, username: str) -> tuple[int, float]:
-    """(failures, unix time of the last one) recorded for a user name; (0, 0.0) if none."""
-    row = _one(con, _SIGN_IN_FAILURES, (username,))
+def sign_in_failures(con: sqlite3.Connection, kind: str, name: str) -> tuple[int, float]:
+    """(failures in a row, unix time of the last one) counted for a user name (`kind` 'user') or a client
+    address ('address'); (0, 0.0) if none."""
+    row = _one(con, _SIGN_IN_FAILURES, (kind, name))
     return (0, 0.0) if row is None else (row["failures"], row["last_failure_at"])
 
 
-def record_sign_in_failure(con: sqlite3.Connection, username: str, now: float, reset_after_s: float) -> int:
-    """Count a failed sign-in at unix time `now` and return the failures in a row; a failure more than
-    `reset_after_s` after the previous one starts the count again."""
-    params = {"username": username, "now": now, "reset_after": reset_after_s}
-    return _one(con, _RECORD_SIGN_IN_FAILURE, params)["failures"]
+def _sign_in_counters(policy: ThrottlePolicy, username: str, address: str | None) -> dict[tuple[str, str], int]:
+    """The counters (kind, name) an attempt for `username` from `address` (None: unknown) goes on, with
+    the failures each allows before a wait."""
+    counters = {("user", username): policy.free_failures}
+    if address is not None:
+        counters[("address", address)] = policy.address_free_failures
+    return counters
 
 
-def clear_sign_in_failures(con: sqlite3.Connection, username: str) -> None:
-    """Forget a user name's failed sign-ins (after a successful one)."""
-    con.execute(_CLEAR_SIGN_IN_FAILURES, (username,))
+def sign_in_wait_s(
+    con: sqlite3.Connection, policy: ThrottlePolicy, username: str, address: str | None, now: float
+) -> float:
+    """Seconds before `username` may try to sign in again from `address` (0 if now): the longer of the
+    user name's and the address's waits."""
+    waits = [0.0]
+    for (kind, name), free in _sign_in_counters(policy, username, address).items():
+        failures, last_at = sign_in_failures(con, kind, name)
+        # `now` may predate a failure that another session counted while this one waited for the lock.
+        elapsed = max(now - last_at, 0.0)
+        if elapsed <= policy.reset_after_s:
+            waits.append(policy.delay_s(failures, free) - elapsed)
+    return max(waits)
+
+
+def claim_sign_in(
+    con: sqlite3.Connection, policy: ThrottlePolicy, username: str, address: str | None, now: float
+) -> float:
+    """Let one password check for `username` from `address` (None: unknown) go ahead, or say how long
+    it must wait.
+
+    In one write transaction: when `sign_in_wait_s` is 0 the attempt is counted as a failure of the user
+    name and of the address before the password is checked, and 0 is returned; otherwise nothing is
+    counted and the wait is returned. Counting first is what keeps parallel attempts, from any session or
+    process, from all passing the check; `sign_in_succeeded` takes the count back.
+    """
+    with _write(con):
+        wait = sign_in_wait_s(con, policy, username, address, now)
+        if wait == 0:
+            for kind, name in _sign_in_counters(policy, username, address):
+                params = {"kind": kind, "name": name, "now": now, "reset_after": policy.reset_after_s}
+                con.execute(_COUNT_SIGN_IN_FAILURE, params)
+    return wait
+
+
+def sign_in_succeeded(con: sqlite3.Connection, username: str, address: str | None) -> None:
+    """After a claimed attempt succeeded: the user name's failures are forgotten; the address only loses
+    the failure counted in advance, so that one good account does not clear a guessing address."""
+    with _write(con):
+        con.execute(_CLEAR_USER_FAILURES, (username,))
+        if address is not None:
+            con.execute(_UNCOUNT_ADDRESS_FAILURE, (address,))

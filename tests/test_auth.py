@@ -1,6 +1,8 @@
 import io
+import multiprocessing
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -166,30 +168,96 @@ def test_repeated_failures_are_slowed_down_across_sessions(tmp_path, config):
     other = review.connect(tmp_path / "review.sqlite")  # another session or server process
     t = 1000.0
     waits = [auth.sign_in(first, config, "alice", "guess", now=t + 100 * i).retry_after_s for i in range(6)]
-    assert waits == [0.0, 0.0, 10.0, 20.0, 40.0, 60.0]
+    assert waits == [0.0, 10.0, 20.0, 40.0, 60.0, 60.0]
 
     t += 500  # the last failure was at t = 1500; alice must wait 60 s from then
     locked = auth.sign_in(other, config, "alice", "alice-pw", now=t + 30)
-    assert not locked.ok and locked.retry_after_s == pytest.approx(30.0)  # right password, still refused
-    assert review.sign_in_failures(other, "alice")[0] == 6  # refusals during the wait are not counted
+    assert not locked.ok and locked.throttled and locked.retry_after_s == pytest.approx(30.0)  # right password
+    assert review.sign_in_failures(other, "user", "alice")[0] == 6  # refusals during the wait are not counted
     assert auth.sign_in(other, config, "alice", "alice-pw", now=t + 61).ok
-    assert review.sign_in_failures(first, "alice") == (0, 0.0)  # success clears the count
+    assert review.sign_in_failures(first, "user", "alice") == (0, 0.0)  # success clears the count
 
 
 def test_unknown_names_are_throttled_like_known_ones_and_failures_expire(con, config):
-    for i in range(3):
-        auth.sign_in(con, config, "mallory", "x", now=100.0 + i)
-    assert auth.sign_in(con, config, "mallory", "x", now=105.0).retry_after_s == pytest.approx(7.0)
+    for i in range(2):
+        assert not auth.sign_in(con, config, "mallory", "x", now=100.0 + i).throttled
+    refused = auth.sign_in(con, config, "mallory", "x", now=105.0)
+    assert refused.throttled and refused.retry_after_s == pytest.approx(6.0)
     assert auth.sign_in(con, config, "alice", "alice-pw", now=105.0).ok  # other names are unaffected
     # Long after the last failure, the count starts again: one more failure costs nothing.
     assert auth.sign_in(con, config, "mallory", "x", now=10_000.0).retry_after_s == 0.0
-    assert review.sign_in_failures(con, "mallory")[0] == 1
+    assert review.sign_in_failures(con, "user", "mallory")[0] == 1
+
+
+def test_failures_from_one_address_slow_every_name_from_it(con, secrets):
+    secrets["auth"]["throttle"] |= {"address_free_failures": 3}
+    config = auth.parse_auth_config(secrets)
+    for name in ("ann", "ben", "cid"):  # one failure each: no name is throttled by itself
+        assert not auth.sign_in(con, config, name, "x", address="203.0.113.9", now=100.0).throttled
+    refused = auth.sign_in(con, config, "alice", "alice-pw", address="203.0.113.9", now=101.0)
+    assert refused.throttled and refused.retry_after_s == pytest.approx(9.0)
+    assert auth.sign_in(con, config, "alice", "alice-pw", address="198.51.100.7", now=101.0).ok  # another address
+    # A success from the address takes back only its own attempt: one good account does not clear it.
+    assert auth.sign_in(con, config, "alice", "alice-pw", address="203.0.113.9", now=200.0).ok
+    assert review.sign_in_failures(con, "address", "203.0.113.9") == (3, 200.0)
+    assert auth.sign_in(con, config, "dan", "x", address="203.0.113.9", now=201.0).throttled
 
 
 def test_throttle_policy_delays():
     policy = auth.ThrottlePolicy()
-    assert [policy.delay_s(n) for n in range(1, 8)] == [0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 8.0]
+    assert [policy.delay_s(n) for n in range(1, 8)] == [0.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0]  # 3 free tries
+    assert [policy.delay_s(n, policy.address_free_failures) for n in (9, 10, 11)] == [0.0, 1.0, 2.0]
     assert policy.delay_s(10_000) == policy.max_delay_s
+
+
+PARALLEL = 20
+
+
+def _attempt_in_threads(path, config, names, address, start, checked) -> None:
+    """One wrong password per name, each in its own thread and review store connection (a session),
+    all released together by the `start` barrier; counts in `checked` the passwords really checked."""
+
+    def attempt(name: str) -> None:
+        con = review.connect(path)
+        try:
+            start.wait()
+            result = auth.sign_in(con, config, name, "wrong", address=address)
+        finally:
+            con.close()
+        if not result.throttled:
+            with checked.get_lock():
+                checked.value += 1
+
+    threads = [threading.Thread(target=attempt, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@pytest.mark.parametrize(("names", "address", "allowed"), [
+    (["alice"] * PARALLEL, None, auth.ThrottlePolicy.free_failures),
+    ([f"user{i}" for i in range(PARALLEL)], "203.0.113.9", auth.ThrottlePolicy.address_free_failures),
+])  # fmt: skip
+def test_parallel_wrong_passwords_get_only_the_free_checks(tmp_path, names, address, allowed):
+    # Half the attempts in threads here, half in threads of a second process (another server), at once.
+    path = tmp_path / "review.sqlite"
+    review.connect(path).close()
+    account = {"password_hash": auth.hash_password("alice-pw"), "role": "reviewer"}  # production cost
+    config = auth.parse_auth_config({"auth": {"users": {"alice": account}}})  # default throttle
+    fork = multiprocessing.get_context("fork")
+    start, checked = fork.Barrier(PARALLEL), fork.Value("i", 0)
+    half = PARALLEL // 2
+    other = fork.Process(target=_attempt_in_threads, args=(path, config, names[half:], address, start, checked))
+    other.start()
+    _attempt_in_threads(path, config, names[:half], address, start, checked)
+    other.join(timeout=120)
+    assert other.exitcode == 0
+    assert checked.value == allowed
+    con = review.connect(path)
+    counted = review.sign_in_failures(con, "user", "alice") if address is None else review.sign_in_failures(
+        con, "address", address)
+    assert counted[0] == allowed  # every check was counted, no refusal was
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -278,10 +346,11 @@ def test_streamlit_sign_in_form_flow(app):
     app.run()
     assert not app.markdown and len(app.text_input) == 2  # nothing shown before sign-in
     _sign_in(app, "alice", "wrong")
-    assert "Wrong user name or password" in app.error[0].value
+    assert app.error[0].value == "Wrong user name or password."
     _sign_in(app, "alice", "wrong")
-    _sign_in(app, "alice", "wrong")
-    assert "try again in 10 s" in app.error[0].value
+    assert app.error[0].value == "Wrong user name or password. Try again in 10 s."
+    _sign_in(app, "alice", "alice-pw")
+    assert app.error[0].value.startswith("Too many failed sign-ins. Try again in ")
     _sign_in(app, "carol", "carol-pw")
     assert app.markdown[0].value == "signed in: carol (admin)"
     app.button[0].click().run()  # sign out

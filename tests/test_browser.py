@@ -3,15 +3,26 @@
 Screenshots go to artifacts/screenshots/ (kept by CI as test artifacts).
 """
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+
+from db import queries, review
+from db.review import Actor, Item
+from tests.conftest import run_extraction
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -23,6 +34,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PAGE_SIZE = 24
 # The issue's goal is 2 s warm on an idle machine; the bound here leaves room for a loaded CI runner.
 WARM_SEARCH_LIMIT_S = 6.0
+HIGHLIGHT = "span.stMarkdownColoredBackground"  # the word a caption is shown for
 
 
 def free_port() -> int:
@@ -45,14 +57,14 @@ def wait_healthy(base: str, server: subprocess.Popen, timeout: float = 60) -> No
     raise TimeoutError(f"streamlit did not answer at {base} within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def server(extracted_db, tmp_path_factory):
-    """`streamlit run dashboard/app.py -- --db DB` on a free localhost port; yields its base URL."""
+@contextmanager
+def streamlit_server(db: Path, review_db: Path) -> Iterator[str]:
+    """`streamlit run dashboard/app.py -- --db DB --review-db REVIEW_DB` on a free localhost port, without
+    accounts (open, read-only); yields its base URL."""
     port = free_port()
-    review_db = tmp_path_factory.mktemp("browser") / "review.sqlite"
     command = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
                "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-               "--", "--db", str(extracted_db), "--review-db", str(review_db)]
+               "--browser.gatherUsageStats", "false", "--", "--db", str(db), "--review-db", str(review_db)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
@@ -65,6 +77,13 @@ def server(extracted_db, tmp_path_factory):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(extracted_db, tmp_path_factory):
+    """The dashboard on the real extraction of the shared COCO subset; yields its base URL."""
+    with streamlit_server(extracted_db, tmp_path_factory.mktemp("browser") / "review.sqlite") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +129,7 @@ def test_search_a_word_see_overlays_open_an_image(server, page):
     page.get_by_role("option", name="man ·").first.click()
     wait_for_overlays(page, PAGE_SIZE)
     assert "word=man" in page.url
-    playwright.expect(page.locator("mark", has_text="man")).to_have_count(PAGE_SIZE)
+    playwright.expect(page.locator(HIGHLIGHT, has_text="man")).to_have_count(PAGE_SIZE)
     shoot(page, "search_man")
 
     # A bound control writes itself into the URL, so the view can be shared.
@@ -124,7 +143,7 @@ def test_search_a_word_see_overlays_open_an_image(server, page):
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
     page.get_by_text("Every word").wait_for()
     assert "image=" in page.url and "w=" in page.url
-    playwright.expect(page.locator("mark")).to_have_count(1)  # the chosen word, in its caption
+    playwright.expect(page.locator(HIGHLIGHT)).to_have_count(1)  # the chosen word, in its caption
     shoot(page, "image_detail")
 
     # Region to words: click a grid cell of the image.
@@ -170,3 +189,127 @@ def test_statistics_and_runs_pages_render(server, page):
     page.goto(f"{server}/runs")
     page.get_by_text("images done").wait_for(timeout=60_000)
     shoot(page, "runs")
+
+
+# ---------------------------------------------------------------- dataset text is shown as text
+
+HOSTILE_IMAGE = 802  # the kitchen of ../shared/coco/val2017-small, with a labelled refrigerator
+HOSTILE_FILE = "**bold** <u>x ![f](b.png).jpg"  # a file name holds no slash, so no absolute URL
+
+
+class Beacon(BaseHTTPRequestHandler):
+    """A listener that records every request: what a beacon in dataset text would make a browser fetch."""
+
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self.hits.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def beacon() -> Iterator[tuple[str, list[str]]]:
+    """A beacon listener on a free port; yields its URL and the paths it was asked for."""
+    listener = ThreadingHTTPServer(("127.0.0.1", 0), Beacon)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.server_address[1]}", Beacon.hits
+    listener.shutdown()
+
+
+def hostile(beacon_url: str, where: str) -> str:
+    """Markdown and HTML that would fetch `beacon_url` (the path names `where`) if read as markup."""
+    return (f"![x]({beacon_url}/{where}-md.png) <img src=\"{beacon_url}/{where}-html.png\"> "
+            f"**bold** :red[red] <{beacon_url}/{where}-link>")
+
+
+@pytest.fixture(scope="module")
+def hostile_db(shared, beacon, tmp_path_factory) -> Path:
+    """A real extraction of val2017-small after hostile edits: one image's first caption, file name and
+    labelled category hold Markdown and HTML aimed at the beacon."""
+    url, _ = beacon
+    root = tmp_path_factory.mktemp("hostile")
+    small = shared / "coco" / "val2017-small"
+    annotations = root / "coco" / "hostile" / "annotations"
+    images = root / "coco" / "hostile" / "val2017"
+    annotations.mkdir(parents=True)
+    images.mkdir()
+    for name in ("fixtures", "bert-base-uncased"):
+        (root / name).symlink_to(shared / name)
+    captions = json.loads((small / "annotations" / "captions_val2017_small.json").read_text())
+    instances = json.loads((small / "annotations" / "instances_val2017_small.json").read_text())
+    for image in captions["images"]:
+        name = HOSTILE_FILE if image["id"] == HOSTILE_IMAGE else image["file_name"]
+        shutil.copyfile(small / "val2017" / image["file_name"], images / name)  # a link out: refused
+    for image in (*captions["images"], *instances["images"]):
+        if image["id"] == HOSTILE_IMAGE:
+            image["file_name"] = HOSTILE_FILE
+    caption = next(c for c in captions["annotations"] if c["image_id"] == HOSTILE_IMAGE)
+    caption["caption"] = hostile(url, "caption") + " " + caption["caption"]
+    category = next(a["category_id"] for a in instances["annotations"] if a["image_id"] == HOSTILE_IMAGE)
+    next(c for c in instances["categories"] if c["id"] == category)["name"] = hostile(url, "category")
+    (annotations / "captions_hostile.json").write_text(json.dumps(captions))
+    (annotations / "instances_hostile.json").write_text(json.dumps(instances))
+    return run_extraction(root, root / "hostile.duckdb", "hostile")
+
+
+@pytest.fixture(scope="module")
+def hostile_store(hostile_db, beacon, tmp_path_factory) -> tuple[Path, Item]:
+    """A review store whose reviewer name, note, tag and comment on a word of the hostile image are
+    aimed at the beacon too."""
+    url, _ = beacon
+    con = queries.connect_readonly(hostile_db)
+    try:
+        run_id = queries.list_runs(con)["run_id"].iloc[0]
+        words = queries.image_detail(con, HOSTILE_IMAGE, run_id)["words"]
+    finally:
+        con.close()
+    item = Item.from_row(words.iloc[0].to_dict() | {"run_id": run_id})
+    store = tmp_path_factory.mktemp("hostile_review") / "review.sqlite"
+    reviews = review.connect(store)
+    reviewer = Actor(hostile(url, "user"), "reviewer")
+    review.set_verdict(reviews, reviewer, item, "other", hostile(url, "note"))
+    review.add_tag(reviews, reviewer, item, f"![t]({url}/tag.png)")
+    review.add_comment(reviews, reviewer, item, hostile(url, "comment"))
+    reviews.close()
+    return store, item
+
+
+def test_dataset_and_review_text_is_shown_as_text_and_fetches_nothing(
+        hostile_db, hostile_store, beacon, browser, tmp_path):
+    url, hits = beacon
+    store, item = hostile_store
+    with streamlit_server(hostile_db, store) as base:
+        context = browser.new_context(viewport={"width": 1400, "height": 2400})
+        requests: list[str] = []
+        context.on("request", lambda request: requests.append(request.url))
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/image?image={HOSTILE_IMAGE}&box=true&objects=true")
+            page.get_by_text("Every word").wait_for(timeout=60_000)
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
+            for where in ("caption", "category"):  # the raw caption, and the labelled objects' names
+                playwright.expect(page.get_by_text(hostile(url, where), exact=False).first).to_be_visible()
+            playwright.expect(page.get_by_text(HOSTILE_FILE, exact=False)).to_be_visible()
+            shoot(page, "hostile_image")
+
+            page.goto(f"{base}/reviews?{urlencode({'item': item.key})}")
+            page.get_by_text("Comments (1)").wait_for(timeout=60_000)
+            for where in ("user", "note", "comment"):
+                playwright.expect(page.get_by_text(hostile(url, where), exact=False).first).to_be_visible()
+            shoot(page, "hostile_review")
+
+            # A link that carries markup in a query parameter.
+            page.goto(f"{base}/?{urlencode({'word': hostile(url, 'link')})}")
+            playwright.expect(page.get_by_text("does not occur in the captions")).to_be_visible(timeout=60_000)
+            page.goto(f"{base}/statistics?view=leaderboards&min_n=1")
+            page.locator('[data-testid="stPlotlyChart"]').nth(3).wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)  # plotly draws its labels after the chart appears
+        finally:
+            context.close()
+    outside = [r for r in requests if not r.startswith((base, "data:", "blob:"))]
+    assert outside == [] and hits == []
+    assert any(r.startswith(base) for r in requests)  # the listener heard the pages' own requests

@@ -4,9 +4,11 @@ The database is a real extraction of ../shared/coco/val2017-subset with the fine
 (conftest's `extracted_db`); expected values are read straight from its file with SQL of the test's own.
 """
 
+import html
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard import markup
 from db import writer
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -206,8 +209,9 @@ def test_overlay_controls_and_masks_render(open_app, db):
 
 def test_captions_mark_the_word(open_app, db):
     at = open_page(open_app, db, None, word="dog")
-    htmls = [h.proto.body for h in at.get("html")]
-    assert htmls and all("<mark>dog</mark>" in h for h in htmls)
+    captions = [m.value for m in at.markdown if "-background[" in m.value]
+    assert len(captions) == len(card_links(at)) > 0
+    assert all(":yellow-background[dog]" in c for c in captions) and not at.get("html")
 
 
 def test_export_has_every_row_with_metrics_and_no_maps(open_app, db):
@@ -241,7 +245,7 @@ def test_image_page_shows_every_word_of_every_caption(open_app, db):
     labels = [b.label for b in at.button if b.key.startswith("pick_")]
     expected = [label for text in texts for label in ["whole caption", *text.split(" ")]]
     assert labels == expected
-    assert "000000000139.jpg" in " ".join(h.value for h in at.subheader)
+    assert f"{markup.literal('000000000139.jpg')} · 640 x 426" in [h.value for h in at.subheader]
 
 
 def test_clicking_a_word_enlarges_it_and_goes_into_the_link(open_app, db):
@@ -441,3 +445,49 @@ def test_image_paths_cannot_escape_the_image_folder(tmp_path, name):
     assert image_path(root, name) is None
     assert image_path(root, "ok.jpg") == (root / "ok.jpg").resolve()
     assert image_path(None, "ok.jpg") is None
+
+
+# ---------------------------------------------------------------- dataset text as text
+
+HOSTILE = [
+    "![x](http://127.0.0.1:9/beacon.png)",
+    '<img src="http://127.0.0.1:9/b.png"> <script>alert(1)</script> &lt;',
+    "**bold** _it_ `code` ~~gone~~ $x^2$ [link](javascript:alert(1)) <http://127.0.0.1:9/>",
+    ":red[colour] :material/home: :smile: # heading\n\n- item\n1. item\n> quote\n===",
+    "back\\slash \\*still\\* | a | b |\r\nnext line\u2028and more",
+]
+
+
+def unescaped(markdown: str) -> str:
+    """What CommonMark shows for text with backslash escapes only: each escaped character as itself."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_literal_escapes_every_markup_character(text):
+    shown = markup.literal(text)
+    assert unescaped(shown) == " ".join(text.splitlines())  # shows the text, its line breaks as spaces
+    assert "\n" not in shown and "\r" not in shown
+    assert not re.search(r"[!-/:-@\[-`{-~]", re.sub(r"\\.", "", shown))  # no punctuation left unescaped
+
+
+@pytest.mark.parametrize("text", ["/data/coco/val2017", "a`b``c", "`", "two\n\nparagraphs"])
+def test_code_fence_outlasts_any_backtick_run_inside(text):
+    shown = markup.code(text)
+    fence = shown[: len(shown) - len(shown.lstrip("`"))]
+    assert shown == f"{fence} {' '.join(text.splitlines())} {fence}"
+    assert fence not in shown[len(fence):-len(fence)] and "\n" not in shown
+
+
+def test_marked_caption_highlights_one_literal_word():
+    assert markup.marked_caption("a dog on a sofa", 1) == "a :yellow-background[dog] on a sofa"
+    assert markup.marked_caption("a dog", None) == "a dog" == markup.marked_caption("a dog", 9)
+    assert markup.marked_caption("![x](y) dog", 0) == r":yellow-background[\!\[x\]\(y\)] dog"
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_plotly_labels_hold_no_tags_and_give_the_text_back(text):
+    frame = markup.plotly_labels(pd.DataFrame({"word": [text], "n": [1]}), "word")
+    label = frame["word"].iloc[0]
+    assert "<" not in label and ">" not in label and html.unescape(label) == text
+    assert frame["n"].iloc[0] == 1

@@ -13,7 +13,6 @@ from dashboard.overlay import (
     display_size,
     draw_instances,
     encode,
-    highlight_caption,
     smooth_map,
 )
 
@@ -153,16 +152,6 @@ def test_png_round_trips_and_jpeg_stays_close(photo):
     assert np.abs(jpeg - np.asarray(thumbnail, np.int16)).mean() < 4
     with pytest.raises(ValueError, match="format"):
         encode(out, "BMP")
-
-
-@pytest.mark.parametrize(("text", "index", "expected"), [
-    ("a dog on a couch", 1, "a <mark>dog</mark> on a couch"),
-    ("a dog on a couch", None, "a dog on a couch"),
-    ("<script>alert(1)</script> dog", 1, "&lt;script&gt;alert(1)&lt;/script&gt; <mark>dog</mark>"),
-    ("tom & jerry", 0, "<mark>tom</mark> &amp; jerry"),
-])
-def test_highlight_caption_marks_the_word_and_escapes_html(text, index, expected):
-    assert highlight_caption(text, index) == expected
 
 
 def test_bad_inputs_are_rejected(photo):

@@ -12,6 +12,7 @@ from db.review import Actor, Item
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "0123456789abcdef"
+ADMIN = Actor("root", "admin")
 
 # A dashboard server process: opens the store (possibly creating it), says it is ready, waits for the
 # start signal so that both processes write at the same time, then writes.
@@ -30,11 +31,12 @@ while not go.exists():
         sys.exit("no start signal")
     time.sleep(0.005)
 actor = Actor(name, "reviewer")
+never_throttled = review.ThrottlePolicy(free_failures=10 * n)
 for i in range(n):
     item = Item("0123456789abcdef", 1, 1, i, "attention", 6)
     review.set_verdict(con, actor, item, "noisy")
     review.add_comment(con, actor, item, f"{name} {i}")
-    review.record_sign_in_failure(con, "mallory", time.time(), 3600.0)
+    assert review.claim_sign_in(con, never_throttled, "mallory", None, time.time()) == 0
     # A user pauses between clicks. Without a pause one process re-takes the lock right after each
     # commit while the other's busy handler sleeps, so the other waits (no loss) but never interleaves.
     time.sleep(0.002)
@@ -73,6 +75,7 @@ def test_twenty_sessions_writing_fifty_verdicts_each_lose_none(tmp_path):
     assert per_reviewer == {f"reviewer{t:02d}": n_writes for t in range(n_threads)}
     audit = con.execute("SELECT COUNT(*), COUNT(DISTINCT actor) FROM audit_log").fetchone()
     assert tuple(audit) == (n_threads * n_writes, n_threads)
+    assert review.verify_audit_chain(con, ADMIN).ok
     assert review.agreement(con)["n_shared"].eq(n_writes).all()
 
 
@@ -110,8 +113,9 @@ def test_two_server_processes_writing_at_once_lose_none(tmp_path):
     }
     assert con.execute("SELECT COUNT(*) FROM comments").fetchone()[0] == 2 * n
     assert con.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 4 * n
-    # The failed-sign-in counter is incremented by both processes in one statement each: none lost.
-    assert review.sign_in_failures(con, "mallory")[0] == 2 * n
+    # Both processes count sign-in attempts on one counter: none lost.
+    assert review.sign_in_failures(con, "user", "mallory")[0] == 2 * n
+    assert review.verify_audit_chain(con, ADMIN).ok  # their audit rows form one hash chain
     # Both really wrote at the same time: their audit rows interleave.
     actors = [r[0] for r in con.execute("SELECT actor FROM audit_log ORDER BY audit_id")]
     switches = sum(a != b for a, b in zip(actors, actors[1:], strict=False))

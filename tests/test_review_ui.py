@@ -3,6 +3,7 @@ extraction of the shared COCO subset and a real review store, signed in as each 
 
 import io
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -245,7 +246,7 @@ def test_any_image_or_word_can_be_opened_for_review(make_app, dog_words, store, 
     button(at, "Review this word").click().run()
     assert at.query_params["item"] == Item(first["run_id"], int(first["image_id"]), int(first["caption_id"]),
                                            int(first["word_index"]), "attention", int(first["layer"])).key
-    assert "<mark>dog</mark>" in at.get("html")[0].proto.body
+    assert any(":yellow-background[dog]" in m.value for m in at.markdown)
 
     at.query_params["item"] = "word:not-a-key"
     at.run()
@@ -328,6 +329,21 @@ def test_admin_creates_a_queue_from_a_search(make_app, dog_words, store):
 
     create_queue(at, name, 2, [])  # names are unique
     assert "exists" in at.error[0].value and len(review.list_queues(con)) == 1
+
+
+def test_admin_page_verifies_the_audit_chain(make_app, dog_words, store):
+    at = create_queue(signed_in(make_app, "carol"), "dogs", 2, ["alice"])  # two audit rows
+    head = review.verify_audit_chain(review.connect(store), Actor("carol", "admin")).head
+    at.switch_page("views/review_admin.py").run()
+    assert any(m.value.startswith(f"Hash chain intact: 2 rows. Head `{head}`") for m in at.success)
+
+    tamper = sqlite3.connect(store)  # someone with write access to the file
+    tamper.execute("DROP TRIGGER audit_log_no_update")
+    tamper.execute("UPDATE audit_log SET actor = 'mallory' WHERE audit_id = 2")
+    tamper.commit()
+    at.run()
+    assert any(m.value.startswith("Hash chain broken at row 2 (2 rows)") for m in at.error)
+    assert not any("Hash chain intact" in m.value for m in at.success)
 
 
 def judge_button(at: AppTest, verdict: str):

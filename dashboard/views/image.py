@@ -12,7 +12,8 @@ import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, state
-from dashboard.overlay import display_size, highlight_caption
+from dashboard.markup import literal, marked_caption, plotly_literal
+from dashboard.overlay import display_size
 from dashboard.review_panel import review_panel
 from db.review import Item
 
@@ -62,7 +63,7 @@ def region_figure(picture: bytes, width: int, height: int, grid: int, instances:
         for inst in instances.itertuples():
             fig.add_shape(type="rect", x0=inst.bbox_x, y0=inst.bbox_y, x1=inst.bbox_x + inst.bbox_w,
                           y1=inst.bbox_y + inst.bbox_h, line={"color": "white", "width": 2})
-            fig.add_annotation(x=inst.bbox_x, y=inst.bbox_y, text=inst.category, showarrow=False,
+            fig.add_annotation(x=inst.bbox_x, y=inst.bbox_y, text=plotly_literal(inst.category), showarrow=False,
                                xanchor="left", yanchor="bottom", font={"color": "white", "size": 11},
                                bgcolor="rgba(0,0,0,0.55)")
     fig.update_xaxes(visible=False, range=[0, width])
@@ -135,7 +136,7 @@ elif selected_word is None or pd.isna(selected_word["category_id"]):
 else:
     shown = instances[instances["category_id"] == selected_word["category_id"]]
 
-st.subheader(f"{image['file_name']} · {width} x {height}")
+st.subheader(f"{literal(image['file_name'])} · {width} x {height}")
 main_map = map_of(words, caption_id, word_index, ctx.method, ctx.layer, detail["caption_maps"])
 big_style = replace(style, max_side=MAIN_SIDE)
 picture, found = data.render_overlay(path_text, width, height, *(main_map or (None, 0.0)), big_style,
@@ -145,7 +146,7 @@ if not found:
 
 left, right = st.columns([3, 2])
 with left:
-    what = "whole caption" if selected_word is None else f"“{selected_word['word']}”"
+    what = "whole caption" if selected_word is None else f"“{literal(selected_word['word'])}”"
     st.markdown(f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell, or take the box tool in "
                 "the chart's toolbar and drag a box, to see which words look there")
     event = st.plotly_chart(region_figure(picture, width, height, grid, shown, show_box), key="region",
@@ -154,10 +155,10 @@ with left:
 with right:
     st.markdown("**Captions** (ITM = ALBEF's match probability)")
     for cap in captions.itertuples():
-        marked = highlight_caption(cap.text, word_index if cap.caption_id == caption_id else None)
-        weight = "font-weight:600;" if cap.caption_id == caption_id else ""
-        itm = "" if pd.isna(cap.itm_score) else f" <small>ITM {cap.itm_score:.2f}</small>"
-        st.html(f'<div style="{weight}">{marked}{itm}</div>')
+        chosen = cap.caption_id == caption_id
+        marked = marked_caption(cap.text, word_index if chosen else None)
+        itm = "" if pd.isna(cap.itm_score) else f" :small[ITM {cap.itm_score:.2f}]"
+        st.markdown(f"**{marked}**{itm}" if chosen else f"{marked}{itm}")
     if selected_word is not None:
         st.markdown(ui.badges(selected_word.to_dict()))
 
@@ -181,7 +182,7 @@ with right:
                      column_config={"region_mass": st.column_config.ProgressColumn(
                          "mass in region", min_value=0.0, max_value=1.0, format="%.2f")})
 
-with st.expander("Review" + ("" if selected_word is None else f" · “{selected_word['word']}”"),
+with st.expander("Review" + ("" if selected_word is None else f" · {what}"),
                  icon=":material/rate_review:"):
     if selected_word is None:
         item = Item(run_id, int(image_id))
@@ -214,7 +215,7 @@ for cap in captions.itertuples():
     cap_words = here[here["caption_id"] == cap.caption_id]
     if cap_words.empty:
         continue
-    st.markdown(f"*{cap.raw}*")
+    st.markdown(f"*{literal(cap.raw.strip())}*")
     entries = [(WHOLE, "whole caption")] + list(zip(cap_words["word_index"], cap_words["word"], strict=True))
     for start in range(0, len(entries), THUMBS_PER_ROW):
         for column, (index, label) in zip(st.columns(THUMBS_PER_ROW), entries[start:start + THUMBS_PER_ROW],
@@ -226,7 +227,7 @@ for cap in captions.itertuples():
                 thumb_jpeg, _ = data.render_overlay(path_text, width, height, *thumb, small_style)
                 st.image(thumb_jpeg, width="stretch")
                 chosen = cap.caption_id == caption_id and index == word_index
-                st.button(label, key=f"pick_{cap.caption_id}_{index}", on_click=select,
+                st.button(literal(label), key=f"pick_{cap.caption_id}_{index}", on_click=select,
                           args=(int(cap.caption_id), int(index)), type="primary" if chosen else "secondary",
                           width="stretch")
 
@@ -238,4 +239,4 @@ table["category"] = table["category_id"].map(dict(zip(names["category_id"], name
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     m: st.column_config.NumberColumn(m, format="%.3f", help=ui.METRIC_INFO[m][1]) for m in ui.RANGE_METRICS})
 st.caption(f"{len(instances)} labelled objects: "
-           + (", ".join(sorted(set(instances["category"]))) if len(instances) else "none in this image"))
+           + (literal(", ".join(sorted(set(instances["category"])))) if len(instances) else "none in this image"))

@@ -165,12 +165,27 @@ def audit_filters() -> dict:
             "until": day_start(days[-1]) + timedelta(days=1) if len(days) > 1 else None}
 
 
+def audit_chain() -> None:
+    """Whether every audit row's hash still follows from the rows before it, and the chain head to copy."""
+    check = review.verify_audit_chain(con, actor)
+    if check.ok:
+        st.success(f"Hash chain intact: {check.n_rows:,} rows. Head `{check.head}`: keep a dated copy "
+                   "elsewhere; a log rewritten from an earlier row on will not end in it.",
+                   icon=":material/verified:")
+    else:
+        st.error(f"Hash chain broken at row {check.first_broken} ({check.n_rows:,} rows): it or the row before "
+                 "it was edited, or a row was inserted or removed there, outside the dashboard.",
+                 icon=":material/gpp_bad:")
+
+
 def audit_log() -> None:
-    """The newest audit rows matching the filters; the whole filtered log as CSV or Parquet."""
+    """The chain check, the newest audit rows matching the filters, and the whole filtered log as CSV or
+    Parquet."""
+    audit_chain()
     filters = audit_filters()
     log = review.audit_log(con, actor, **filters, limit=AUDIT_ROWS)
     st.caption(f"Newest {len(log)} rows shown; the downloads hold every matching row. Append-only: "
-               "the database refuses updates and deletes.")
+               "the database refuses updates, deletes and replacements.")
     st.dataframe(log, hide_index=True, width="stretch")
     store = review_session.store_path()
     columns = st.columns(4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data, review_data, review_panel, review_session, state
+from dashboard.markup import code
 from db import review
 from db.review import ITEM_COLUMNS, Item
 
@@ -67,7 +68,7 @@ if item is not None:
     review_panel.item_with_review(ctx, item)
 
 st.subheader("Reviewed items")
-st.caption(f"Run `{run_id}`: every word and image with a verdict, tag, comment or status change. "
+st.caption(f"Run {code(run_id)}: every word and image with a verdict, tag, comment or status change. "
            "Click a row to open it.")
 with st.expander("Filters", icon=":material/filter_alt:"):
     spec = review_data.filter_controls(con, *st.columns(2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data, review_panel, review_session, state
+from dashboard.markup import literal
 from db import review
 
 ctx = data.context()
@@ -55,7 +56,7 @@ def go(direction: str, position: int | None) -> None:
 
 items = review.queue_items(con, queue_id, reviewer=actor.user)
 done = int(items["reviewer_verdict"].notna().sum())
-reviewers = review_session.literal(", ".join(queue["reviewers"])) or "none"
+reviewers = literal(", ".join(queue["reviewers"])) or "none"
 st.progress(done / len(items), text=f"You judged {done} of {len(items)} · {int(queue['n_judged'])} judged by "
                                     f"anyone · reviewers: {reviewers}")
 

@@ -7,6 +7,7 @@ import json
 import streamlit as st
 
 from dashboard import data
+from dashboard.markup import code, literal
 
 RUN_COLUMNS = ["run_id", "status", "method", "layers", "gradcam_layer", "image_res", "grid_size", "n_images",
                "n_captions", "n_words", "n_errors", "seconds", "started_at", "finished_at", "device",
@@ -17,7 +18,7 @@ st.title("Runs")
 runs = data.ask(ctx.db, "list_runs")
 st.dataframe(runs[[c for c in RUN_COLUMNS if c in runs.columns]], hide_index=True, width="stretch",
              column_config={"seconds": st.column_config.NumberColumn("seconds", format="%.1f")})
-st.caption(f"Database `{ctx.db.path}`. Choose the run the other pages show in the sidebar.")
+st.caption(f"Database {code(ctx.db.path)}. Choose the run the other pages show in the sidebar.")
 
 run_id = ctx.run["run_id"]
 summary = data.ask(ctx.db, "run_summary", run_id)
@@ -38,16 +39,16 @@ with left:
     st.markdown("**Extraction**")
     layers = ", ".join(str(layer) for layer in summary["layers"]) if summary["layers"] is not None else "–"
     st.markdown(
-        f"- checkpoint: `{summary['checkpoint_path']}`\n"
+        f"- checkpoint: {code(str(summary['checkpoint_path']))}\n"
         f"- sha256: `{(summary['checkpoint_sha256'] or '')[:16]}…`\n"
         f"- method: **{summary['method']}**; attention layers {layers}; Grad-CAM layer {summary['gradcam_layer']}\n"
         f"- image {summary['image_res']} px, patch {summary['patch_size']}, grid "
         f"{summary['grid_size']} x {summary['grid_size']}\n"
-        f"- code {summary['code_version']} on {summary['device']}\n"
-        f"- images: `{summary['images_dir']}`"
+        f"- code {literal(str(summary['code_version']))} on {literal(str(summary['device']))}\n"
+        f"- images: {code(str(summary['images_dir']))}"
         + ("" if ctx.images_dir is None or str(ctx.images_dir) == summary["images_dir"]
-           else f" (shown from `{ctx.images_dir}`)") + "\n"
-        f"- captions: `{summary['captions_file']}`; instances: `{summary['instances_file']}`\n"
+           else f" (shown from {code(str(ctx.images_dir))})") + "\n"
+        f"- captions: {code(str(summary['captions_file']))}; instances: {code(str(summary['instances_file']))}\n"
         f"- started {summary['started_at']}, finished {summary['finished_at'] or '–'}, "
         f"{summary['seconds'] or 0:.1f} s of compute"
     )

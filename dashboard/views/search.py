@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, review_data, review_session, state
+from dashboard.markup import literal
 from db.schema import METRICS
 
 # Autocomplete offers this many of the most frequent words; any other word can still be typed.
@@ -86,7 +87,7 @@ reviewed = review_data.reviewed_search(ctx.db, review_session.connection(),
 total = data.ask(ctx.db, "count_words", **filters) if reviewed is None else len(reviewed)
 if total == 0:
     if by == "word" and data.ask(ctx.db, "count_words", word=chosen, run_id=run_id) == 0:
-        st.warning(f"“{chosen}” does not occur in the captions of this run. Pick a word from the list.")
+        st.warning(f"“{literal(chosen)}” does not occur in the captions of this run. Pick a word from the list.")
     else:
         st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
     st.stop()

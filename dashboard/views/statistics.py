@@ -5,12 +5,15 @@ Every chart is interactive; clicking a word, category, bar or cell opens the mat
 
 from __future__ import annotations
 
+import html
+
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, review_data, state
+from dashboard.markup import plotly_labels
 from db.schema import METRICS
 
 VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods",
@@ -29,9 +32,9 @@ def mean_column(metric: str) -> str:
 
 
 def open_search(event: dict | None, kind: str, **params: str) -> None:
-    """Go to the Search page for the clicked word or category (its name is the point's customdata)."""
+    """Go to the Search page for the clicked word or category (its label is the point's customdata)."""
     points = (event or {}).get("selection", {}).get("points", [])
-    names = [p["customdata"][0] for p in points if p.get("customdata")]
+    names = [html.unescape(p["customdata"][0]) for p in points if p.get("customdata")]
     if names:
         # Only the Search page's own parameters: the sidebar's are bound to its widgets, which keep them.
         st.switch_page("views/search.py", query_params={"by": kind, kind: names[0], **params})
@@ -69,6 +72,7 @@ if view == "distributions":
     if values.empty:
         st.info(f"No {metric} values for these words (object metrics need a labelled object).")
     else:
+        values = plotly_labels(values, "word")
         order = values.groupby("word")["value"].median().sort_values(ascending=False).index.tolist()
         fig = px.box(values, x="word", y="value", points="all", custom_data=["word"],
                      category_orders={"word": order}, labels={"value": ui.metric_label(metric)},
@@ -83,7 +87,7 @@ elif view == "frequency vs alignment":
     if frequency.empty:
         st.info("No word that names a labelled object occurs often enough. Lower the minimum.")
     else:
-        fig = px.scatter(frequency, x="n", y=y, log_x=True, text="word", custom_data=["word"],
+        fig = px.scatter(plotly_labels(frequency, "word"), x="n", y=y, log_x=True, text="word", custom_data=["word"],
                          hover_data={"n": True, "n_object": True, y: ":.3f"},
                          labels={"n": "occurrences in captions", y: ALIGNMENT[y][0]},
                          title="Do frequent words ground better?")
@@ -98,8 +102,8 @@ elif view == "word x category":
         top = matrix.groupby("word")["n"].sum().nlargest(MATRIX_WORDS).index
         matrix = matrix[matrix["word"].isin(top)]
         # Square markers rather than a heatmap: plotly reports clicks on scatter points reliably.
-        fig = px.scatter(matrix, x="category", y="word", color="value", size="n", size_max=18,
-                         custom_data=["word", "category"], color_continuous_scale="Viridis",
+        fig = px.scatter(plotly_labels(matrix, "word", "category"), x="category", y="word", color="value", size="n",
+                         size_max=18, custom_data=["word", "category"], color_continuous_scale="Viridis",
                          hover_data={"n": True, "value": ":.3f"}, labels={"value": ui.metric_label(metric)},
                          title=f"Mean {ui.metric_label(metric)} of each word per category it names")
         fig.update_traces(marker={"symbol": "square"})
@@ -121,7 +125,7 @@ elif view == "leaderboards":
                 if top.empty:
                     st.info(f"No {label} has mean {ui.metric_label(board_metric)} ≥ {threshold:.2f}.")
                     continue
-                fig = px.bar(top, x=mean, y=label, orientation="h", custom_data=[label],
+                fig = px.bar(plotly_labels(top, label), x=mean, y=label, orientation="h", custom_data=[label],
                              hover_data={"n": True}, labels={mean: f"mean {ui.metric_label(board_metric)}"},
                              title=f"{title} {plural}")
                 fig.update_yaxes(categoryorder="total ascending")
