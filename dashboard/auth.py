@@ -21,7 +21,7 @@ sub-table belong to `[auth]` itself (TOML). See `.streamlit/secrets.example.toml
     [auth.email_roles]             # OIDC: verified e-mail address -> role
     "carol@example.org" = "admin"
 
-    [auth.throttle]                # failed sign-ins in a row; defaults shown (db.review.ThrottlePolicy)
+    [auth.throttle]                # failed sign-ins in a row; defaults shown (db/review/signin.py)
     free_failures = 3              # per user name
     address_free_failures = 10     # per client address, whatever the user names
     base_delay_s = 1.0
@@ -29,7 +29,7 @@ sub-table belong to `[auth]` itself (TOML). See `.streamlit/secrets.example.toml
     reset_after_s = 3600.0
 
 Roles: viewer reads; reviewer also writes verdicts, tags and comments; admin also manages queues and
-reads the audit log (enforced in db/review.py). Failed sign-ins are counted per user name and per client
+reads the audit log (enforced in db/review/). Failed sign-ins are counted per user name and per client
 address in the review store, checked and counted in one transaction, so the delay holds across parallel
 attempts, sessions and server processes. The client address is Streamlit's `st.context.ip_address`: the
 TCP peer, or, behind a reverse proxy on the same host, the address it forwards (uvicorn trusts
@@ -55,8 +55,8 @@ from typing import Any
 import bcrypt
 
 from dashboard.markup import literal
-from db import review
-from db.review import Actor, ThrottlePolicy
+from db.review import Actor, signin
+from db.review.signin import ThrottlePolicy
 
 log = logging.getLogger(__name__)
 
@@ -189,18 +189,18 @@ def sign_in(
     now = time.time() if now is None else now
     if len(username) > MAX_USERNAME_CHARS:
         return SignIn(None)
-    wait = review.claim_sign_in(con, config.throttle, username, address, now)
+    wait = signin.claim_sign_in(con, config.throttle, username, address, now)
     if wait > 0:
         log.warning("sign-in for %r from %s refused: throttled for %.0f s more", username, address, wait)
         return SignIn(None, wait, throttled=True)
     account = config.accounts.get(username)
     matched = verify_password(password, account.password_hash if account else _DUMMY_HASH)
     if account is not None and matched:
-        review.sign_in_succeeded(con, username, address)
+        signin.sign_in_succeeded(con, username, address)
         return SignIn(Actor(username, account.role))
-    failures = review.sign_in_failures(con, "user", username)[0]
+    failures = signin.sign_in_failures(con, "user", username)[0]
     log.warning("failed sign-in for %r from %s (%d in a row)", username, address, failures)
-    return SignIn(None, review.sign_in_wait_s(con, config.throttle, username, address, now))
+    return SignIn(None, signin.sign_in_wait_s(con, config.throttle, username, address, now))
 
 
 def oidc_actor(config: AuthConfig, user: Mapping[str, Any]) -> Actor | None:

@@ -21,8 +21,8 @@ import streamlit as st
 
 from dashboard import data, review_session, state
 from dashboard.markup import literal, plotly_labels
-from db import queries, review, review_words
-from db.review import ITEM_COLUMNS, Item
+from db import queries, review
+from db.review import ITEM_COLUMNS, Item, joined
 
 ANY = "any"
 UNREVIEWED = "unreviewed"
@@ -42,15 +42,15 @@ def _extraction(path: str, mtime_ns: int) -> duckdb.DuckDBPyConnection:
 
 def item_words(db: data.Database, items: pd.DataFrame, *, with_maps: bool = False) -> pd.DataFrame:
     """The words rows (search_words' columns) of the word items in `items`, in order."""
-    return review_words.item_words(_extraction(db.path, db.mtime_ns), items, with_maps=with_maps)
+    return joined.item_words(_extraction(db.path, db.mtime_ns), items, with_maps=with_maps)
 
 
 def reviews_with_metrics(db: data.Database, con: sqlite3.Connection, run_id: str | None) -> pd.DataFrame:
     """Every reviewed word of a run (all runs for None) with its metrics, verdicts, tags and comments,
-    plus its image's review as image_* columns (db.review.join_metrics)."""
+    plus its image's review as image_* columns (db.joined.join_metrics)."""
     summary = review.review_summary(con, run_id)
     metrics = item_words(db, summary[summary["kind"] == "word"])
-    return review.join_metrics(metrics, summary)
+    return joined.join_metrics(metrics, summary)
 
 
 def export_reviews(db: data.Database, store: str, run_id: str | None, fmt: str, with_metrics: bool) -> bytes:

@@ -3,7 +3,7 @@ says about it (:func:`review_panel`: verdicts, tags, comment thread, resolve/reo
 
 Everything a user typed (comments, notes, tags) and every caption is shown as text (``st.text``, dataframe
 cells, or Markdown escaped by dashboard/markup.py), never read as Markdown or HTML, so it cannot inject
-markup or make the browser fetch anything. Writes go through db/review.py, which
+markup or make the browser fetch anything. Writes go through db/review/, which
 checks the actor's role again; viewers and anonymous visitors are shown no write controls at all.
 """
 

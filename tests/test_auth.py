@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import auth
 from db import review
+from db.review import signin
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 4  # the cheapest bcrypt cost keeps tests fast; production hashes use auth.DEFAULT_ROUNDS
@@ -173,9 +174,9 @@ def test_repeated_failures_are_slowed_down_across_sessions(tmp_path, config):
     t += 500  # the last failure was at t = 1500; alice must wait 60 s from then
     locked = auth.sign_in(other, config, "alice", "alice-pw", now=t + 30)
     assert not locked.ok and locked.throttled and locked.retry_after_s == pytest.approx(30.0)  # right password
-    assert review.sign_in_failures(other, "user", "alice")[0] == 6  # refusals during the wait are not counted
+    assert signin.sign_in_failures(other, "user", "alice")[0] == 6  # refusals during the wait are not counted
     assert auth.sign_in(other, config, "alice", "alice-pw", now=t + 61).ok
-    assert review.sign_in_failures(first, "user", "alice") == (0, 0.0)  # success clears the count
+    assert signin.sign_in_failures(first, "user", "alice") == (0, 0.0)  # success clears the count
 
 
 def test_unknown_names_are_throttled_like_known_ones_and_failures_expire(con, config):
@@ -186,7 +187,7 @@ def test_unknown_names_are_throttled_like_known_ones_and_failures_expire(con, co
     assert auth.sign_in(con, config, "alice", "alice-pw", now=105.0).ok  # other names are unaffected
     # Long after the last failure, the count starts again: one more failure costs nothing.
     assert auth.sign_in(con, config, "mallory", "x", now=10_000.0).retry_after_s == 0.0
-    assert review.sign_in_failures(con, "user", "mallory")[0] == 1
+    assert signin.sign_in_failures(con, "user", "mallory")[0] == 1
 
 
 def test_failures_from_one_address_slow_every_name_from_it(con, secrets):
@@ -199,7 +200,7 @@ def test_failures_from_one_address_slow_every_name_from_it(con, secrets):
     assert auth.sign_in(con, config, "alice", "alice-pw", address="198.51.100.7", now=101.0).ok  # another address
     # A success from the address takes back only its own attempt: one good account does not clear it.
     assert auth.sign_in(con, config, "alice", "alice-pw", address="203.0.113.9", now=200.0).ok
-    assert review.sign_in_failures(con, "address", "203.0.113.9") == (3, 200.0)
+    assert signin.sign_in_failures(con, "address", "203.0.113.9") == (3, 200.0)
     assert auth.sign_in(con, config, "dan", "x", address="203.0.113.9", now=201.0).throttled
 
 
@@ -255,7 +256,7 @@ def test_parallel_wrong_passwords_get_only_the_free_checks(tmp_path, names, addr
     assert other.exitcode == 0
     assert checked.value == allowed
     con = review.connect(path)
-    counted = review.sign_in_failures(con, "user", "alice") if address is None else review.sign_in_failures(
+    counted = signin.sign_in_failures(con, "user", "alice") if address is None else signin.sign_in_failures(
         con, "address", address)
     assert counted[0] == allowed  # every check was counted, no refusal was
 

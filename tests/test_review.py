@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from db import review
-from db.review import Actor, Item
+from db.review import Actor, Item, signin
+from db.review.joined import join_metrics
 
 RUN = "0123456789abcdef"
 WORD = Item(RUN, 139, 4021, 2, "gradcam", 8)
@@ -525,7 +526,7 @@ def test_a_version_1_store_is_migrated_with_its_audit_rows_chained(tmp_path):
     for sql in REWRITES:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             con.execute(sql)
-    assert review.sign_in_failures(con, "user", "mallory") == (0, 0.0)  # transient counts start afresh
+    assert signin.sign_in_failures(con, "user", "mallory") == (0, 0.0)  # transient counts start afresh
     reopened = review.connect(path)  # a second open finds version 2 and changes nothing
     assert review.verify_audit_chain(reopened, ADMIN).n_rows == 3
 
@@ -588,9 +589,9 @@ def test_injection_strings_are_stored_verbatim_and_tables_survive(con, text):
 
     assert tables(con) == before
     assert con.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 1
-    assert review.sign_in_failures(con, "user", text) == (0, 0.0)
-    assert review.claim_sign_in(con, review.ThrottlePolicy(), text, text, 10.0) == 0.0
-    assert review.sign_in_failures(con, "user", text) == review.sign_in_failures(con, "address", text) == (1, 10.0)
+    assert signin.sign_in_failures(con, "user", text) == (0, 0.0)
+    assert signin.claim_sign_in(con, signin.ThrottlePolicy(), text, text, 10.0) == 0.0
+    assert signin.sign_in_failures(con, "user", text) == signin.sign_in_failures(con, "address", text) == (1, 10.0)
     assert review.verify_audit_chain(con, evil).ok
 
 
@@ -632,7 +633,7 @@ def test_review_summary_and_join_with_word_metrics(con):
             "background_mass": [0.7, 0.2, 0.1],
         }
     )
-    joined = review.join_metrics(metrics, review.review_summary(con))
+    joined = join_metrics(metrics, review.review_summary(con))
     assert joined["word"].tolist() == ["dog", "on", "grass"]
     assert joined["verdict"].tolist()[0] == "noisy" and pd.isna(joined["verdict"].iloc[2])
     assert joined["n_verdicts"].tolist() == [3, 2, pd.NA]

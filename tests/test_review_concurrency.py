@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from db import review
-from db.review import Actor, Item
+from db.review import Actor, Item, signin
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "0123456789abcdef"
@@ -20,7 +20,7 @@ SERVER = """
 import sys, time
 from pathlib import Path
 from db import review
-from db.review import Actor, Item
+from db.review import Actor, Item, signin
 
 path, name, ready, go, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
 con = review.connect(path)
@@ -31,12 +31,12 @@ while not go.exists():
         sys.exit("no start signal")
     time.sleep(0.005)
 actor = Actor(name, "reviewer")
-never_throttled = review.ThrottlePolicy(free_failures=10 * n)
+never_throttled = signin.ThrottlePolicy(free_failures=10 * n)
 for i in range(n):
     item = Item("0123456789abcdef", 1, 1, i, "attention", 6)
     review.set_verdict(con, actor, item, "noisy")
     review.add_comment(con, actor, item, f"{name} {i}")
-    assert review.claim_sign_in(con, never_throttled, "mallory", None, time.time()) == 0
+    assert signin.claim_sign_in(con, never_throttled, "mallory", None, time.time()) == 0
     # A user pauses between clicks. Without a pause one process re-takes the lock right after each
     # commit while the other's busy handler sleeps, so the other waits (no loss) but never interleaves.
     time.sleep(0.002)
@@ -114,7 +114,7 @@ def test_two_server_processes_writing_at_once_lose_none(tmp_path):
     assert con.execute("SELECT COUNT(*) FROM comments").fetchone()[0] == 2 * n
     assert con.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 4 * n
     # Both processes count sign-in attempts on one counter: none lost.
-    assert review.sign_in_failures(con, "user", "mallory")[0] == 2 * n
+    assert signin.sign_in_failures(con, "user", "mallory")[0] == 2 * n
     assert review.verify_audit_chain(con, ADMIN).ok  # their audit rows form one hash chain
     # Both really wrote at the same time: their audit rows interleave.
     actors = [r[0] for r in con.execute("SELECT actor FROM audit_log ORDER BY audit_id")]

@@ -1,11 +1,11 @@
-"""db.review_words on a real extraction of the shared COCO subset: review items back to their word rows."""
+"""db.review.joined on a real extraction of the shared COCO subset: review items back to their word rows."""
 
 import pandas as pd
 import pytest
 
 from db import queries, review
 from db.review import Actor, Item
-from db.review_words import item_words
+from db.review.joined import item_words
 
 
 @pytest.fixture(scope="module")
