@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from db import queries, writer
+from db.queries import WordFilter
 from db.sample import caption_words, category_lookup
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "coco"
@@ -89,14 +90,14 @@ def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dic
     images = rng.integers(1, n_images + 1, size=n).tolist()
     slice_ = {"run_id": RUN_ID, "method": METHOD, "layer": LAYER}
     return {
-        "search word (ranked)": lambda c, i: queries.search_words(c, word=words[i], **slice_),
-        "count word": lambda c, i: queries.count_words(c, word=words[i], **slice_),
+        "search word (ranked)": lambda c, i: queries.search_words(c, WordFilter(word=words[i], **slice_)),
+        "count word": lambda c, i: queries.count_words(c, WordFilter(word=words[i], **slice_)),
         "search word + ranges": lambda c, i: queries.search_words(
-            c, word=words[i], ranges={"entropy": (None, 0.9), "itm_score": (0.5, None)}, sort="peak_value",
-            **slice_),
+            c, WordFilter(word=words[i], ranges={"entropy": (None, 0.9), "itm_score": (0.5, None)}, **slice_),
+            sort="peak_value"),
         "search category + object": lambda c, i: queries.search_words(
-            c, category_id=cats[i], has_object=True, sort="iou_top60", descending=False, **slice_),
-        "count category": lambda c, i: queries.count_words(c, category_id=cats[i], **slice_),
+            c, WordFilter(category_id=cats[i], has_object=True, **slice_), sort="iou_top60", descending=False),
+        "count category": lambda c, i: queries.count_words(c, WordFilter(category_id=cats[i], **slice_)),
         "vocabulary prefix": lambda c, i: queries.vocabulary(c, prefix=words[i][:2], run_id=RUN_ID),
         "image detail": lambda c, i: queries.image_detail(c, images[i], RUN_ID),
         "words at region": lambda c, i: queries.words_at_region(c, images[i], RUN_ID, METHOD, LAYER, 8, 8, 16, 16),

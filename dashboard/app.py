@@ -1,6 +1,6 @@
 """ALBEF attention dashboard: `streamlit run dashboard/app.py -- --db PATH [--images DIR]`.
 
-The router: parses the command line, signs the user in (team review: dashboard/review_session.py), opens
+The router: parses the command line, signs the user in (team review: dashboard/review/session.py), opens
 the extraction database read-only, draws the shared sidebar (run, method, layer) once, and hands a
 :class:`dashboard.data.Context` to the page the URL names.
 Without ``--db`` it opens the demo database that ``make run`` writes to data/demo/.
@@ -19,8 +19,9 @@ if str(REPO) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import data, review_session, state  # noqa: E402
+from dashboard import data, questions, state  # noqa: E402
 from dashboard.markup import code  # noqa: E402
+from dashboard.review import session as review_session  # noqa: E402
 from db.review import Actor  # noqa: E402
 
 # Not "pages/": a pages/ folder beside the entry point switches Streamlit to its old file-based
@@ -68,7 +69,7 @@ def navigation(actor: Actor | None) -> st.navigation:
 
 def sidebar(db: data.Database, images_override: str | None) -> data.Context | None:
     """Run, method and layer pickers shared by every page; None (with a message) when nothing to show."""
-    runs = data.ask(db, "list_runs")
+    runs = questions.list_runs(db)
     if runs.empty:
         st.info("This database has no extraction runs yet. Extract some with `python -m extractor run ...`, "
                 "or open another database with `streamlit run dashboard/app.py -- --db PATH`.")
@@ -80,7 +81,7 @@ def sidebar(db: data.Database, images_override: str | None) -> data.Context | No
         run = by_id[run_id]
         st.caption(f"{run['method']} · {run['status']} · {run['n_images'] or 0:,} images · "
                    f"checkpoint {code(Path(run['checkpoint_path'] or '?').name)}")
-        slices = data.ask(db, "run_summary", run_id)["slices"]
+        slices = questions.run_summary(db, run_id)["slices"]
         if slices.empty:
             st.info(f"Run {code(run_id)} has no word maps yet (status: {run['status']}).")
             return None

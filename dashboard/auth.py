@@ -1,4 +1,4 @@
-"""Sign-in for the dashboard: password accounts and OpenID Connect, roles, throttling, safe image paths.
+"""Sign-in for the dashboard: password accounts and OpenID Connect, roles, throttling.
 
 Accounts live in `.streamlit/secrets.toml` (never in the review database), in Streamlit's own `[auth]`
 table, which also holds Streamlit's `st.login` (OpenID Connect) settings. Keys before the first
@@ -49,7 +49,6 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import bcrypt
@@ -214,20 +213,6 @@ def oidc_actor(config: AuthConfig, user: Mapping[str, Any]) -> Actor | None:
         return None
     role = config.email_roles.get(email.lower(), config.oidc_default_role)
     return None if role is None else Actor(email, role)
-
-
-def safe_image_path(root: Path, relative: str) -> Path:
-    """`root / relative`, resolved, or ValueError if it would leave `root`: absolute paths, drive
-    letters, '..' climbing out, and symlinks pointing outside are refused. The file need not exist."""
-    if not relative or "\x00" in relative:
-        raise ValueError("empty image path or NUL in it")
-    if Path(relative).is_absolute() or PureWindowsPath(relative).anchor:
-        raise ValueError(f"absolute image path refused: {relative!r}")
-    base = Path(root).resolve()
-    path = (base / relative).resolve()  # follows symlinks, so a link out of root lands outside
-    if not path.is_relative_to(base):
-        raise ValueError(f"image path escapes its root: {relative!r}")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- Streamlit

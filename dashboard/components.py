@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, state
+from dashboard import data, paths, state
 from dashboard.markup import code, marked_caption
 from dashboard.overlay import COLORMAPS, OverlayStyle
 from db.schema import METRICS
@@ -82,7 +82,7 @@ def word_card(ctx: data.Context, row: Mapping[str, Any], style: OverlayStyle,
 
     Returns whether the image file was found.
     """
-    path = data.image_path(ctx.images_dir, row["file_name"])
+    path = paths.image_path(ctx.images_dir, row["file_name"])
     picture, found = data.render_overlay(
         str(path) if path else None, int(row["width"]), int(row["height"]), row["map"], float(row["map_max"]),
         style, data.instance_tuples(instances), show_mask, show_box,

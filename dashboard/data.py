@@ -2,7 +2,8 @@
 
 ``st.cache_resource`` holds the one read-only connection per database file; ``st.cache_data`` holds query
 results and rendered overlays. Both are keyed by the file's path and modification time, so a re-extracted
-database is picked up without restarting the server. All SQL lives in ``db.queries``.
+database is picked up without restarting the server. The cached questions are in dashboard/questions.py;
+all SQL lives in ``db/``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from dashboard.auth import safe_image_path
 from dashboard.markup import code
 from dashboard.overlay import (
     OverlayStyle,
@@ -38,15 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DB = REPO / "data" / "demo" / "demo.duckdb"
 CONTEXT_KEY = "dashboard_context"
 INSTANCE_FIELDS = ("segmentation", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
-
-# The db.queries functions pages may ask through `ask` (all read-only).
-QUESTIONS = frozenset({
-    "list_runs", "run_summary", "vocabulary", "list_categories", "search_words", "count_words",
-    "export_frame", "image_detail", "words_at_region", "word_stats", "category_stats",
-    "word_category_matrix", "metric_values", "layer_comparison", "word_frequency_alignment",
-    "image_instances", "run_errors",
-})  # fmt: skip
-
 
 class DatabaseUnavailable(Exception):
     """The database cannot be shown; the message says why and what to do, for st.error."""
@@ -77,6 +68,11 @@ class Database:
             raise DatabaseUnavailable(f"{code(str(path))} is not a readable DuckDB extraction database: {exc}") from exc
         return db
 
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The shared read-only connection of this database version (db.queries and db.review.joined
+        give each query its own cursor)."""
+        return _connection(self.path, self.mtime_ns)
+
 
 @dataclass(frozen=True)
 class Context:
@@ -101,18 +97,6 @@ def _connection(path: str, mtime_ns: int) -> duckdb.DuckDBPyConnection:
     return queries.connect_readonly(path)
 
 
-@st.cache_data(show_spinner=False, max_entries=1024)
-def _ask(path: str, mtime_ns: int, question: str, args: tuple, kwargs: dict) -> Any:
-    return getattr(queries, question)(_connection(path, mtime_ns), *args, **kwargs)
-
-
-def ask(db: Database, question: str, *args: Any, **kwargs: Any) -> Any:
-    """The cached answer of ``db.queries.<question>(connection, *args, **kwargs)``."""
-    if question not in QUESTIONS:
-        raise ValueError(f"unknown question {question!r}")
-    return _ask(db.path, db.mtime_ns, question, args, kwargs)
-
-
 def images_dir(run: Mapping[str, Any], override: str | None, db: Database) -> Path | None:
     """Where the run's images are: ``--images`` if given, else the run's images_dir.
 
@@ -129,18 +113,6 @@ def images_dir(run: Mapping[str, Any], override: str | None, db: Database) -> Pa
         return path
     beside = Path(db.path).parent / (path.name if path.is_absolute() else path)
     return beside if beside.is_dir() else path
-
-
-def image_path(root: Path | None, file_name: str) -> Path | None:
-    """The image file's path under the image folder `root`; None without a folder, or when the stored
-    name would leave it (a hostile annotation file: absolute, '..', a symlink out)."""
-    if root is None:
-        return None
-    try:
-        return safe_image_path(root, file_name)
-    except ValueError:
-        logger.warning("refusing image path %r outside %s", file_name, root)
-        return None
 
 
 def load_image(path: Path | None, width: int, height: int) -> tuple[Image.Image, bool]:
@@ -199,9 +171,9 @@ def frame_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
     raise ValueError(f"unknown export format {fmt!r}")
 
 
-def export(db: Database, fmt: str, filters: Mapping[str, Any]) -> bytes:
+def export(db: Database, fmt: str, where: queries.WordFilter, sort: str, descending: bool) -> bytes:
     """The whole result set of a search (metrics, no maps) as CSV or Parquet bytes.
 
     Called by a download button when clicked, outside the script run, so it skips st.cache_data.
     """
-    return frame_bytes(queries.export_frame(_connection(db.path, db.mtime_ns), **filters), fmt)
+    return frame_bytes(queries.export_frame(db.connection(), where, sort=sort, descending=descending), fmt)

@@ -10,6 +10,7 @@ Streamlit threads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
@@ -20,6 +21,35 @@ from db.codec import decode_map
 from db.schema import LOOKUP_COLUMNS, MEDIAN_METRICS, METRICS, check_schema
 
 Range = tuple[float | None, float | None]
+
+
+@dataclass(frozen=True)
+class WordFilter:
+    """Which word rows a search matches; a field left None does not filter.
+
+    Args:
+        word: exact word (matched lower-cased).
+        category_id: the COCO category the word names.
+        ranges: metric -> (low, high), inclusive, None for an open end; pointing_hit compares as 0/1.
+        has_object: True: the named object is labelled in the image (object metrics defined);
+            False: the word names a category that the image's labels lack. Words naming no category
+            match neither.
+    """
+
+    word: str | None = None
+    category_id: int | None = None
+    run_id: str | None = None
+    method: str | None = None
+    layer: int | None = None
+    ranges: Mapping[str, Range] | None = None
+    has_object: bool | None = None
+
+    def spec(self) -> dict:
+        """The filter as JSON-ready keyword values: what it searches for (word or category, whichever is
+        set) and every other field."""
+        target = ("word", "category_id")
+        return {k: v for k, v in asdict(self).items() if k not in target or v is not None}
+
 
 _TIEBREAK = "image_id, caption_id, word_index, method, layer"
 _WORD_KEYS = ["run_id", "image_id", "caption_id", "word_index", "method", "layer"]
@@ -163,29 +193,17 @@ def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -
 
 def search_words(
     con: duckdb.DuckDBPyConnection,
+    where: WordFilter = WordFilter(),
     *,
-    word: str | None = None,
-    category_id: int | None = None,
-    run_id: str | None = None,
-    method: str | None = None,
-    layer: int | None = None,
-    ranges: Mapping[str, Range] | None = None,
-    has_object: bool | None = None,
     sort: str = "mask_mass",
     descending: bool = True,
     limit: int | None = 24,
     offset: int = 0,
     with_maps: bool = True,
 ) -> pd.DataFrame:
-    """Word rows matching every given filter, ranked by `sort` (NULLs last either way).
+    """Word rows matching every filter of `where`, ranked by `sort` (NULLs last either way).
 
     Args:
-        word: exact word (matched lower-cased).
-        category_id: the COCO category the word names.
-        ranges: metric -> (low, high), inclusive, None for an open end; pointing_hit compares as 0/1.
-        has_object: True: the named object is labelled in the image (object metrics defined);
-            False: the word names a category that the image's labels lack. Words naming no category
-            match neither.
         sort: a metric of METRICS.
         limit: page size; None for all rows (see export_frame).
         with_maps: add map, map_max (the uint8 grid blob and its scale; see db.codec).
@@ -194,13 +212,13 @@ def search_words(
     n_pieces, peak_row, peak_col, the metrics, then category (name), caption, caption_raw, file_name,
     width, height, coco_url (and map, map_max).
     """
-    where, params = _search_filter(word, category_id, run_id, method, layer, ranges, has_object)
-    order = f"{_metric(sort)} {'DESC' if descending else 'ASC'} NULLS LAST, {_TIEBREAK}"
+    clause, params = _search_filter(where)
+    order = _order(sort, descending)
     hits = _df(
         con,
         f"""
         SELECT page.*, cat.name AS category FROM (
-            SELECT {LOOKUP_COLUMNS} FROM {_rows(con, run_id)} WHERE {where}
+            SELECT {LOOKUP_COLUMNS} FROM {_rows(con, where.run_id)} WHERE {clause}
             ORDER BY {order} LIMIT $limit OFFSET $offset
         ) AS page LEFT JOIN categories AS cat USING (category_id)
         ORDER BY {order}""",
@@ -223,26 +241,31 @@ def search_words(
     return hits
 
 
-def count_words(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    word: str | None = None,
-    category_id: int | None = None,
-    run_id: str | None = None,
-    method: str | None = None,
-    layer: int | None = None,
-    ranges: Mapping[str, Range] | None = None,
-    has_object: bool | None = None,
-) -> int:
-    """The number of word rows search_words ranks for the same filters."""
-    where, params = _search_filter(word, category_id, run_id, method, layer, ranges, has_object)
-    sql = f"SELECT count(*) AS n FROM {_rows(con, run_id)} WHERE {where}"
+def count_words(con: duckdb.DuckDBPyConnection, where: WordFilter = WordFilter()) -> int:
+    """The number of word rows search_words ranks for the same filter."""
+    clause, params = _search_filter(where)
+    sql = f"SELECT count(*) AS n FROM {_rows(con, where.run_id)} WHERE {clause}"
     return int(_df(con, sql, params)["n"].iloc[0])
 
 
-def export_frame(con: duckdb.DuckDBPyConnection, **filters) -> pd.DataFrame:
-    """Every row search_words matches (same keyword filters and sort), without maps, for CSV/Parquet."""
-    return search_words(con, **filters, limit=None, offset=0, with_maps=False)
+def export_frame(
+    con: duckdb.DuckDBPyConnection, where: WordFilter = WordFilter(), *, sort: str = "mask_mass",
+    descending: bool = True,
+) -> pd.DataFrame:
+    """Every row search_words matches (same filter and sort), without maps, for CSV/Parquet."""
+    return search_words(con, where, sort=sort, descending=descending, limit=None, offset=0, with_maps=False)
+
+
+def ranked_sql(
+    con: duckdb.DuckDBPyConnection, where: WordFilter, sort: str, descending: bool
+) -> tuple[str, dict]:
+    """SQL and parameters of every row search_words matches (the LOOKUP_COLUMNS, no category name or
+    context) with its 1-based `rank` in search_words' order, for a query to build on (db.review.joined)."""
+    clause, params = _search_filter(where)
+    order = _order(sort, descending)
+    sql = f"SELECT {LOOKUP_COLUMNS}, row_number() OVER (ORDER BY {order}) AS rank FROM {_rows(con, where.run_id)} " \
+          f"WHERE {clause}"
+    return sql, params
 
 
 def image_detail(con: duckdb.DuckDBPyConnection, image_id: int, run_id: str) -> dict[str, pd.DataFrame]:
@@ -451,33 +474,29 @@ def _rows(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
     return "word_search"
 
 
-def _search_filter(
-    word: str | None,
-    category_id: int | None,
-    run_id: str | None,
-    method: str | None,
-    layer: int | None,
-    ranges: Mapping[str, Range] | None,
-    has_object: bool | None,
-) -> tuple[str, dict]:
-    """The WHERE clause and parameters shared by search_words and count_words."""
+def _search_filter(where: WordFilter) -> tuple[str, dict]:
+    """The WHERE clause and parameters shared by search_words, count_words and ranked_sql."""
     clauses = [
-        _eq("word", None if word is None else word.strip().lower()),
-        _eq("category_id", category_id),
-        _eq("run_id", run_id),
-        _eq("method", method),
-        _eq("layer", layer),
+        _eq("word", None if where.word is None else where.word.strip().lower()),
+        _eq("category_id", where.category_id),
+        _eq("run_id", where.run_id),
+        _eq("method", where.method),
+        _eq("layer", where.layer),
     ]
-    for metric, bounds in (ranges or {}).items():
+    for metric, bounds in (where.ranges or {}).items():
         expr = _range_expr(metric)
         for end, op, bound in zip(("low", "high"), (">=", "<="), bounds, strict=True):
             if bound is not None:
                 clauses.append((f"{expr} {op} ${end}_{metric}", {f"{end}_{metric}": bound}))
-    if has_object is not None:
+    if where.has_object is not None:
         # background_mass is NULL only when the run had no instance labels: then absence is unknown.
         absent = "category_id IS NOT NULL AND mask_mass IS NULL AND background_mass IS NOT NULL"
-        clauses.append(("mask_mass IS NOT NULL" if has_object else absent, {}))
+        clauses.append(("mask_mass IS NOT NULL" if where.has_object else absent, {}))
     return _and(*clauses)
+
+
+def _order(sort: str, descending: bool) -> str:
+    return f"{_metric(sort)} {'DESC' if descending else 'ASC'} NULLS LAST, {_TIEBREAK}"
 
 
 def _metric(name: str) -> str:

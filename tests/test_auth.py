@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import auth
+from dashboard import auth, paths
 from db import review
 from db.review import signin
 
@@ -293,7 +293,7 @@ def image_root(tmp_path) -> Path:
 )
 def test_paths_escaping_the_image_root_are_refused(image_root, relative):
     with pytest.raises(ValueError):
-        auth.safe_image_path(image_root, relative)
+        paths.safe_image_path(image_root, relative)
 
 
 @pytest.mark.parametrize(
@@ -305,7 +305,7 @@ def test_paths_escaping_the_image_root_are_refused(image_root, relative):
     ],
 )
 def test_paths_inside_the_image_root_resolve(image_root, relative, target):
-    path = auth.safe_image_path(image_root, relative)
+    path = paths.safe_image_path(image_root, relative)
     assert path == (image_root / target).resolve() and path.read_bytes() == b"jpg"
 
 

@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import markup
 from db import writer
+from db.queries import WordFilter
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 # ---------------------------------------------------------------- helpers
@@ -221,10 +222,9 @@ def test_export_has_every_row_with_metrics_and_no_maps(open_app, db):
     run_id, method, layer = shown_slice(at)
     expected = word_rows(db, at, category_id=1)
     database = data.Database(str(db), db.stat().st_mtime_ns)
-    filters = {"run_id": run_id, "method": method, "layer": layer, "category_id": 1, "sort": "entropy",
-               "descending": False}
-    csv = pd.read_csv(io.BytesIO(data.export(database, "csv", filters)))
-    parquet = pd.read_parquet(io.BytesIO(data.export(database, "parquet", filters)))
+    where = WordFilter(run_id=run_id, method=method, layer=layer, category_id=1)
+    csv = pd.read_csv(io.BytesIO(data.export(database, "csv", where, "entropy", False)))
+    parquet = pd.read_parquet(io.BytesIO(data.export(database, "parquet", where, "entropy", False)))
     for frame in (csv, parquet):
         assert len(frame) == len(expected)
         assert {"word", "image_id", "caption", "mask_mass", "entropy", "background_mass"} <= set(frame.columns)
@@ -438,7 +438,7 @@ def test_without_db_it_opens_the_demo_database(open_app, db, monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("name", ["../secret.jpg", "/etc/passwd", "a/../../x.jpg"])
 def test_image_paths_cannot_escape_the_image_folder(tmp_path, name):
-    from dashboard.data import image_path
+    from dashboard.paths import image_path
 
     root = tmp_path / "images"
     root.mkdir()

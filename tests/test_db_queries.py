@@ -7,6 +7,7 @@ import pytest
 
 from db import queries, sample
 from db.codec import decode_map
+from db.queries import WordFilter
 from db.schema import METRICS
 
 RUN = "5a3b1e0000000001"
@@ -38,7 +39,7 @@ def con(dbs):
 
 @pytest.fixture(scope="module")
 def everything(con):
-    return queries.export_frame(con, run_id=RUN)
+    return queries.export_frame(con, WordFilter(run_id=RUN))
 
 
 def test_runs_and_summary_count_the_sample(con, coco):
@@ -54,7 +55,8 @@ def test_runs_and_summary_count_the_sample(con, coco):
 @pytest.mark.parametrize("sort", ["mask_mass", "entropy", "pointing_hit", "iou_top60"])
 @pytest.mark.parametrize("descending", [True, False])
 def test_ranking_follows_the_metric_with_nulls_last_both_ways(con, sort, descending):
-    ranked = queries.search_words(con, run_id=RUN, sort=sort, descending=descending, limit=None, with_maps=False)
+    ranked = queries.search_words(con, WordFilter(run_id=RUN), sort=sort, descending=descending, limit=None,
+                                  with_maps=False)
     values = ranked[sort]
     n_null = int(values.isna().sum())
     assert values.iloc[len(values) - n_null :].isna().all()
@@ -65,9 +67,10 @@ def test_ranking_follows_the_metric_with_nulls_last_both_ways(con, sort, descend
 
 
 def test_pages_concatenate_to_the_full_ranking(con):
-    full = queries.search_words(con, run_id=RUN, method="attention", sort="entropy", limit=None, with_maps=False)
-    pages = [queries.search_words(con, run_id=RUN, method="attention", sort="entropy", limit=24, offset=o,
-                                  with_maps=False) for o in range(0, len(full), 24)]  # fmt: skip
+    attention = WordFilter(run_id=RUN, method="attention")
+    full = queries.search_words(con, attention, sort="entropy", limit=None, with_maps=False)
+    pages = [queries.search_words(con, attention, sort="entropy", limit=24, offset=o, with_maps=False)
+             for o in range(0, len(full), 24)]  # fmt: skip
     pd.testing.assert_frame_equal(pd.concat(pages, ignore_index=True), full)
 
 
@@ -88,10 +91,10 @@ FILTERS = [
 
 @pytest.mark.parametrize(("filters", "expected"), FILTERS, ids=[str(f) for f, _ in FILTERS])
 def test_filters_narrow_to_exactly_the_matching_rows(con, everything, filters, expected):
-    got = queries.search_words(con, run_id=RUN, **filters, limit=None, with_maps=False)
+    got = queries.search_words(con, WordFilter(run_id=RUN, **filters), limit=None, with_maps=False)
     want = everything[expected(everything).fillna(False).astype(bool)]
     assert 0 < len(got) < len(everything)
-    assert queries.count_words(con, run_id=RUN, **filters) == len(got)
+    assert queries.count_words(con, WordFilter(run_id=RUN, **filters)) == len(got)
     keys = ["image_id", "caption_id", "word_index", "method", "layer"]
     assert sorted(got[keys].itertuples(index=False)) == sorted(want[keys].itertuples(index=False))
 
@@ -99,8 +102,9 @@ def test_filters_narrow_to_exactly_the_matching_rows(con, everything, filters, e
 def test_unfinalized_run_answers_the_same(dbs):
     final, live = dbs["final"], dbs["live"]
     for call in (
-        lambda c: queries.search_words(c, word="dog", sort="iou_top60"),
-        lambda c: queries.search_words(c, category_id=82, has_object=True, ranges={"entropy": (None, 0.95)}),
+        lambda c: queries.search_words(c, WordFilter(word="dog"), sort="iou_top60"),
+        lambda c: queries.search_words(
+            c, WordFilter(category_id=82, has_object=True, ranges={"entropy": (None, 0.95)})),
         lambda c: queries.word_stats(c, **SLICE),
         lambda c: queries.category_stats(c, **SLICE),
         lambda c: queries.layer_comparison(c, RUN),
@@ -110,7 +114,7 @@ def test_unfinalized_run_answers_the_same(dbs):
 
 
 def test_hits_carry_caption_image_and_their_own_map(con, coco):
-    hits = queries.search_words(con, word="refrigerator", **SLICE)
+    hits = queries.search_words(con, WordFilter(word="refrigerator", **SLICE))
     raw = {a["id"]: a["caption"] for a in json.loads(coco[0].read_text())["annotations"]}
     assert len(hits) == 3
     for hit in hits.itertuples():
@@ -124,17 +128,17 @@ def test_hits_carry_caption_image_and_their_own_map(con, coco):
     "dog'; DROP TABLE words; --", "' OR '1'='1", "%", "_", "a%", "\\", '"; SELECT 1; --', "dog\x00",
 ])  # fmt: skip
 def test_injection_looking_words_match_nothing_and_break_nothing(con, text):
-    total = queries.count_words(con, run_id=RUN)
-    assert queries.search_words(con, word=text, run_id=RUN).empty
-    assert queries.count_words(con, word=text, run_id=RUN) == 0
+    total = queries.count_words(con, WordFilter(run_id=RUN))
+    assert queries.search_words(con, WordFilter(word=text, run_id=RUN)).empty
+    assert queries.count_words(con, WordFilter(word=text, run_id=RUN)) == 0
     assert queries.vocabulary(con, prefix=text).empty
-    assert queries.count_words(con, run_id=RUN) == total > 0
+    assert queries.count_words(con, WordFilter(run_id=RUN)) == total > 0
 
 
 @pytest.mark.parametrize("call", [
     lambda c: queries.search_words(c, sort="map"),
     lambda c: queries.search_words(c, sort="mask_mass DESC; DROP TABLE words"),
-    lambda c: queries.count_words(c, ranges={"word": (0, 1)}),
+    lambda c: queries.count_words(c, WordFilter(ranges={"word": (0, 1)})),
     lambda c: queries.metric_values(c, "1=1", **SLICE),
     lambda c: queries.word_category_matrix(c, **SLICE, metric="n"),
 ])  # fmt: skip
@@ -177,7 +181,7 @@ def test_word_stats_agree_with_the_rows(con, everything):
     assert stats["n"].sum() == len(rows)
     for word in ("a", "refrigerator", "dog"):
         mine = rows[rows["word"] == word]
-        assert stats.loc[word, "n"] == len(mine) == queries.count_words(con, word=word, **SLICE)
+        assert stats.loc[word, "n"] == len(mine) == queries.count_words(con, WordFilter(word=word, **SLICE))
         assert stats.loc[word, "mean_entropy"] == pytest.approx(mine["entropy"].mean())
         assert stats.loc[word, "median_entropy"] == pytest.approx(mine["entropy"].median())
     assert stats.loc["dog", "hit_rate"] == pytest.approx(rows.loc[rows["word"] == "dog", "pointing_hit"].mean())
@@ -187,7 +191,7 @@ def test_word_stats_agree_with_the_rows(con, everything):
 def test_category_stats_and_matrix_and_alignment(con, everything):
     rows = everything[(everything["method"] == "gradcam") & (everything["layer"] == 8)]
     cats = queries.category_stats(con, **SLICE).set_index("category")
-    n_dog = queries.count_words(con, category_id=18, **SLICE)
+    n_dog = queries.count_words(con, WordFilter(category_id=18, **SLICE))
     assert cats.loc["dog", "n"] == (rows["category_id"] == 18).sum() == n_dog
     assert cats.loc["dog", "mean_mask_mass"] == pytest.approx(rows.loc[rows["category_id"] == 18, "mask_mass"].mean())
     matrix = queries.word_category_matrix(con, **SLICE, metric="pointing_hit").set_index("word")
@@ -234,6 +238,6 @@ def test_metric_values_for_chosen_words_and_sampled(con):
 
 
 def test_export_has_metrics_but_no_maps(con):
-    frame = queries.export_frame(con, word="a", run_id=RUN, sort="entropy")
+    frame = queries.export_frame(con, WordFilter(word="a", run_id=RUN), sort="entropy")
     assert "map" not in frame and set(METRICS) <= set(frame.columns)
-    assert len(frame) == queries.count_words(con, word="a", run_id=RUN)
+    assert len(frame) == queries.count_words(con, WordFilter(word="a", run_id=RUN))

@@ -14,6 +14,7 @@ import pytest
 
 from dashboard import auth
 from db import queries, review
+from db.queries import WordFilter
 from db.review import Actor, Item
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -57,7 +58,7 @@ def queue(small_db, tmp_path) -> tuple[Path, list[Item]]:
     """A review store with a queue of four 'dog' words assigned to alice and bob."""
     con = queries.connect_readonly(small_db)
     try:
-        rows = queries.search_words(con, word="dog", method="gradcam", sort="background_mass", limit=4,
+        rows = queries.search_words(con, WordFilter(word="dog", method="gradcam"), sort="background_mass", limit=4,
                                     with_maps=False)
     finally:
         con.close()

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import auth, data, review_data
+from dashboard import auth, data
+from dashboard.review import exports
 from db import queries, review
+from db.queries import WordFilter
 from db.review import Actor, Item
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -58,7 +60,7 @@ def dog_words(small_db) -> pd.DataFrame:
     """The gradcam rows of the word 'dog' in the small subset, as the Search page ranks them."""
     con = queries.connect_readonly(small_db)
     try:
-        rows = queries.search_words(con, word=WORD, method="gradcam", sort="background_mass", limit=None,
+        rows = queries.search_words(con, WordFilter(word=WORD, method="gradcam"), sort="background_mass", limit=None,
                                     with_maps=False)
     finally:
         con.close()
@@ -116,7 +118,7 @@ def signed_in(make_app, user: str, **kwargs) -> AppTest:
 
 def open_item(at: AppTest, item: Item) -> AppTest:
     at.query_params["item"] = item.key
-    at.switch_page("views/review_items.py").run()
+    at.switch_page("review/views/items.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -129,7 +131,7 @@ def test_nothing_is_shown_before_sign_in_and_sign_out_returns_there(make_app):
     at.run()
     assert [t.value for t in at.title] == ["Sign in"]
     assert not at.sidebar.selectbox and not at.dataframe and not at.markdown  # no run picker, no data
-    for page in ("views/review_items.py", "views/review_admin.py", "views/search.py"):
+    for page in ("review/views/items.py", "review/views/admin.py", "views/search.py"):
         at.switch_page(page).run()
         assert [t.value for t in at.title] == ["Sign in"]
 
@@ -169,7 +171,7 @@ def test_without_auth_secrets_the_dashboard_is_open_and_read_only(make_app, dog_
     assert "Read-only: no accounts are configured (see README, “Team review”)." in [c.value for c in at.sidebar.caption]
     open_item(at, Item.from_row(dog_words.iloc[0]))
     assert "Sign out" not in labels(at) and not any(label.startswith(review.VERDICTS) for label in labels(at))
-    assert not can_open(at, "views/review_admin.py") and not can_open(at, "views/review_queue.py")
+    assert not can_open(at, "review/views/admin.py") and not can_open(at, "review/views/queue.py")
 
 
 @pytest.mark.parametrize(
@@ -185,8 +187,8 @@ def test_each_role_sees_only_its_controls(make_app, dog_words, store, user, can_
     assert bool(verdict_buttons) == can_review
     assert ("Comment" in labels(at)) == can_review and ("Resolve" in labels(at)) == can_review
     assert any(e.label == "History (audit log)" for e in at.expander) == can_manage
-    assert can_open(at, "views/review_queue.py", "My queues") == can_review
-    assert can_open(at, "views/review_admin.py", "Review admin") == can_manage
+    assert can_open(at, "review/views/queue.py", "My queues") == can_review
+    assert can_open(at, "review/views/admin.py", "Review admin") == can_manage
     if can_review:
         open_item(at, item)
         button(at, "noisy").click().run()
@@ -233,7 +235,7 @@ def test_reviewer_judges_tags_comments_and_resolves_an_item(make_app, dog_words,
 def test_any_image_or_word_can_be_opened_for_review(make_app, dog_words, store, small_db):
     first = dog_words.iloc[0]
     at = signed_in(make_app, "alice")
-    at.switch_page("views/review_items.py").run()
+    at.switch_page("review/views/items.py").run()
     at.number_input(key="rv_image").set_value(int(first["image_id"])).run()
     button(at, "Review the whole image").click().run()
     assert at.query_params["item"] == Item(first["run_id"], int(first["image_id"])).key
@@ -281,7 +283,7 @@ def test_injection_strings_are_stored_verbatim_and_shown_as_text(make_app, dog_w
     assert not any(text in m.value for m in (*at.markdown, *at.caption))
 
     # Every other text input of the review pages takes it as data too.
-    at.switch_page("views/review_admin.py").run()
+    at.switch_page("review/views/admin.py").run()
     at.text_input(key="au_user").input(text)
     at.text_input(key="au_target").input(text).run()
     assert not at.exception and frame_with(at, "action").empty
@@ -301,7 +303,7 @@ def test_injection_strings_are_stored_verbatim_and_shown_as_text(make_app, dog_w
 
 def create_queue(at: AppTest, name: str, limit: int, reviewers: list[str]) -> AppTest:
     """As an admin on the admin page: a queue of the top `limit` 'dog' words by background mass."""
-    at.switch_page("views/review_admin.py").run()
+    at.switch_page("review/views/admin.py").run()
     at.radio(key="nq_method").set_value("gradcam").run()
     at.selectbox(key="nq_word").select(WORD).run()
     at.text_input(key="nq_name").input(name)
@@ -334,7 +336,7 @@ def test_admin_creates_a_queue_from_a_search(make_app, dog_words, store):
 def test_admin_page_verifies_the_audit_chain(make_app, dog_words, store):
     at = create_queue(signed_in(make_app, "carol"), "dogs", 2, ["alice"])  # two audit rows
     head = review.verify_audit_chain(review.connect(store), Actor("carol", "admin")).head
-    at.switch_page("views/review_admin.py").run()
+    at.switch_page("review/views/admin.py").run()
     assert any(m.value.startswith(f"Hash chain intact: 2 rows. Head `{head}`") for m in at.success)
 
     tamper = sqlite3.connect(store)  # someone with write access to the file
@@ -360,7 +362,7 @@ def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, d
     keys = [Item.from_row(r).key for r in dog_words.head(4).to_dict("records")]
 
     alice = signed_in(make_app, "alice")
-    alice.switch_page("views/review_queue.py").run()
+    alice.switch_page("review/views/queue.py").run()
     assert alice.markdown[0].value.startswith("**Item 1 of 4**")
     assert judge_button(alice, "noisy").proto.shortcut == "2"  # keys 1-5 on the queue page
     for verdict in ("noisy", "noisy", "aligned"):  # each verdict moves on to the next item
@@ -382,11 +384,11 @@ def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, d
     assert alice.success[0].value.startswith("You have judged every item of this queue")
 
     bob = signed_in(make_app, "bob")
-    bob.switch_page("views/review_queue.py").run()
+    bob.switch_page("review/views/queue.py").run()
     for verdict in ("noisy", "aligned", "aligned", "other"):
         judge(bob, verdict)
 
-    admin.switch_page("views/review_admin.py").run()
+    admin.switch_page("review/views/admin.py").run()
     progress = frame_with(admin, "reviewed")  # the chosen queue, per reviewer
     assert progress[["reviewer", "reviewed", "total"]].values.tolist() == [["alice", 4, 4], ["bob", 4, 4]]
     metrics = {m.label: m.value for m in admin.metric}
@@ -403,7 +405,7 @@ def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, d
 
 def test_queue_page_for_a_reviewer_without_queues(make_app):
     at = signed_in(make_app, "alice")
-    at.switch_page("views/review_queue.py").run()
+    at.switch_page("review/views/queue.py").run()
     assert "No queue is assigned to you yet" in at.info[0].value
 
 
@@ -421,7 +423,7 @@ def test_reviews_page_lists_reviews_and_exports_them_with_metrics(make_app, smal
     review.add_comment(con, bob, image, "two dogs, one labelled")
 
     at = signed_in(make_app, "victor")
-    at.switch_page("views/review_items.py").run()
+    at.switch_page("review/views/items.py").run()
     table = at.dataframe[0].value
     assert set(table["kind"]) == {"word", "image"} and len(table) == 3
     assert set(table.loc[table["kind"] == "word", "word"]) == {WORD}
@@ -429,13 +431,13 @@ def test_reviews_page_lists_reviews_and_exports_them_with_metrics(make_app, smal
     assert at.dataframe[0].value["tags"].tolist() == [["sofa"]]
 
     db = data.Database.open(small_db)
-    words = pd.read_csv(io.BytesIO(review_data.export_reviews(db, str(store), first.run_id, "csv", True)))
+    words = pd.read_csv(io.BytesIO(exports.export_reviews(db, str(store), first.run_id, "csv", True)))
     assert len(words) == 2 and set(words["word"]) == {WORD}
     judged = words[words["caption_id"] == first.caption_id].iloc[0]
     assert judged["disputed"] and judged["n_verdicts"] == 2 and judged["image_n_comments"] == 1
     assert judged["mask_mass"] == pytest.approx(dog_words.iloc[0]["mask_mass"], rel=1e-6)
     assert json.loads(words[words["caption_id"] == second.caption_id].iloc[0]["tags"]) == ["sofa"]
-    everything = pd.read_parquet(io.BytesIO(review_data.export_reviews(db, str(store), first.run_id, "parquet", False)))
+    everything = pd.read_parquet(io.BytesIO(exports.export_reviews(db, str(store), first.run_id, "parquet", False)))
     assert sorted(everything["kind"]) == ["image", "word", "word"]
 
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from db import queries, review
+from db.queries import WordFilter
 from db.review import Actor, Item
 from db.review.joined import item_words
 
@@ -17,7 +18,7 @@ def con(small_db):
 
 @pytest.fixture(scope="module")
 def dogs(con) -> pd.DataFrame:
-    return queries.search_words(con, word="dog", sort="entropy", limit=None, with_maps=True)
+    return queries.search_words(con, WordFilter(word="dog"), sort="entropy", limit=None, with_maps=True)
 
 
 def test_rows_come_back_in_the_items_order_with_search_columns(con, dogs):

@@ -11,10 +11,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, state
+from dashboard import data, paths, questions, state
 from dashboard.markup import literal, marked_caption, plotly_literal
 from dashboard.overlay import display_size
-from dashboard.review_panel import review_panel
+from dashboard.review.panel import review_panel
 from db.review import Item
 
 MAIN_SIDE = 720
@@ -97,7 +97,7 @@ image_id = st.number_input("COCO image id", value=None, step=1, min_value=0, key
 if image_id is None:
     st.info("Choose an image: open one from the Search page, or type a COCO image id above.")
     st.stop()
-detail = data.ask(ctx.db, "image_detail", int(image_id), run_id)
+detail = questions.image_detail(ctx.db, int(image_id), run_id)
 if detail["image"].empty:
     st.error(f"Image {image_id} is not in this database.")
     st.stop()
@@ -120,7 +120,7 @@ if caption_id not in set(captions["caption_id"]):  # no caption chosen yet, or o
 chosen_rows = here[(here["caption_id"] == caption_id) & (here["word_index"] == word_index)]
 if chosen_rows.empty:
     word_index = WHOLE
-path = data.image_path(ctx.images_dir, image["file_name"])
+path = paths.image_path(ctx.images_dir, image["file_name"])
 path_text = str(path) if path else None
 
 with st.expander("Display", icon=":material/palette:"):
@@ -176,8 +176,8 @@ with right:
         st.caption(f"Selected cells rows {region[0]}..{region[2] - 1}, columns {region[1]}..{region[3] - 1} "
                    "(clear the selection to use the sliders).")
     if region is not None:
-        hits = data.ask(ctx.db, "words_at_region", int(image_id), run_id, ctx.method, ctx.layer, *region,
-                        limit=REGION_WORDS)
+        hits = questions.words_at_region(ctx.db, int(image_id), run_id, ctx.method, ctx.layer, region,
+                                       REGION_WORDS)
         st.dataframe(hits[["word", "region_mass", "caption"]], hide_index=True, width="stretch",
                      column_config={"region_mass": st.column_config.ProgressColumn(
                          "mass in region", min_value=0.0, max_value=1.0, format="%.2f")})
@@ -234,7 +234,7 @@ for cap in captions.itertuples():
 st.subheader("Metrics")
 table = here.drop(columns=["map", "map_max", "image_id", "method", "layer"]).merge(
     captions[["caption_id", "text"]], on="caption_id")
-names = data.ask(ctx.db, "list_categories")
+names = questions.list_categories(ctx.db)
 table["category"] = table["category_id"].map(dict(zip(names["category_id"], names["name"], strict=True)))
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     m: st.column_config.NumberColumn(m, format="%.3f", help=ui.METRIC_INFO[m][1]) for m in ui.RANGE_METRICS})

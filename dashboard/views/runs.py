@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from dashboard import data
+from dashboard import data, questions
 from dashboard.markup import code, literal
 
 RUN_COLUMNS = ["run_id", "status", "method", "layers", "gradcam_layer", "image_res", "grid_size", "n_images",
@@ -15,13 +15,13 @@ RUN_COLUMNS = ["run_id", "status", "method", "layers", "gradcam_layer", "image_r
 
 ctx = data.context()
 st.title("Runs")
-runs = data.ask(ctx.db, "list_runs")
+runs = questions.list_runs(ctx.db)
 st.dataframe(runs[[c for c in RUN_COLUMNS if c in runs.columns]], hide_index=True, width="stretch",
              column_config={"seconds": st.column_config.NumberColumn("seconds", format="%.1f")})
 st.caption(f"Database {code(ctx.db.path)}. Choose the run the other pages show in the sidebar.")
 
 run_id = ctx.run["run_id"]
-summary = data.ask(ctx.db, "run_summary", run_id)
+summary = questions.run_summary(ctx.db, run_id)
 st.subheader(f"Run {run_id}")
 cells = st.columns(5)
 speed = summary["images_per_second"]
@@ -59,7 +59,7 @@ with right:
         config = summary["config"]
         st.json(json.loads(config) if isinstance(config, str) else config or {})
 
-errors = data.ask(ctx.db, "run_errors", run_id)
+errors = questions.run_errors(ctx.db, run_id)
 if errors.empty:
     st.success("No errors logged for this run.")
 else:

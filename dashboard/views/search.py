@@ -7,8 +7,13 @@ import math
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, review_data, review_session, state
+from dashboard import data, questions, state
 from dashboard.markup import literal
+from dashboard.review import controls as review_controls
+from dashboard.review import exports as review_exports
+from dashboard.review import session as review_session
+from db.queries import WordFilter
+from db.review import joined
 from db.schema import METRICS
 
 # Autocomplete offers this many of the most frequent words; any other word can still be typed.
@@ -32,14 +37,14 @@ st.title("Search")
 by = st.radio("Search by", ["word", "category"], key="by", bind=state.BIND, horizontal=True,
               on_change=first_page, help="A word of the captions, or every word that names a COCO category.")
 if by == "word":
-    vocabulary = data.ask(ctx.db, "vocabulary", "", run_id, VOCABULARY_SIZE)
+    vocabulary = questions.vocabulary(ctx.db, run_id, VOCABULARY_SIZE)
     counts = dict(zip(vocabulary["word"], vocabulary["n"].astype(int), strict=True))
     word = state.counted_choice("Word", list(counts), counts, param="word", accept_new_options=True,
                                 on_change=first_page, placeholder="Type a word, e.g. dog",
                                 help="Words of this run's captions, most frequent first, with their counts.")
     chosen, target = word, {"word": word} if word else None
 else:
-    categories = data.ask(ctx.db, "list_categories", run_id)
+    categories = questions.list_categories(ctx.db, run_id)
     named = categories[categories["n_words"] > 0]
     counts = dict(zip(named["name"], named["n_words"].astype(int), strict=True))
     category = state.counted_choice("COCO category", list(counts), counts, param="category",
@@ -70,7 +75,7 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
             ranges[metric] = (low, high)
     if POINTING_FILTER[pointing]:
         ranges["pointing_hit"] = POINTING_FILTER[pointing]
-    review_filter = review_data.filter_controls(review_session.connection(), left, right, on_change=first_page)
+    review_filter = review_controls.filter_controls(review_session.connection(), left, right, on_change=first_page)
 
 with st.expander("Display", icon=":material/palette:"):
     style, show_mask, show_box = ui.overlay_controls()
@@ -79,14 +84,15 @@ if target is None:
     st.info("Choose a word or a COCO category to see where ALBEF looks when it reads it.")
     st.stop()
 
-filters = {"run_id": run_id, "method": ctx.method, "layer": ctx.layer, "ranges": ranges or None,
-           "has_object": OBJECT_FILTER[has_object], **target}
+where = WordFilter(run_id=run_id, method=ctx.method, layer=ctx.layer, ranges=ranges or None,
+                   has_object=OBJECT_FILTER[has_object], **target)
+descending = order == "descending"
 # Verdict, tag and review-status filters and review sort keys join the whole result with the reviews.
-reviewed = review_data.reviewed_search(ctx.db, review_session.connection(),
-                                       filters | {"sort": sort, "descending": order == "descending"}, review_filter)
-total = data.ask(ctx.db, "count_words", **filters) if reviewed is None else len(reviewed)
+reviewed = (joined.reviewed_search(ctx.db.connection(), review_session.connection(), where, sort, descending,
+                                   review_filter) if review_filter.active else None)
+total = questions.count_words(ctx.db, where) if reviewed is None else len(reviewed)
 if total == 0:
-    if by == "word" and data.ask(ctx.db, "count_words", word=chosen, run_id=run_id) == 0:
+    if by == "word" and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
         st.warning(f"“{literal(chosen)}” does not occur in the captions of this run. Pick a word from the list.")
     else:
         st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
@@ -96,22 +102,22 @@ n_pages = math.ceil(total / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
 header.markdown(f"**{total:,}** occurrences · {ctx.method} layer {ctx.layer} · ranked by **{sort}** "
                 f"({order})")
-export_filters = filters | {"sort": sort, "descending": order == "descending"}
 stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
 csv_col, parquet_col = downloads.columns(2)
-csv_col.download_button("CSV", lambda: review_data.search_export(ctx.db, "csv", export_filters, reviewed),
+csv_col.download_button("CSV", lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
                         f"{stem}.csv", "text/csv",
                         icon=":material/download:", on_click="ignore", width="stretch",
                         help="Every matching row with its metrics (no maps).")
-parquet_col.download_button("Parquet", lambda: review_data.search_export(ctx.db, "parquet", export_filters, reviewed),
+parquet_col.download_button("Parquet", lambda: review_exports.search_export(ctx.db, "parquet", where, sort, descending,
+                                                                        reviewed),
                             f"{stem}.parquet", "application/vnd.apache.parquet", icon=":material/download:",
                             on_click="ignore", width="stretch")
 
 page = st.pagination(n_pages, key="p", bind=state.BIND) if n_pages > 1 else 1
 offset = (page - 1) * ui.PAGE_SIZE
-rows = (data.ask(ctx.db, "search_words", **export_filters, limit=ui.PAGE_SIZE, offset=offset) if reviewed is None
-        else review_data.page_rows(ctx.db, reviewed, offset, ui.PAGE_SIZE))
-instances = data.ask(ctx.db, "image_instances", tuple(int(i) for i in rows["image_id"].unique()))
+rows = (questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset) if reviewed is None
+        else joined.item_words(ctx.db.connection(), reviewed.iloc[offset:offset + ui.PAGE_SIZE], with_maps=True))
+instances = questions.image_instances(ctx.db, tuple(int(i) for i in rows["image_id"].unique()))
 missing = False
 for start in range(0, len(rows), ui.GRID_COLUMNS):
     for column, row in zip(st.columns(ui.GRID_COLUMNS), rows.iloc[start:start + ui.GRID_COLUMNS].to_dict("records"),

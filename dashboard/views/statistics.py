@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, review_data, state
+from dashboard import data, questions, state
 from dashboard.markup import plotly_labels
+from dashboard.review import controls as review_controls
 from db.schema import METRICS
 
 VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods",
@@ -57,7 +58,7 @@ metric = middle.selectbox("Metric", METRICS, key="metric", bind=state.BIND,
                           help="\n\n".join(f"**{m}**: {ui.METRIC_INFO[m][1]}" for m in METRICS))
 min_count = right.number_input("Min. occurrences", 1, 100_000, 3, key="min_n", bind=state.BIND,
                                help="Words (or categories) seen fewer times are left out.")
-words = data.ask(ctx.db, "word_stats", run_id, ctx.method, ctx.layer, min_count)
+words = questions.word_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)
 if words.empty:
     st.info(f"No word occurs {min_count} times or more in this slice. Lower the minimum.")
     st.stop()
@@ -68,7 +69,7 @@ if view == "distributions":
     default = words.loc[words["category_id"].notna()].head(DISTRIBUTION_WORDS)["word"].tolist()
     chosen = st.multiselect("Words", words["word"].tolist(), default=default or None, key="words",
                             bind=state.BIND, help="Defaults to the most frequent words that name a COCO category.")
-    values = data.ask(ctx.db, "metric_values", metric, run_id, ctx.method, ctx.layer, tuple(chosen))
+    values = questions.metric_values(ctx.db, metric, run_id, ctx.method, ctx.layer, tuple(chosen))
     if values.empty:
         st.info(f"No {metric} values for these words (object metrics need a labelled object).")
     else:
@@ -81,7 +82,7 @@ if view == "distributions":
         open_search(chart(fig, "distribution"), "word", **search)
 
 elif view == "frequency vs alignment":
-    frequency = data.ask(ctx.db, "word_frequency_alignment", run_id, ctx.method, ctx.layer, min_count)
+    frequency = questions.word_frequency_alignment(ctx.db, run_id, ctx.method, ctx.layer, min_count)
     y = st.radio("Alignment", list(ALIGNMENT), format_func=lambda c: ALIGNMENT[c][0], key="align",
                  bind=state.BIND, horizontal=True)
     if frequency.empty:
@@ -95,7 +96,7 @@ elif view == "frequency vs alignment":
         open_search(chart(fig, "frequency"), "word", sort=ALIGNMENT[y][1])
 
 elif view == "word x category":
-    matrix = data.ask(ctx.db, "word_category_matrix", run_id, ctx.method, ctx.layer, metric, min_count)
+    matrix = questions.word_category_matrix(ctx.db, run_id, ctx.method, ctx.layer, metric, min_count)
     if matrix.empty:
         st.info("No word that names a COCO category occurs often enough. Lower the minimum.")
     else:
@@ -111,7 +112,7 @@ elif view == "word x category":
         open_search(chart(fig, "matrix"), "word", **search)
 
 elif view == "leaderboards":
-    categories = data.ask(ctx.db, "category_stats", run_id, ctx.method, ctx.layer, min_count)
+    categories = questions.category_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)
     boards = (("entropy", "Noisiest", "H"), ("background_mass", "Most background-heavy", "bg"))
     for board_metric, title, short in boards:
         threshold = st.slider(f"{title}: mean {ui.metric_label(board_metric)} at least", 0.0, 1.0, 0.0, 0.001,
@@ -135,11 +136,11 @@ elif view == "leaderboards":
                 fig.update_traces(texttemplate="%{x:.3f}", textposition="inside")
                 open_search(chart(fig, f"board_{short}_{label}"), label, sort=board_metric)
 
-elif view == "reviews":  # team review: verdicts and tags per word (dashboard/review_data.py)
-    review_data.statistics_view(ctx, words, column)
+elif view == "reviews":  # team review: verdicts and tags per word (dashboard/review/controls.py)
+    review_controls.statistics_view(ctx, words, column)
 
 else:
-    layers = data.ask(ctx.db, "layer_comparison", run_id)
+    layers = questions.layer_comparison(ctx.db, run_id)
     fig = px.line(layers, x="layer", y=column, color="method", markers=True, hover_data={"n": True},
                   labels={column: f"mean {ui.metric_label(metric)}"},
                   title=f"Mean {ui.metric_label(metric)} by fusion layer and method")

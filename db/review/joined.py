@@ -9,12 +9,51 @@ frame, but it is an extension that `INSTALL sqlite` downloads, and the dashboard
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from dataclasses import dataclass
+
 import duckdb
 import pandas as pd
 
-from db.review.model import IMAGE_COLUMNS, ITEM_COLUMNS
+from db import queries
+from db.queries import WordFilter
+from db.review.model import IMAGE_COLUMNS, ITEM_COLUMNS, VERDICTS
+from db.review.reads import find_items, review_summary
 from db.schema import METRICS
 
+ANY = "any"
+UNREVIEWED = "unreviewed"
+STATUSES = ("open", "resolved")
+# Review sort keys beside the metrics: the majority verdict in VERDICTS order, then the number of them.
+REVIEW_SORTS = ("verdict", "n_verdicts", "n_comments")
+_REVIEWS_VIEW = "review_rows"
+_KEY_MATCH = " AND ".join(f"w.{c} = r.{c}" for c in ITEM_COLUMNS)
+_JOIN_COLUMNS = ", ".join(ITEM_COLUMNS)
+# Rows kept by a ReviewFilter, over the review rows `r` (null where a word was never reviewed).
+_REVIEW_WHERE = """
+    (NOT $unreviewed OR coalesce(r.n_verdicts, 0) = 0)
+    AND (NOT $matched_only OR coalesce(r.matched, FALSE))
+    AND ($status IS NULL OR coalesce(r.status, 'open') = $status)"""
+# Search hits with their review columns, in review-then-metric order: one query for the whole result.
+_REVIEWED_SEARCH = f"""
+WITH hits AS ({{ranked}})
+SELECT hits.* EXCLUDE (rank), cat.name AS category, c.text AS caption, c.raw AS caption_raw,
+    i.file_name, i.width, i.height, i.coco_url, r.item_key, r.verdict, coalesce(r.n_verdicts, 0) AS n_verdicts,
+    coalesce(r.n_comments, 0) AS n_comments, r.tags, coalesce(r.status, 'open') AS status
+FROM hits LEFT JOIN {_REVIEWS_VIEW} AS r USING ({_JOIN_COLUMNS})
+LEFT JOIN categories AS cat USING (category_id)
+JOIN captions AS c USING (caption_id, image_id) JOIN images AS i USING (image_id)
+WHERE {_REVIEW_WHERE}
+ORDER BY {{review_order}}hits.rank"""
+# Reviewed items of the Reviews page with the word each word item is.
+_REVIEWED_ITEMS = f"""
+SELECT r.* EXCLUDE (matched, position), w.word
+FROM {_REVIEWS_VIEW} AS r LEFT JOIN (
+    SELECT {_JOIN_COLUMNS}, word FROM words
+    WHERE image_id IN (SELECT image_id FROM {_REVIEWS_VIEW})) AS w ON {_KEY_MATCH}
+WHERE {_REVIEW_WHERE}
+ORDER BY {{review_order}}r.position"""
 _KEYS_VIEW = "review_item_keys"
 _WORD_COLUMNS = ", ".join(
     f"w.{c}" for c in (*ITEM_COLUMNS, "word", "category_id", "n_pieces", "peak_row", "peak_col", *METRICS)
@@ -66,3 +105,116 @@ def join_metrics(metrics: pd.DataFrame, reviews: pd.DataFrame) -> pd.DataFrame:
     images = images.astype({c: metrics[c].dtype for c in IMAGE_COLUMNS})
     return metrics.merge(words, on=list(ITEM_COLUMNS), how="left").merge(images, on=list(IMAGE_COLUMNS), how="left")
 
+
+
+def reviews_with_metrics(con: duckdb.DuckDBPyConnection, store: sqlite3.Connection, run_id: str | None) -> pd.DataFrame:
+    """Every reviewed word of a run (all runs for None) with its metrics, verdicts, tags and comments,
+    plus its image's review as image_* columns (`join_metrics`)."""
+    summary = review_summary(store, run_id)
+    return join_metrics(item_words(con, summary[summary["kind"] == "word"]), summary)
+
+
+def tag_list(tags: str) -> list[str]:
+    """The tags of a review_summary row (stored there as a JSON list, like CSV and Parquet exports)."""
+    return json.loads(tags)
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """Verdict/tag/status filters and review sort key chosen on a page (ANY = no filter)."""
+
+    verdict: str = ANY  # a verdict (by anyone), UNREVIEWED (no verdict at all), or ANY
+    tag: str = ANY
+    status: str = ANY
+    sort: str | None = None  # one of REVIEW_SORTS, before the metric ranking
+
+    @property
+    def active(self) -> bool:
+        """Whether results depend on the review store at all."""
+        return (self.verdict, self.tag, self.status) != (ANY, ANY, ANY) or self.sort is not None
+
+    def params(self) -> dict:
+        """The bound parameters of the filter's WHERE clause."""
+        return {"unreviewed": self.verdict == UNREVIEWED, "matched_only": self._by_store is not None,
+                "status": None if self.status == ANY else self.status}
+
+    @property
+    def _by_store(self) -> dict | None:
+        """The find_items filters (a verdict by anyone, a tag), None when there are none."""
+        found = {"verdict": self.verdict if self.verdict not in (ANY, UNREVIEWED) else None,
+                 "tag": None if self.tag == ANY else self.tag}
+        return found if any(v is not None for v in found.values()) else None
+
+    def order(self) -> str:
+        """The review sort key as the first ORDER BY terms (ties keep the order that follows)."""
+        if self.sort is None:
+            return ""
+        if self.sort == "verdict":  # majority verdict in VERDICTS order, unjudged last
+            return f"coalesce(list_position({list(VERDICTS)!r}, r.verdict), {len(VERDICTS) + 1}), "
+        if self.sort not in REVIEW_SORTS:
+            raise ValueError(f"unknown review sort {self.sort!r}; expected one of {REVIEW_SORTS}")
+        return f"coalesce(r.{self.sort}, 0) DESC, "
+
+    def rows(self, store: sqlite3.Connection, run_id: str | None) -> pd.DataFrame:
+        """The review store's rows of a run (review_summary) with `matched` (passes the verdict and tag
+        filters, read in SQLite) and `position` (the summary's order)."""
+        summary = review_summary(store, run_id)
+        found = self._by_store
+        matched = (summary["item_key"].isin(find_items(store, run_id=run_id, **found)["item_key"]) if found
+                   else pd.Series(True, index=summary.index))
+        return summary.assign(matched=matched, position=range(len(summary)))
+
+
+def _query(con: duckdb.DuckDBPyConnection, reviews: pd.DataFrame, sql: str, params: dict) -> pd.DataFrame:
+    with con.cursor() as cur:  # a cursor per call, as in db.queries
+        cur.register(_REVIEWS_VIEW, reviews)
+        return cur.execute(sql, params).df()
+
+
+def reviewed_search(
+    con: duckdb.DuckDBPyConnection,
+    store: sqlite3.Connection,
+    where: WordFilter,
+    sort: str,
+    descending: bool,
+    spec: ReviewFilter,
+) -> pd.DataFrame:
+    """Every row of a search (db.queries.export_frame's columns) that passes the review filter, with its
+    review columns (item_key, verdict, n_verdicts, n_comments, tags, status), in review-then-metric order."""
+    reviews = spec.rows(store, where.run_id)
+    words = reviews[reviews["kind"] == "word"]
+    ranked, params = queries.ranked_sql(con, where, sort, descending)
+    sql = _REVIEWED_SEARCH.format(ranked=ranked, review_order=spec.order())
+    return _query(con, words, sql, params | spec.params())
+
+
+def reviewed_items(
+    con: duckdb.DuckDBPyConnection, store: sqlite3.Connection, run_id: str, spec: ReviewFilter
+) -> pd.DataFrame:
+    """The run's reviewed items (review_summary columns) with the `word` of word items, kept by the
+    review filter, in the summary's order re-sorted by its review sort key."""
+    sql = _REVIEWED_ITEMS.format(review_order=spec.order())
+    items = _query(con, spec.rows(store, run_id), sql, spec.params())
+    for col in ("image_id", "caption_id", "word_index", "layer"):
+        items[col] = items[col].astype("Int64")
+    return items
+
+
+def verdicts_by_word(
+    con: duckdb.DuckDBPyConnection, store: sqlite3.Connection, run_id: str, method: str, layer: int
+) -> pd.DataFrame:
+    """Per word (and the category it names) of one run slice: n_reviewed, one n_<verdict> column per
+    verdict (items whose majority verdict it is), n_disputed and the tags in use, for Statistics."""
+    summary = review_summary(store, run_id)
+    words = summary[(summary["kind"] == "word") & (summary["method"] == method) & (summary["layer"] == layer)]
+    named = item_words(con, words)[[*ITEM_COLUMNS, "word", "category_id"]]
+    joined = named.merge(words.astype({c: named[c].dtype for c in ITEM_COLUMNS}), on=list(ITEM_COLUMNS))
+    per_verdict = {f"n_{v}": (joined["verdict"] == v).astype(int) for v in VERDICTS}
+    joined = joined.assign(**per_verdict, tag_list=joined["tags"].map(tag_list))
+    return (
+        joined.groupby(["word", "category_id"], dropna=False)
+        .agg(n_reviewed=("item_key", "size"), **{c: (c, "sum") for c in per_verdict},
+             n_disputed=("disputed", "sum"), tags=("tag_list", lambda lists: sorted({t for x in lists for t in x})))
+        .reset_index()
+        .astype({"n_disputed": int})
+    )

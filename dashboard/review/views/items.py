@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, review_data, review_panel, review_session, state
+from dashboard import data, questions, state
 from dashboard.markup import code
-from db import review
-from db.review import ITEM_COLUMNS, Item
+from dashboard.review import controls, exports, panel, session
+from db.review import Item, joined
 
 TABLE_COLUMNS = ["kind", "word", "image_id", "caption_id", "word_index", "method", "layer", "verdict", "disputed",
                  "n_verdicts", "tags", "n_comments", "status"]
 
 ctx = data.context()
-con = review_session.connection()
+con = session.connection()
 run_id = ctx.run["run_id"]
 st.title("Reviews")
 
@@ -42,7 +42,7 @@ item = item_from_link()
 with st.expander("Review a word or an image", expanded=item is None, icon=":material/add_comment:"):
     image_id = st.number_input("COCO image id", value=None, step=1, min_value=0, key="rv_image",
                                placeholder="Type an image id")
-    detail = None if image_id is None else data.ask(ctx.db, "image_detail", int(image_id), run_id)
+    detail = None if image_id is None else questions.image_detail(ctx.db, int(image_id), run_id)
     if detail is not None and detail["image"].empty:
         st.error(f"Image {image_id} is not in this database.")
     elif detail is not None:
@@ -63,23 +63,20 @@ with st.expander("Review a word or an image", expanded=item is None, icon=":mate
 
 if item is not None:
     title, close = st.columns([5, 1], vertical_alignment="bottom")
-    title.subheader(review_panel.describe(item))
+    title.subheader(panel.describe(item))
     close.button("Close", icon=":material/close:", on_click=open_item, args=(None,), width="stretch")
-    review_panel.item_with_review(ctx, item)
+    panel.item_with_review(ctx, item)
 
 st.subheader("Reviewed items")
 st.caption(f"Run {code(run_id)}: every word and image with a verdict, tag, comment or status change. "
            "Click a row to open it.")
 with st.expander("Filters", icon=":material/filter_alt:"):
-    spec = review_data.filter_controls(con, *st.columns(2))
-summary = review.review_summary(con, run_id)
-named = review_data.item_words(ctx.db, summary[summary["kind"] == "word"])[[*ITEM_COLUMNS, "word"]]
-table = summary.merge(named.astype({c: summary[c].dtype for c in ITEM_COLUMNS}), on=list(ITEM_COLUMNS), how="left")
-table = review_data.select(con, table, spec)
+    spec = controls.filter_controls(con, *st.columns(2))
+table = joined.reviewed_items(ctx.db.connection(), con, run_id, spec)
 if table.empty:
     st.info("Nothing reviewed in this run matches." if spec.active else "Nothing reviewed in this run yet.")
 else:
-    table["tags"] = table["tags"].map(review_data.tag_list)
+    table["tags"] = table["tags"].map(joined.tag_list)
     keys = table["item_key"].tolist()
 
     def open_selected() -> None:
@@ -92,15 +89,14 @@ else:
 st.subheader("Export")
 st.caption("Reviewed words joined with their metrics (one row per word; the image's own review in image_* "
            "columns), or every reviewed item as it is stored. Verdicts, tags and comments are JSON lists.")
-store = review_session.store_path()
+store = session.store_path()
 for label, with_metrics, stem in (("Reviewed words + metrics", True, "reviewed_words"),
                                   ("All reviews", False, "reviews")):
     name, *buttons = st.columns([2, 1, 1], vertical_alignment="center")
     name.markdown(f"**{label}**")
-    for column, (fmt, mime) in zip(buttons, review_data.EXPORT_FORMATS.items(), strict=True):
+    for column, (fmt, mime) in zip(buttons, exports.EXPORT_FORMATS.items(), strict=True):
         column.download_button(
             fmt.upper() if fmt == "csv" else fmt.capitalize(),
-            lambda fmt=fmt, with_metrics=with_metrics: review_data.export_reviews(ctx.db, store, run_id, fmt,
-                                                                                  with_metrics),
+            lambda fmt=fmt, with_metrics=with_metrics: exports.export_reviews(ctx.db, store, run_id, fmt, with_metrics),
             f"{stem}_{run_id}.{fmt}", mime, key=f"export_{stem}_{fmt}", icon=":material/download:", on_click="ignore",
             width="stretch")

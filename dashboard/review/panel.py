@@ -17,9 +17,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, review_session, state
+from dashboard import data, paths, questions, state
 from dashboard.markup import literal, marked_caption
 from dashboard.overlay import OverlayStyle
+from dashboard.review import session
 from db import review
 from db.review import Item
 
@@ -60,7 +61,7 @@ def describe(item: Item) -> str:
 def _run_row(ctx: data.Context, run_id: str) -> dict[str, Any] | None:
     if ctx.run["run_id"] == run_id:
         return dict(ctx.run)
-    runs = data.ask(ctx.db, "list_runs")
+    runs = questions.list_runs(ctx.db)
     hit = runs[runs["run_id"] == run_id]
     return None if hit.empty else hit.iloc[0].to_dict()
 
@@ -68,7 +69,7 @@ def _run_row(ctx: data.Context, run_id: str) -> dict[str, Any] | None:
 def _image_file(ctx: data.Context, run: dict[str, Any], file_name: str) -> str | None:
     """The image's path, refused (None) if the stored name would leave the image folder."""
     root = ctx.images_dir if run["run_id"] == ctx.run["run_id"] else data.images_dir(run, None, ctx.db)
-    path = data.image_path(root, file_name)
+    path = paths.image_path(root, file_name)
     return None if path is None else str(path)
 
 
@@ -79,7 +80,7 @@ def item_view(ctx: data.Context, item: Item, style: OverlayStyle, show_mask: boo
     if run is None:
         st.warning(f"Run `{item.run_id}` is not in this database; only the review is shown.")
         return False
-    detail = data.ask(ctx.db, "image_detail", item.image_id, item.run_id)
+    detail = questions.image_detail(ctx.db, item.image_id, item.run_id)
     if detail["image"].empty:
         st.warning(f"Image {item.image_id} is not in this database; only the review is shown.")
         return False
@@ -128,7 +129,7 @@ def write(action: Callable[..., Any], *args: Any, done: str, then: Callable[[], 
     `then` runs after a successful write (a queue moves on).
     """
     try:
-        action(review_session.connection(), review_session.actor(), *args)
+        action(session.connection(), session.actor(), *args)
     except (PermissionError, ValueError, TypeError) as exc:
         st.session_state[_FLASH_KEY] = ("error", str(exc))
         return
@@ -176,8 +177,8 @@ def review_panel(
         shortcuts: verdict keys 1-5 (one panel per page may have them).
         after_verdict: called after this user set a verdict (a queue moves on to its next item).
     """
-    con = review_session.connection()
-    actor = review_session.actor()
+    con = session.connection()
+    actor = session.actor()
     flash()
     about = review.item_review(con, item)
     mine = next((v for v in about.verdicts if v.reviewer == actor.user), None)

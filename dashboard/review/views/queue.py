@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, review_panel, review_session, state
+from dashboard import data, state
 from dashboard.markup import literal
+from dashboard.review import panel, session
 from db import review
 
 ctx = data.context()
-con = review_session.connection()
-actor = review_session.actor()
+con = session.connection()
+actor = session.actor()
 st.title("My queues")
 
 if not actor.can_review:
@@ -74,9 +75,9 @@ item = review.Item.from_row(items.iloc[position].to_dict())
 back, where, forward = st.columns([1, 3, 1], vertical_alignment="center")
 back.button("Previous", key="previous", icon=":material/arrow_back:", shortcut="K", width="stretch",
             on_click=go, args=("previous", position), help="Previous item (K)")
-where.markdown(f"**Item {position + 1} of {len(items)}** · {review_panel.describe(item)}")
+where.markdown(f"**Item {position + 1} of {len(items)}** · {panel.describe(item)}")
 forward.button("Next", key="next", icon=":material/arrow_forward:", icon_position="right", shortcut="J",
                width="stretch", on_click=go, args=("next", position), help="Next item (J)")
 
-review_panel.item_with_review(ctx, item, key="queue_review", shortcuts=True,
+panel.item_with_review(ctx, item, key="queue_review", shortcuts=True,
                               after_verdict=(lambda: go("next", position)) if advance else None)

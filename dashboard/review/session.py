@@ -32,7 +32,7 @@ from db.review import Actor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STORE = Path(__file__).resolve().parents[1] / "data" / "review.sqlite"
+DEFAULT_STORE = Path(__file__).resolve().parents[2] / "data" / "review.sqlite"
 VIEWS = Path(__file__).resolve().parent / "views"
 _STORE_KEY = "_review_store"  # (path, connection) of this session
 _ACTOR_KEY = "_review_actor"
@@ -82,13 +82,13 @@ def start(store_path: str | Path) -> Actor | None:
 def pages(actor: Actor | None) -> list[st.Page]:
     """The Review pages this actor may open (all of them before sign-in, so deep links survive it)."""
     everyone = actor is None
-    listed = [st.Page(VIEWS / "review_items.py", title="Reviews", icon=":material/rate_review:",
+    listed = [st.Page(VIEWS / "items.py", title="Reviews", icon=":material/rate_review:",
                       url_path="reviews")]
     if everyone or actor.can_review:
-        listed.append(st.Page(VIEWS / "review_queue.py", title="My queues", icon=":material/checklist:",
+        listed.append(st.Page(VIEWS / "queue.py", title="My queues", icon=":material/checklist:",
                               url_path="review-queue"))
     if everyone or actor.can_manage:
-        listed.append(st.Page(VIEWS / "review_admin.py", title="Review admin", icon=":material/admin_panel_settings:",
+        listed.append(st.Page(VIEWS / "admin.py", title="Review admin", icon=":material/admin_panel_settings:",
                               url_path="review-admin"))
     return listed
 

@@ -11,8 +11,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, review_data, review_panel, review_session
+from dashboard import data, questions
+from dashboard.review import controls, exports, panel, session
 from db import review
+from db.queries import WordFilter
 from db.review import Item
 from db.schema import METRICS
 
@@ -23,8 +25,8 @@ POINTING_FILTER = {"any": None, "hit": (1.0, 1.0), "miss": (0.0, 0.0)}
 AUDIT_ROWS = 200
 
 ctx = data.context()
-con = review_session.connection()
-actor = review_session.actor()
+con = session.connection()
+actor = session.actor()
 st.title("Review admin")
 if not actor.can_manage:
     st.error("Only admins manage queues and read the audit log.")
@@ -33,15 +35,15 @@ if not actor.can_manage:
 
 def item_link(key: str) -> str:
     """A relative link to the Reviews page open on an item."""
-    return "reviews?" + urlencode(review_panel.item_url(Item.from_key(key)))
+    return "reviews?" + urlencode(panel.item_url(Item.from_key(key)))
 
 
 def new_queue() -> None:
     """A search spec (the Search page's filters, with run, map and layer) and the queue form."""
-    runs = data.ask(ctx.db, "list_runs")["run_id"].tolist()
+    runs = questions.list_runs(ctx.db)["run_id"].tolist()
     left, right = st.columns(2)
     run_id = left.selectbox("Run", runs, index=runs.index(ctx.run["run_id"]), key="nq_run")
-    slices = data.ask(ctx.db, "run_summary", run_id)["slices"]
+    slices = questions.run_summary(ctx.db, run_id)["slices"]
     methods = sorted(slices["method"].unique())
     method = right.radio("Map", methods, index=methods.index(ctx.method) if ctx.method in methods else 0,
                          key="nq_method", horizontal=True)
@@ -50,12 +52,12 @@ def new_queue() -> None:
                            key="nq_layer")
     by = right.radio("Search by", ["word", "category"], key="nq_by", horizontal=True)
     if by == "word":
-        vocabulary = data.ask(ctx.db, "vocabulary", "", run_id, VOCABULARY_SIZE)["word"].tolist()
+        vocabulary = questions.vocabulary(ctx.db, run_id, VOCABULARY_SIZE)["word"].tolist()
         target = left.selectbox("Word", vocabulary, index=None, key="nq_word", accept_new_options=True,
                                 placeholder="Type a word, e.g. dog")
         spec = {"word": target}
     else:
-        categories = data.ask(ctx.db, "list_categories", run_id)
+        categories = questions.list_categories(ctx.db, run_id)
         named = categories[categories["n_words"] > 0]
         target = left.selectbox("COCO category", named["name"].tolist(), index=None, key="nq_category")
         ids = dict(zip(named["name"], named["category_id"], strict=True))
@@ -77,30 +79,29 @@ def new_queue() -> None:
     if target is None:
         st.info("Choose a word or a category: a queue is made from the top of a search's ranking.")
         return
-    filters = {"run_id": run_id, "method": method, "layer": layer, "ranges": ranges or None,
-               "has_object": OBJECT_FILTER[has_object], **spec}
-    total = data.ask(ctx.db, "count_words", **filters)
+    where = WordFilter(run_id=run_id, method=method, layer=layer, ranges=ranges or None,
+                       has_object=OBJECT_FILTER[has_object], **spec)
+    total = questions.count_words(ctx.db, where)
     st.markdown(f"**{total:,}** matching words, ranked by **{sort}** ({order}).")
     name = f"{sort.replace('_', ' ')} {'high' if order == 'descending' else 'low'} · {target} · {method} layer {layer}"
-    review_data.queue_form(ctx.db, filters | {"sort": sort, "descending": order == "descending"}, name, total,
-                           key="nq")
+    controls.queue_form(ctx.db, (where, sort, order == "descending"), name, total, key="nq")
 
 
 def assign(queue_id: int) -> None:
     for reviewer in st.session_state["qa_add"]:
-        review_panel.write(review.assign_queue, queue_id, reviewer, done=f"Assigned to {reviewer}")
+        panel.write(review.assign_queue, queue_id, reviewer, done=f"Assigned to {reviewer}")
     st.session_state["qa_add"] = []  # they are assigned now, so no longer among the options
 
 
 def unassign(queue_id: int) -> None:
     reviewer = st.session_state["qa_remove"]
-    review_panel.write(review.unassign_queue, queue_id, reviewer, done=f"{reviewer} unassigned")
+    panel.write(review.unassign_queue, queue_id, reviewer, done=f"{reviewer} unassigned")
 
 
 def queues_and_progress(queues: pd.DataFrame) -> None:
     """Every queue with its progress; one queue's progress per reviewer and its assignments."""
-    review_panel.flash()
-    table = queues.assign(at=queues["at"].map(review_panel.when), progress=queues["n_judged"] / queues["n_items"],
+    panel.flash()
+    table = queues.assign(at=queues["at"].map(panel.when), progress=queues["n_judged"] / queues["n_items"],
                           search_spec=queues["search_spec"].map(json.dumps))
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         "progress": st.column_config.ProgressColumn("judged", min_value=0.0, max_value=1.0, format="percent"),
@@ -112,7 +113,7 @@ def queues_and_progress(queues: pd.DataFrame) -> None:
         "fraction": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     assigned = progress.loc[progress["assigned"], "reviewer"].tolist()
     left, right = st.columns(2, vertical_alignment="bottom")
-    left.multiselect("Assign reviewers", [n for n in review_session.reviewer_names() if n not in assigned],
+    left.multiselect("Assign reviewers", [n for n in session.reviewer_names() if n not in assigned],
                      key="qa_add", accept_new_options=True, placeholder="Reviewers (or type an OIDC e-mail)")
     right.button("Assign", icon=":material/person_add:", on_click=assign, args=(queue_id,))
     if assigned:
@@ -144,7 +145,7 @@ def agreement(queues: pd.DataFrame) -> None:
         return
     wide = split.pivot(index="item_key", columns="reviewer", values="verdict").reset_index()
     wide.insert(0, "open", wide["item_key"].map(item_link))
-    wide.insert(1, "item", wide["item_key"].map(lambda k: review_panel.describe(Item.from_key(k))))
+    wide.insert(1, "item", wide["item_key"].map(lambda k: panel.describe(Item.from_key(k))))
     st.dataframe(wide.drop(columns="item_key"), hide_index=True, width="stretch", column_config={
         "open": st.column_config.LinkColumn("open", display_text="review")})
 
@@ -187,11 +188,11 @@ def audit_log() -> None:
     st.caption(f"Newest {len(log)} rows shown; the downloads hold every matching row. Append-only: "
                "the database refuses updates, deletes and replacements.")
     st.dataframe(log, hide_index=True, width="stretch")
-    store = review_session.store_path()
+    store = session.store_path()
     columns = st.columns(4)
-    for column, fmt in zip(columns, review_data.EXPORT_FORMATS, strict=False):
-        column.download_button(f"Audit log {fmt}", lambda fmt=fmt: review_data.export_audit(store, actor, filters, fmt),
-                               f"audit_log.{fmt}", review_data.EXPORT_FORMATS[fmt], key=f"audit_{fmt}",
+    for column, fmt in zip(columns, exports.EXPORT_FORMATS, strict=False):
+        column.download_button(f"Audit log {fmt}", lambda fmt=fmt: exports.export_audit(store, actor, filters, fmt),
+                               f"audit_log.{fmt}", exports.EXPORT_FORMATS[fmt], key=f"audit_{fmt}",
                                icon=":material/download:", on_click="ignore", width="stretch")
 
 

@@ -1,0 +1,130 @@
+"""Every question a page asks the extraction database: one typed, cached function each.
+
+Each is ``st.cache_data`` over the db.queries function of the same name, keyed by the `Database` (path
+and modification time, so a re-extracted file is read again) and the question's own parameters.
+Searches take one `WordFilter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.data import Database
+from db import queries
+from db.queries import WordFilter
+
+_cached = st.cache_data(show_spinner=False, max_entries=1024)
+
+
+@_cached
+def list_runs(db: Database) -> pd.DataFrame:
+    """All runs, newest first (db.queries.list_runs)."""
+    return queries.list_runs(db.connection())
+
+
+@_cached
+def run_summary(db: Database, run_id: str) -> dict:
+    """One run's row, live counts and its (method, layer) slices (db.queries.run_summary)."""
+    return queries.run_summary(db.connection(), run_id)
+
+
+@_cached
+def run_errors(db: Database, run_id: str) -> pd.DataFrame:
+    """The run's logged errors, newest first."""
+    return queries.run_errors(db.connection(), run_id)
+
+
+@_cached
+def vocabulary(db: Database, run_id: str | None, limit: int) -> pd.DataFrame:
+    """The run's `limit` most frequent words with their counts (word, n)."""
+    return queries.vocabulary(db.connection(), "", run_id, limit)
+
+
+@_cached
+def list_categories(db: Database, run_id: str | None = None) -> pd.DataFrame:
+    """The COCO categories with how many words name them, instances and images."""
+    return queries.list_categories(db.connection(), run_id)
+
+
+@_cached
+def search_words(
+    db: Database, where: WordFilter, sort: str, descending: bool, limit: int, offset: int
+) -> pd.DataFrame:
+    """One page of a search's ranked hits, with their maps."""
+    return queries.search_words(db.connection(), where, sort=sort, descending=descending, limit=limit, offset=offset)
+
+
+@_cached
+def search_keys(db: Database, where: WordFilter, sort: str, descending: bool, limit: int) -> pd.DataFrame:
+    """The first `limit` hits of a search without maps (what a review queue is made of)."""
+    return queries.search_words(db.connection(), where, sort=sort, descending=descending, limit=limit,
+                                with_maps=False)
+
+
+@_cached
+def count_words(db: Database, where: WordFilter) -> int:
+    """How many word rows a search matches."""
+    return queries.count_words(db.connection(), where)
+
+
+@_cached
+def image_detail(db: Database, image_id: int, run_id: str) -> dict[str, pd.DataFrame]:
+    """Everything about one image in one run: image, captions, words, caption_maps, instances."""
+    return queries.image_detail(db.connection(), image_id, run_id)
+
+
+@_cached
+def image_instances(db: Database, image_ids: tuple[int, ...]) -> pd.DataFrame:
+    """The labelled objects of a page's images."""
+    return queries.image_instances(db.connection(), image_ids)
+
+
+@_cached
+def words_at_region(
+    db: Database, image_id: int, run_id: str, method: str, layer: int, region: tuple[int, int, int, int], limit: int
+) -> pd.DataFrame:
+    """The image's words whose maps weigh most in the grid region (row0, col0, row1, col1)."""
+    return queries.words_at_region(db.connection(), image_id, run_id, method, layer, *region, limit=limit)
+
+
+@_cached
+def word_stats(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
+    """Per word of a run slice: counts, hit rate, means and medians of the metrics."""
+    return queries.word_stats(db.connection(), run_id, method, layer, min_count)
+
+
+@_cached
+def category_stats(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
+    """Per category of a run slice, over the words naming it."""
+    return queries.category_stats(db.connection(), run_id, method, layer, min_count)
+
+
+@_cached
+def word_category_matrix(
+    db: Database, run_id: str, method: str, layer: int, metric: str, min_count: int
+) -> pd.DataFrame:
+    """Mean of `metric` per (word, category it names) of a run slice."""
+    return queries.word_category_matrix(db.connection(), run_id, method, layer, metric, min_count)
+
+
+@_cached
+def metric_values(
+    db: Database, metric: str, run_id: str, method: str, layer: int, words: Sequence[str] | None
+) -> pd.DataFrame:
+    """Values of one metric (word, value) of a run slice, for distribution plots."""
+    return queries.metric_values(db.connection(), metric, run_id, method, layer, words)
+
+
+@_cached
+def layer_comparison(db: Database, run_id: str) -> pd.DataFrame:
+    """Per method and layer of a run: counts, hit rate and mean of each metric."""
+    return queries.layer_comparison(db.connection(), run_id)
+
+
+@_cached
+def word_frequency_alignment(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
+    """Caption frequency beside localisation quality, per word naming a labelled object."""
+    return queries.word_frequency_alignment(db.connection(), run_id, method, layer, min_count)
