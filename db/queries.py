@@ -1,56 +1,27 @@
 """Every question the dashboard asks the extraction database, one small function each.
 
 SQL text is static: values are bound parameters, and the only names spliced into SQL (metrics, sort
-columns) come from the METRICS allow-list. Searches and statistics read the `word_search` and
-`word_aggregates` views (see db.schema), or the sorted `word_lookup` table directly for a finalized
-run. Each function runs on its own cursor, so one cached read-only connection can serve several
-Streamlit threads.
+columns) come from the METRICS allow-list. Searches take a `WordFilter` (db/filters.py). Searches and
+statistics read the `word_search` and `word_aggregates` views (see db.schema), or the sorted `word_lookup`
+table directly for a finalized run. Each function runs on its own cursor, so one cached read-only
+connection can serve several Streamlit threads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from db import live, parts
 from db.codec import decode_map
-from db.schema import LOOKUP_COLUMNS, MEDIAN_METRICS, METRICS, check_schema
+from db.filters import WordFilter, all_of, check_metric, eq, range_expr, word_filter_sql
+from db.schema import LOOKUP_COLUMNS, MEDIAN_METRICS
 
-Range = tuple[float | None, float | None]
-
-
-@dataclass(frozen=True)
-class WordFilter:
-    """Which word rows a search matches; a field left None does not filter.
-
-    Args:
-        word: exact word (matched lower-cased).
-        category_id: the COCO category the word names.
-        ranges: metric -> (low, high), inclusive, None for an open end; pointing_hit compares as 0/1.
-        has_object: True: the named object is labelled in the image (object metrics defined);
-            False: the word names a category that the image's labels lack. Words naming no category
-            match neither.
-    """
-
-    word: str | None = None
-    category_id: int | None = None
-    run_id: str | None = None
-    method: str | None = None
-    layer: int | None = None
-    ranges: Mapping[str, Range] | None = None
-    has_object: bool | None = None
-
-    def spec(self) -> dict:
-        """The filter as JSON-ready keyword values: what it searches for (word or category, whichever is
-        set) and every other field."""
-        target = ("word", "category_id")
-        return {k: v for k, v in asdict(self).items() if k not in target or v is not None}
-
-
+ALL_WORDS = WordFilter()  # no filter: every word row
 _TIEBREAK = "image_id, caption_id, word_index, method, layer"
 _WORD_KEYS = ["run_id", "image_id", "caption_id", "word_index", "method", "layer"]
 # Per-group statistics computed from words rows (live), and the same from word_summary's counts and sums:
@@ -83,21 +54,16 @@ _CONTEXT_SQL = """
 
 
 def connect_readonly(path: str | Path, config: Mapping[str, object] | None = None) -> duckdb.DuckDBPyConnection:
-    """Open an extraction database read-only (config: DuckDB settings such as {"threads": 2}).
+    """Open an extraction database read-only (config: DuckDB settings such as {"threads": 2}), with the
+    runs still in progress in its parts folder shown beside its own (see db.live).
 
-    Raises FileNotFoundError for a missing file and db.schema.SchemaMismatch for a database of another
-    schema version (or not an extraction database at all).
+    Raises FileNotFoundError when there is neither the file nor a parts folder, and db.schema.SchemaMismatch
+    for a database of another schema version (or not an extraction database at all).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not parts.run_ids(parts.parts_dir(path)):
         raise FileNotFoundError(f"no extraction database at {path}")
-    con = duckdb.connect(str(path), read_only=True, config=dict(config or {}))
-    try:
-        check_schema(con)
-    except BaseException:
-        con.close()
-        raise
-    return con
+    return live.connect(path, config)
 
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -153,9 +119,9 @@ def vocabulary(
 
     n counts a word once per occurrence (not once per method/layer row), the largest over runs.
     """
-    where, params = _and(
+    where, params = all_of(
         ("starts_with(word, $prefix)", {"prefix": prefix.strip().lower()}),
-        _eq("run_id", run_id),
+        eq("run_id", run_id),
     )
     return _df(
         con,
@@ -170,7 +136,7 @@ def vocabulary(
 
 def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pd.DataFrame:
     """The COCO categories with n_words (caption words naming them), n_instances and n_images."""
-    where, params = _and(("category_id IS NOT NULL", {}), _eq("run_id", run_id))
+    where, params = all_of(("category_id IS NOT NULL", {}), eq("run_id", run_id))
     return _df(
         con,
         f"""
@@ -193,7 +159,7 @@ def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -
 
 def search_words(
     con: duckdb.DuckDBPyConnection,
-    where: WordFilter = WordFilter(),
+    where: WordFilter = ALL_WORDS,
     *,
     sort: str = "mask_mass",
     descending: bool = True,
@@ -212,7 +178,7 @@ def search_words(
     n_pieces, peak_row, peak_col, the metrics, then category (name), caption, caption_raw, file_name,
     width, height, coco_url (and map, map_max).
     """
-    clause, params = _search_filter(where)
+    clause, params = word_filter_sql(where)
     order = _order(sort, descending)
     hits = _df(
         con,
@@ -241,15 +207,15 @@ def search_words(
     return hits
 
 
-def count_words(con: duckdb.DuckDBPyConnection, where: WordFilter = WordFilter()) -> int:
+def count_words(con: duckdb.DuckDBPyConnection, where: WordFilter = ALL_WORDS) -> int:
     """The number of word rows search_words ranks for the same filter."""
-    clause, params = _search_filter(where)
+    clause, params = word_filter_sql(where)
     sql = f"SELECT count(*) AS n FROM {_rows(con, where.run_id)} WHERE {clause}"
     return int(_df(con, sql, params)["n"].iloc[0])
 
 
 def export_frame(
-    con: duckdb.DuckDBPyConnection, where: WordFilter = WordFilter(), *, sort: str = "mask_mass",
+    con: duckdb.DuckDBPyConnection, where: WordFilter = ALL_WORDS, *, sort: str = "mask_mass",
     descending: bool = True,
 ) -> pd.DataFrame:
     """Every row search_words matches (same filter and sort), without maps, for CSV/Parquet."""
@@ -261,7 +227,7 @@ def ranked_sql(
 ) -> tuple[str, dict]:
     """SQL and parameters of every row search_words matches (the LOOKUP_COLUMNS, no category name or
     context) with its 1-based `rank` in search_words' order, for a query to build on (db.review.joined)."""
-    clause, params = _search_filter(where)
+    clause, params = word_filter_sql(where)
     order = _order(sort, descending)
     sql = f"SELECT {LOOKUP_COLUMNS}, row_number() OVER (ORDER BY {order}) AS rank FROM {_rows(con, where.run_id)} " \
           f"WHERE {clause}"
@@ -310,7 +276,7 @@ def image_instances(
 
     Returns the instances columns plus `category` (name) and `supercategory`, by image_id, annotation_id.
     """
-    where, params = _and(
+    where, params = all_of(
         ("i.image_id IN (SELECT unnest($image_ids::BIGINT[]))", {"image_ids": [int(i) for i in image_ids]}),
         ("i.category_id = $category_id", {"category_id": category_id}) if category_id is not None else ("", {}),
     )
@@ -402,7 +368,7 @@ def word_category_matrix(
         con,
         f"""
         SELECT s.word, s.category_id, c.name AS category, s.n,
-            s.sum_{_metric(metric)} / nullif(s.n_{metric}, 0) AS value
+            s.sum_{check_metric(metric)} / nullif(s.n_{metric}, 0) AS value
         FROM word_aggregates AS s JOIN categories AS c USING (category_id)
         WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer AND s.n >= $min_count
         ORDER BY c.name, s.n DESC, s.word""",
@@ -423,15 +389,15 @@ def metric_values(
 
     Only the given `words` when set; a repeatable sample of max_rows rows when there are more.
     """
-    where, params = _and(
+    where, params = all_of(
         ("run_id = $run_id AND method = $method AND layer = $layer", _slice(run_id, method, layer)),
-        (f"{_metric(metric)} IS NOT NULL", {}),
+        (f"{check_metric(metric)} IS NOT NULL", {}),
         ("word IN (SELECT unnest($words::VARCHAR[]))", {"words": list(words)}) if words is not None else ("", {}),
     )
     return _df(
         con,
         f"""
-        SELECT * FROM (SELECT word, {_range_expr(metric)} AS value FROM {_rows(con, run_id)} WHERE {where})
+        SELECT * FROM (SELECT word, {range_expr(metric)} AS value FROM {_rows(con, run_id)} WHERE {where})
         USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE (0)""",
         params,
     )
@@ -474,53 +440,8 @@ def _rows(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
     return "word_search"
 
 
-def _search_filter(where: WordFilter) -> tuple[str, dict]:
-    """The WHERE clause and parameters shared by search_words, count_words and ranked_sql."""
-    clauses = [
-        _eq("word", None if where.word is None else where.word.strip().lower()),
-        _eq("category_id", where.category_id),
-        _eq("run_id", where.run_id),
-        _eq("method", where.method),
-        _eq("layer", where.layer),
-    ]
-    for metric, bounds in (where.ranges or {}).items():
-        expr = _range_expr(metric)
-        for end, op, bound in zip(("low", "high"), (">=", "<="), bounds, strict=True):
-            if bound is not None:
-                clauses.append((f"{expr} {op} ${end}_{metric}", {f"{end}_{metric}": bound}))
-    if where.has_object is not None:
-        # background_mass is NULL only when the run had no instance labels: then absence is unknown.
-        absent = "category_id IS NOT NULL AND mask_mass IS NULL AND background_mass IS NOT NULL"
-        clauses.append(("mask_mass IS NOT NULL" if where.has_object else absent, {}))
-    return _and(*clauses)
-
-
 def _order(sort: str, descending: bool) -> str:
-    return f"{_metric(sort)} {'DESC' if descending else 'ASC'} NULLS LAST, {_TIEBREAK}"
-
-
-def _metric(name: str) -> str:
-    """Validate a metric name against the allow-list (it is spliced into SQL text)."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; expected one of {METRICS}")
-    return name
-
-
-def _range_expr(metric: str) -> str:
-    return "pointing_hit::DOUBLE" if _metric(metric) == "pointing_hit" else metric
-
-
-def _eq(column: str, value: object) -> tuple[str, dict]:
-    """`column = $column` when a value is given, else no clause (column names are ours, not user input)."""
-    return (f"{column} = ${column}", {column: value}) if value is not None else ("", {})
-
-
-def _and(*clauses: tuple[str, dict]) -> tuple[str, dict]:
-    sql = " AND ".join(f"({c})" for c, _ in clauses if c) or "TRUE"
-    params: dict = {}
-    for _, p in clauses:
-        params |= p
-    return sql, params
+    return f"{check_metric(sort)} {'DESC' if descending else 'ASC'} NULLS LAST, {_TIEBREAK}"
 
 
 def _slice(run_id: str, method: str, layer: int) -> dict:

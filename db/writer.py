@@ -1,14 +1,18 @@
-"""Write extraction output: runs, the shared COCO dataset tables, per-image results, shard merges.
+"""Write extraction databases: from a run's folder of Parquet parts (`build`), or row by row.
 
-One read-write connection per process. Every image's result rows and its `image_status` mark are
-written in one transaction, so a crash (even kill -9) leaves each image either complete or absent,
-and a resumed run simply skips the images `done_image_ids` returns.
+An extraction writes Parquet parts (`db.parts`) and never holds the database while it runs; `build`
+then makes the DuckDB file the dashboard reads from the parts, in one process. The row-by-row writers
+(`start_run`, `write_images`, ...) serve sample databases and benchmarks: every image's rows and its
+`image_status` mark go in one transaction, so a crash leaves each image either complete or absent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from db import parts as partsdir
 from db.schema import FINALIZE_SQL, UNFINALIZE_SQL, check_schema, init_db
 
 log = logging.getLogger(__name__)
@@ -32,13 +37,34 @@ RUN_COLUMNS = (
 _MERGE_ALIAS = "_merge_source"
 
 
-def connect(path: str | Path, config: Mapping[str, object] | None = None) -> duckdb.DuckDBPyConnection:
+class DatabaseLocked(RuntimeError):
+    """Another process holds the database file (DuckDB allows one writer, or readers, never both)."""
+
+
+def connect(
+    path: str | Path, config: Mapping[str, object] | None = None, wait: float = 0.0
+) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) an extraction database read-write, with its schema initialised.
 
     Args:
         config: DuckDB settings, e.g. {"threads": 2, "memory_limit": "4GB"}.
+        wait: seconds to keep retrying while another process holds the file.
+
+    Raises:
+        DatabaseLocked: naming the process that holds the file and what to do.
     """
-    con = duckdb.connect(str(path), config=dict(config or {}))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            con = duckdb.connect(str(path), config=dict(config or {}))
+            break
+        except duckdb.IOException as e:
+            if "lock" not in str(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseLocked(f"{path} is open in another process ({lock_holder(e)}), perhaps a dashboard: "
+                                     f"close it, then run `python -m extractor finalize {path}`") from None
+            time.sleep(0.5)
     try:
         init_db(con)
     except BaseException:
@@ -47,22 +73,96 @@ def connect(path: str | Path, config: Mapping[str, object] | None = None) -> duc
     return con
 
 
+def lock_holder(error: Exception) -> str:
+    """The process named in DuckDB's lock error, e.g. 'python3.11, PID 4078'."""
+    found = re.search(r"held in (\S+) \(PID (\d+)\)", str(error))
+    return f"{Path(found[1]).name}, PID {found[2]}" if found else "unknown process"
+
+
+def build(db_path: str | Path, wait: float = 0.0) -> list[str]:
+    """Make the database at db_path up to date with its parts folder; returns the ids of the runs built.
+
+    Dataset rows are added (kept where their id exists). A run whose done chunks changed since the last
+    build has its rows replaced by those of its parts, in one transaction; a complete run (every shard
+    finished) is then finalized. Idempotent: building again with no new parts changes nothing.
+    """
+    parts = partsdir.parts_dir(db_path)
+    con = connect(db_path, wait=wait)
+    try:
+        with _transaction(con):
+            for table in DATASET_TABLES:
+                if files := partsdir.dataset_files(parts, table):
+                    con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM read_parquet(?) "
+                                f"ORDER BY {DATASET_TABLES[table]}", [[str(f) for f in files]])
+        built = [run_id for run_id in partsdir.run_ids(parts) if _build_run(con, parts, run_id)]
+    finally:
+        con.close()
+    return built
+
+
+def _build_run(con: duckdb.DuckDBPyConnection, parts: Path, run_id: str) -> bool:
+    """Replace a run's rows by its parts unless they are unchanged since the last build; True when built."""
+    sessions = partsdir.read_sessions(parts, run_id)
+    complete = partsdir.run_complete(sessions)
+    signature = parts_signature(parts, run_id)
+    key = f"parts:{run_id}"
+    if con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall() == [(signature,)]:
+        return False
+    run = partsdir.read_run(parts, run_id)
+    finished = [s["finished_at"] for s in sessions if s.get("finished_at")]
+    with _transaction(con):
+        _run_script(con, UNFINALIZE_SQL, run_id)
+        for table in (*RESULT_TABLES, "errors", "image_status", "runs"):
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        _insert_run(con, run)
+        con.execute(
+            "UPDATE runs SET status = ?, started_at = make_timestamp((? * 1e6)::BIGINT), "
+            "finished_at = make_timestamp((? * 1e6)::BIGINT), seconds = ? WHERE run_id = ?",
+            ["complete" if complete else "running", min((s["started_at"] for s in sessions), default=None),
+             max(finished) if complete and finished else None, sum(s.get("seconds", 0) for s in sessions), run_id],
+        )
+        for table in (*RESULT_TABLES, "errors", "image_status"):
+            # Files are named by their first image: read in name order, rows stay in image order.
+            if files := partsdir.done_files(parts, run_id, table):
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [[str(f) for f in files]])
+        _refresh_counts(con, run_id)
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, signature])
+    if complete:
+        finalize(con, run_id)
+    log.info("built run %s%s", run_id, "" if complete else " (not complete)")
+    return True
+
+
+def parts_signature(parts: Path, run_id: str) -> str:
+    """What a build of the run reads: its done chunks and whether it is complete (stored in `meta`)."""
+    done = partsdir.done_files(parts, run_id, partsdir.DONE_TABLE)
+    complete = partsdir.run_complete(partsdir.read_sessions(parts, run_id))
+    return hashlib.sha256(json.dumps([[p.name for p in done], complete]).encode()).hexdigest()
+
+
 def start_run(con: duckdb.DuckDBPyConnection, run: Mapping[str, object]) -> bool:
     """Register a run (status 'running'); True when the run_id already exists, i.e. this resumes it.
 
     Args:
         run: `runs` columns from RUN_COLUMNS; `run_id` required, `config` may be a dict (stored as JSON).
     """
-    unknown = set(run) - set(RUN_COLUMNS)
-    if unknown or "run_id" not in run:
-        raise ValueError(f"run needs run_id and only columns of {RUN_COLUMNS}; unknown: {sorted(unknown)}")
-    run_id = run["run_id"]
+    run_id = run.get("run_id")
     if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
         with _transaction(con):
             _run_script(con, UNFINALIZE_SQL, run_id)
             con.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id])
         log.info("resuming run %s", run_id)
         return True
+    _insert_run(con, run)
+    log.info("started run %s", run_id)
+    return False
+
+
+def _insert_run(con: duckdb.DuckDBPyConnection, run: Mapping[str, object]) -> None:
+    """A new `runs` row, status 'running', started now."""
+    unknown = set(run) - set(RUN_COLUMNS)
+    if unknown or "run_id" not in run:
+        raise ValueError(f"run needs run_id and only columns of {RUN_COLUMNS}; unknown: {sorted(unknown)}")
     values = {k: json.dumps(v) if k == "config" and not isinstance(v, str) else v for k, v in run.items()}
     columns = ", ".join(values)
     placeholders = ", ".join("?" for _ in values)
@@ -70,8 +170,6 @@ def start_run(con: duckdb.DuckDBPyConnection, run: Mapping[str, object]) -> bool
         f"INSERT INTO runs ({columns}, status, started_at) VALUES ({placeholders}, 'running', now())",
         list(values.values()),
     )
-    log.info("started run %s", run_id)
-    return False
 
 
 def upsert_dataset(

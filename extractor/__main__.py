@@ -6,14 +6,15 @@ import argparse
 import logging
 import sys
 
-from extractor import merge, run, verify
+from db.writer import DatabaseLocked
+from extractor import finalize, merge, run, verify
 from extractor.checkpoint import CheckpointError
 from extractor.coco import CocoFormatError
 from extractor.demo import prepare, train, world
 
-COMMANDS = (run, merge, verify, prepare, world, train)
+COMMANDS = (run, finalize, merge, verify, prepare, world, train)
 # Errors of the user's input: reported in one line, without a traceback.
-INPUT_ERRORS = (CocoFormatError, CheckpointError, FileNotFoundError, ValueError)
+INPUT_ERRORS = (CocoFormatError, CheckpointError, DatabaseLocked, FileNotFoundError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,64 @@ def gradcam_from(attn: Tensor, grad: Tensor) -> Tensor:
     return (attn[..., 1:] * grad[..., 1:].clamp(min=0)).mean(1)
 
 
+@dataclass
+class BatchMaps:
+    """A batch of C captions' maps as tensors where the model ran (T = longest caption, N = patches)."""
+
+    itm_logits: Tensor  # (C, 2) float32
+    itc: Tensor  # (C,) float32
+    attention: dict[int, Tensor]  # fusion layer -> (C, heads or 1, T, 1+N) post-softmax, image [CLS] column first
+    gradcam: Tensor | None  # (C, T, N) float32
+
+    def attention_grid(self, layer: int) -> Tensor:
+        """Head-mean raw attention over the patches (image [CLS] column dropped): (C, T, N) float32."""
+        return self.attention[layer].float().mean(1)[..., 1:]
+
+
+def batch_maps(
+    model: ALBEF,
+    pixels: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    image_index: Tensor,
+    layers: Iterable[int],
+    gradcam: bool,
+    keep_heads: bool = False,
+) -> BatchMaps:
+    """One pass for captions of one or more images, everything left on the model's device.
+
+    Args:
+        model: ALBEF in eval mode.
+        pixels: (I, 3, R, R) normalised images, each encoded once.
+        ids, mask: (C, T) input ids and attention mask of the captions (`text.batch_tensors`).
+        image_index: (C,) each caption's image row in `pixels`.
+        layers: fusion layers whose raw attention to keep (absolute BERT indices).
+        gradcam: also compute Grad-CAM at `model.cfg.gradcam_block`.
+        keep_heads: keep each head's attention rather than their mean (the reference fixtures have them).
+    """
+    cfg = model.cfg
+    with torch.no_grad():
+        image = model.encode_image(pixels)
+        text = model.encode_text(ids, mask)
+        img_feat, txt_feat = model.itc_features(image, text)
+        itc = (img_feat[image_index] * txt_feat).sum(-1)
+    # The Grad-CAM layer's attention is a leaf: the backward runs through the layers above it only.
+    leaf_layer = cfg.gradcam_block if gradcam else None
+    with torch.set_grad_enabled(gradcam):
+        fused = model.fuse(text, mask, image, image_index if len(pixels) > 1 else None, leaf_layer)
+        logits = model.itm_head(fused.hidden[:, 0]).float()
+        cams = None
+        if gradcam:
+            attn = fused.cross_attentions[cfg.gradcam_block - cfg.bert.fusion_layer]
+            (grad,) = torch.autograd.grad(logits[:, 1].sum(), attn)
+            cams = gradcam_from(attn.detach(), grad).float()
+    attention = {}
+    for layer in layers:
+        a = fused.cross_attentions[layer - cfg.bert.fusion_layer].detach()
+        attention[layer] = a if keep_heads else a.float().mean(1, keepdim=True)
+    return BatchMaps(logits.detach(), itc.float(), attention, cams)
+
+
 def caption_maps(
     model: ALBEF,
     pixels: Tensor,
@@ -52,46 +110,16 @@ def caption_maps(
     gradcam: bool,
     keep_heads: bool = False,
 ) -> list[TokenMaps]:
-    """Maps for captions of one or more images.
-
-    Args:
-        model: ALBEF in eval mode.
-        pixels: (I, 3, R, R) the batch's images, each encoded once.
-        captions: tokenized captions, in any order.
-        image_index: for each caption, its image's row in `pixels`.
-        layers: fusion layers whose raw attention to keep (absolute BERT indices).
-        gradcam: also compute Grad-CAM at `model.cfg.gradcam_block`.
-        keep_heads: keep each head's attention rather than their mean (the reference fixtures have them).
-    """
-    cfg = model.cfg
+    """`batch_maps` for tokenized captions, split per caption into numpy arrays (see `batch_maps`)."""
     device = pixels.device
     ids, mask = (t.to(device) for t in batch_tensors(captions))
     index = torch.as_tensor(list(image_index), device=device)
-    layers = list(layers)
-    with torch.no_grad():
-        image = model.encode_image(pixels)
-        text = model.encode_text(ids, mask)
-        img_feat, txt_feat = model.itc_features(image, text)
-        itc = (img_feat[index] * txt_feat).sum(-1)
-    # The Grad-CAM layer's attention is a leaf: the backward runs through the layers above it only.
-    leaf_layer = cfg.gradcam_block if gradcam else None
-    with torch.set_grad_enabled(gradcam):
-        fused = model.fuse(text, mask, image, index if len(pixels) > 1 else None, leaf_layer)
-        logits = model.itm_head(fused.hidden[:, 0]).float()
-        cams = None
-        if gradcam:
-            attn = fused.cross_attentions[cfg.gradcam_block - cfg.bert.fusion_layer]
-            (grad,) = torch.autograd.grad(logits[:, 1].sum(), attn)
-            cams = gradcam_from(attn.detach(), grad).float()
+    maps = batch_maps(model, pixels, ids, mask, index, layers, gradcam, keep_heads)
     # One device-to-host copy per array for the whole batch: each copy waits for the device.
-    kept = {}
-    for layer in layers:
-        a = fused.cross_attentions[layer - cfg.bert.fusion_layer].detach().float()
-        kept[layer] = (a if keep_heads else a.mean(1, keepdim=True)).cpu().numpy()
-    logits = logits.detach()
-    scores, logits, itc = (t.float().cpu().numpy() for t in (logits.softmax(-1)[:, 1], logits, itc))
-    g = cfg.grid_size
-    cams = None if cams is None else cams.reshape(len(captions), -1, g, g).cpu().numpy()
+    kept = {layer: a.float().cpu().numpy() for layer, a in maps.attention.items()}
+    scores, logits, itc = (t.cpu().numpy() for t in (maps.itm_logits.softmax(-1)[:, 1], maps.itm_logits, maps.itc))
+    g = model.cfg.grid_size
+    cams = None if maps.gradcam is None else maps.gradcam.reshape(len(captions), -1, g, g).cpu().numpy()
     out = []
     for b, cap in enumerate(captions):
         T = len(cap.input_ids)

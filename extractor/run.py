@@ -1,8 +1,11 @@
-"""`python -m extractor run`: ALBEF per-word maps and metrics over a COCO dataset, into DuckDB.
+"""`python -m extractor run`: ALBEF per-word maps and metrics over a COCO dataset, into Parquet parts and DuckDB.
 
-Each image's rows and its 'done' mark are committed together (in chunks of images), so a crash or
-kill -9 loses at most the chunk in flight, and the same command resumes where it stopped. Ctrl-C or
-SIGTERM (a scheduler's preemption) finishes and saves the batches under way; a second one stops at once.
+Loader workers decode images, tokenize captions and read the cached object covers; the model and all
+the per-word work (maps merged into words, metrics, uint8 encoding) run on the device, a batch at a
+time; each chunk of images becomes one Parquet file per table in X.parts/, renamed into place when
+complete. A crash or kill -9 loses at most the chunks in flight, and the same command resumes where it
+stopped. Ctrl-C or SIGTERM (a scheduler's preemption) finishes and saves the batches under way; a second
+one stops at once. When the run completes, X (the --db file) is built from the parts for the dashboard.
 """
 
 from __future__ import annotations
@@ -11,38 +14,42 @@ import argparse
 import hashlib
 import json
 import logging
-import multiprocessing
+import resource
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import extractor
+from db import parts as partsdir
 from db import writer
+from extractor.batch import Batch, ImageFiles, collate, worker_init
 from extractor.checkpoint import file_sha256, load_checkpoint
-from extractor.coco import CocoFormatError, ImageError, load_image
 from extractor.config import ALBEFConfig
-from extractor.dataset import CocoDataset, ErrorRow, load_coco
-from extractor.image import eval_transform
-from extractor.maps import caption_maps
-from extractor.metrics import ImageCovers
+from extractor.covers import cache_dir, fill_cache
+from extractor.dataset import CocoDataset, load_coco
+from extractor.image import normalize
+from extractor.maps import BatchMaps, batch_maps
 from extractor.model import ALBEF
-from extractor.summarize import CaptionInput, ImageRows, MappedImage, summarize_images
-from extractor.text import Tokenizer, pre_caption
+from extractor.standin import StandIn
+from extractor.summarize import Slice, batch_tables, failure_tables, run_slices, to_host, word_outputs
+from extractor.text import Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bert-base-uncased" / "vocab.txt"
 METHODS = ("both", "gradcam", "attention")
+Mapper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], BatchMaps]
 
 
 @dataclass
@@ -62,33 +69,11 @@ class Options:
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
-    summary_workers: int | None = None
     limit: int | None = None
     shard: tuple[int, int] = (0, 1)
-    commit_every: int = 32
-
-
-class ImageFiles(Dataset):
-    """Decoded, transformed images and their objects on the patch grid (in DataLoader workers on CUDA).
-
-    An item is (image record, pixels, covers, error, error rows): a bad file comes back as an error, a
-    skipped annotation or a size warning of an image that goes on as error rows (`CocoDataset.covers_of`).
-    """
-
-    def __init__(self, images_dir: Path, dataset: CocoDataset, records: list[dict], res: int, grid: int):
-        self.images_dir, self.dataset, self.records, self.res, self.grid = images_dir, dataset, records, res, grid
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[dict, torch.Tensor | None, ImageCovers | None, str | None, list[ErrorRow]]:
-        rec = self.records[i]
-        try:
-            img = load_image(self.images_dir / rec["file_name"])
-            covers, error_rows = self.dataset.covers_of(rec, self.grid, size=(img.height, img.width))
-        except (ImageError, CocoFormatError) as e:
-            return rec, None, None, str(e), []
-        return rec, eval_transform(img, self.res), covers, None, error_rows
+    chunk_images: int = 256
+    model: str = "albef"
+    wait_db: float = 60.0
 
 
 def resolve_config(opts: Options) -> ALBEFConfig:
@@ -114,13 +99,17 @@ def run_identity(cfg: ALBEFConfig, checkpoint_sha: str, vocab_sha: str, method: 
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def load_model(opts: Options, device: torch.device) -> tuple[ALBEF, str]:
-    """The frozen model in eval mode on `device`, and its checkpoint's sha256."""
-    model = ALBEF(resolve_config(opts)).eval()
+def load_mapper(opts: Options, device: torch.device, layers: list[int], gradcam: bool) -> tuple[Mapper, str]:
+    """The model as a function of a batch (pixels, ids, mask, image_index) -> BatchMaps, and its checkpoint's
+    sha256. ALBEF frozen in eval mode on `device`, or with --model null the shape-true stand-in."""
+    cfg = resolve_config(opts)
+    if opts.model == "null":
+        return StandIn(cfg, layers, gradcam), file_sha256(opts.checkpoint)
+    model = ALBEF(cfg).eval()
     checkpoint_sha = load_checkpoint(model, opts.checkpoint)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(device), checkpoint_sha
+    return partial(batch_maps, model.to(device), layers=layers, gradcam=gradcam), checkpoint_sha
 
 
 def resolve_vocab(opts: Options) -> Path:
@@ -129,95 +118,138 @@ def resolve_vocab(opts: Options) -> Path:
     return opts.vocab or (beside if beside.is_file() else DEFAULT_VOCAB)
 
 
-def parallelism(opts: Options, device: torch.device) -> tuple[int, int, int]:
-    """(images per batch, decoding workers, summary workers): as asked, else 8, 4, 4 on CUDA and 1, 0, 0 on CPU.
+def parallelism(opts: Options, device: torch.device) -> tuple[int, int]:
+    """(images per batch, loader workers): as asked, else 32 and 6 on CUDA, 1 and 0 on CPU.
 
     On CPU the model already keeps every core busy.
     """
-    asked = (opts.batch_size, opts.workers, opts.summary_workers)
-    defaults = (8, 4, 4) if device.type == "cuda" else (1, 0, 0)
-    return tuple(n if n is not None else default for n, default in zip(asked, defaults, strict=True))
+    defaults = (32, 6) if device.type == "cuda" else (1, 0)
+    return tuple(n if n is not None else d for n, d in zip((opts.batch_size, opts.workers), defaults, strict=True))
+
+
+def dataset_key(opts: Options) -> str:
+    """Names the dataset rows a run read in the parts folder: its files, by path and size."""
+    files = [opts.captions, *([opts.instances] if opts.instances else [])]
+    return hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size] for f in files]).encode()).hexdigest()[:16]
 
 
 def extract(opts: Options) -> str:
-    """Run (or resume) an extraction; returns the run id."""
+    """Run (or resume) an extraction into X.parts, then build X from the parts; returns the run id."""
+    started_at, started = time.time(), time.perf_counter()
     device = resolve_device(opts.device)
     dataset = load_coco(opts.captions, opts.instances)
-    model, checkpoint_sha = load_model(opts, device)
-    cfg = model.cfg
+    cfg = resolve_config(opts)
     layers = sorted(opts.layers) if opts.layers else cfg.fusion_layers
     if bad := [la for la in layers if la not in cfg.fusion_layers]:
         raise ValueError(f"--layers {bad} are not fusion layers of this model ({cfg.fusion_layers})")
     attention_layers = layers if opts.method in ("both", "attention") else []
     gradcam = opts.method in ("both", "gradcam")
+    mapper, checkpoint_sha = load_mapper(opts, device, attention_layers, gradcam)
     vocab = resolve_vocab(opts)
     tokenizer = Tokenizer(vocab, cfg.bert.max_position_embeddings)
     run_id = run_identity(cfg, checkpoint_sha, file_sha256(vocab), opts.method, attention_layers)
 
-    con = writer.connect(opts.db)
-    resuming = writer.start_run(
-        con,
-        {
-            "run_id": run_id,
-            "checkpoint_path": str(opts.checkpoint.resolve()),
-            "checkpoint_sha256": checkpoint_sha,
-            "config": json.dumps(cfg.to_dict()),
-            "method": opts.method,
-            "layers": attention_layers,
-            "gradcam_layer": cfg.gradcam_block if gradcam else None,
-            "image_res": cfg.image_res,
-            "patch_size": cfg.patch_size,
-            "grid_size": cfg.grid_size,
-            "code_version": extractor.__version__,
-            "images_dir": str(opts.images.resolve()),
-            "captions_file": str(opts.captions.resolve()),
-            "instances_file": str(opts.instances.resolve()) if opts.instances else None,
-            "device": str(device),
-        },
-    )
-    writer.upsert_dataset(con, *dataset.frames(cfg.max_words))
-    todo = pending_images(dataset, writer.done_image_ids(con, run_id), opts.limit, opts.shard)
+    parts = partsdir.parts_dir(opts.db)
+    resuming = partsdir.write_run(parts, {
+        "run_id": run_id, "checkpoint_path": str(opts.checkpoint.resolve()), "checkpoint_sha256": checkpoint_sha,
+        "config": json.dumps(cfg.to_dict()), "method": opts.method, "layers": attention_layers,
+        "gradcam_layer": cfg.gradcam_block if gradcam else None, "image_res": cfg.image_res,
+        "patch_size": cfg.patch_size, "grid_size": cfg.grid_size, "code_version": extractor.__version__,
+        "images_dir": str(opts.images.resolve()), "captions_file": str(opts.captions.resolve()),
+        "instances_file": str(opts.instances.resolve()) if opts.instances else None, "device": str(device),
+    })  # fmt: skip
+    partsdir.write_dataset(parts, dataset_key(opts), dict(zip(partsdir.DATASET_TABLES, dataset.frames(cfg.max_words),
+                                                             strict=True)))  # fmt: skip
+    todo = pending_images(dataset, partsdir.done_image_ids(parts, run_id), opts.limit, opts.shard)
     log.info("run %s: %s, %d images to do", run_id, "resuming" if resuming else "new", len(todo))
 
-    batch_size, workers, summary_workers = parallelism(opts, device)
+    batch_size, workers = parallelism(opts, device)
+    covers_at = None
+    if opts.instances:
+        folder = cache_dir(parts, opts.instances, opts.images, cfg.grid_size)
+        covers_at = fill_cache(folder, todo, dataset, opts.images, cfg.grid_size, workers)
     loader = DataLoader(
-        ImageFiles(opts.images, dataset, todo, cfg.image_res, cfg.grid_size),
+        ImageFiles(opts.images, dataset, todo, tokenizer, cfg.image_res, cfg.max_words, covers_at),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=list,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
-        worker_init_fn=ignore_interrupts,
+        worker_init_fn=worker_init,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
     )
-    started = time.perf_counter()
-    pending = ImageRows()
-    interrupted = SystemExit(f"interrupted: {opts.db} keeps every finished image; run the same command to resume")
-    try:
-        with (
-            stop_requests() as stop,
-            summary_pool(summary_workers) as pool,
-            tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar,
-        ):
-            mapped = partial(map_batch, model, tokenizer, dataset, attention_layers=attention_layers,
-                             gradcam=gradcam, device=device)  # fmt: skip
-            summarize = partial(pool.submit, summarize_images, attention_layers=attention_layers,
-                                gradcam_layer=cfg.gradcam_block if gradcam else None)  # fmt: skip
-            for n, rows in rows_in_order(loader, mapped, summarize, 2 * max(1, summary_workers), stop):
-                pending.extend(rows)
-                if pending.n_images >= opts.commit_every:
-                    flush(con, run_id, pending)
-                    pending = ImageRows()
-                bar.update(n)
-            if pending.n_images:
-                flush(con, run_id, pending)
-    except KeyboardInterrupt:
-        con.close()
-        raise interrupted from None
-    if stop.is_set():
-        con.close()
-        raise interrupted
-    writer.finish_run(con, run_id, time.perf_counter() - started, "complete", finalize_run=opts.shard == (0, 1))
-    con.close()
+    slices = run_slices(attention_layers, cfg.gradcam_block if gradcam else None)
+    token = partsdir.new_token()
+    session = {"shard": list(opts.shard), "started_at": started_at, "token": token}
+    partsdir.write_session(parts, run_id, token, {**session, "complete": False})
+    with stop_requests() as stop:
+        try:
+            with tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar, \
+                    ChunkWriter(parts, run_id, opts.chunk_images, on_saved=bar.update) as chunks:  # fmt: skip
+                for n, tables in batch_rows(loader, mapper, slices, run_id, device, stop):
+                    chunks.add(tables, n)
+        except KeyboardInterrupt:
+            stop.set()
+        cpu = host_cpu_seconds()
+        complete = not stop.is_set()
+        seconds = time.perf_counter() - started
+        partsdir.write_session(parts, run_id, token, {**session, "finished_at": time.time(), "seconds": seconds,
+                                                        "complete": complete, "images": len(todo), "cpu": cpu})
+    if not complete:
+        raise SystemExit(f"interrupted: {parts} keeps every finished chunk; run the same command to resume")
+    log.info("host CPU per image: main %.1f ms, loaders %.1f ms (%d images, %.1f images/s)",
+             *(1e3 * cpu[k] / max(1, len(todo)) for k in ("main", "loaders")), len(todo), len(todo) / seconds)
+    writer.build(opts.db, wait=opts.wait_db)
     return run_id
+
+
+def host_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process (main) and of its finished child processes (loader and cover workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"main": me.ru_utime + me.ru_stime, "loaders": children.ru_utime + children.ru_stime}
+
+
+class ChunkWriter:
+    """Gathers batch tables into chunks of images and writes each chunk's parts in a background thread,
+    calling `on_saved(n_images)` when a chunk is on disk."""
+
+    def __init__(self, parts: Path, run_id: str, chunk_images: int, on_saved: Callable[[int], object]):
+        self.parts, self.run_id, self.chunk_images, self.on_saved = parts, run_id, chunk_images, on_saved
+        self.pending: list[dict[str, pa.Table]] = []
+        self.n_images = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="parts")
+        self.writes: deque[Future] = deque()
+
+    def add(self, tables: dict[str, pa.Table], n_images: int) -> None:
+        self.pending.append(tables)
+        self.n_images += n_images
+        if self.n_images >= self.chunk_images:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        names = dict.fromkeys(name for tables in self.pending for name in tables)
+        tables = {name: pa.concat_tables([t[name] for t in self.pending if name in t], promote_options="permissive")
+                  for name in names}  # fmt: skip
+        status = tables.pop(partsdir.DONE_TABLE)
+        name = f"{min(status.column('image_id').to_pylist()):012d}-{partsdir.new_token()}.parquet"
+        write = self.pool.submit(partsdir.write_chunk, self.parts, self.run_id, name, tables, status)
+        write.add_done_callback(lambda _, n=self.n_images: self.on_saved(n))
+        self.writes.append(write)
+        self.pending, self.n_images = [], 0
+        while len(self.writes) > 2 or (self.writes and self.writes[0].done()):
+            self.writes.popleft().result()
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Write what is gathered (also when stopping early: every finished batch is kept)."""
+        self.flush()
+        while self.writes:
+            self.writes.popleft().result()
+        self.pool.shutdown()
 
 
 @contextmanager
@@ -246,38 +278,6 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(s, handler)
 
 
-def ignore_interrupts(*_: object) -> None:
-    """In a worker process: leave Ctrl-C and SIGTERM to the main process.
-
-    Both often reach the whole process group; the main process finishes the work under way and then
-    stops its workers.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class InProcess(Executor):
-    """Runs each call at once, in this process: the summary pool when no workers are asked for."""
-
-    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
-
-
-def summary_pool(n_workers: int) -> Executor:
-    """Where word rows and metrics are computed: n worker processes, or this process when n is 0.
-
-    Workers are forked, as DataLoader workers are: they never touch CUDA. Spawned workers would run the
-    main module again (a notebook's or a Streamlit script's), and a forkserver dies of a SIGTERM sent
-    to the process group.
-    """
-    if n_workers == 0:
-        return InProcess()
-    context = multiprocessing.get_context("fork")
-    return ProcessPoolExecutor(n_workers, mp_context=context, initializer=ignore_interrupts)
-
-
 def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shard: tuple[int, int]) -> list[dict]:
     """Images with captions, in id order, this shard's share, the first `limit`, minus those done."""
     k, n = shard
@@ -285,87 +285,43 @@ def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shar
     return [im for im in images if im["id"] not in done]
 
 
-def map_batch(
-    model: ALBEF,
-    tokenizer: Tokenizer,
-    dataset: CocoDataset,
-    batch: list[tuple[dict, torch.Tensor | None, ImageCovers | None, str | None, list[ErrorRow]]],
-    attention_layers: list[int],
-    gradcam: bool,
-    device: torch.device,
-) -> tuple[ImageRows, list[MappedImage]]:
-    """The model's pass over a batch of decoded images: one image encode each, all their captions together.
-
-    Returns the rows of what failed (images, empty captions, skipped annotations) and each good image's
-    captions with maps.
-    """
-    cfg = model.cfg
-    failed = ImageRows()
-    images = []
-    for rec, pixels, covers, error, error_rows in batch:
-        failed.errors.extend(error_rows)
-        if error is None:
-            images.append((rec, pixels, MappedImage(rec["id"], [], covers)))
-        else:
-            failed.fail_image(rec["id"], rec["file_name"], error)
-    tokens, owners = [], []
-    for i, (rec, _, image) in enumerate(images):
-        for cap in dataset.captions_of(rec["id"]):
-            tok = tokenizer([pre_caption(cap["caption"], cfg.max_words)])[0]
-            if not tok.words:
-                message = "caption is empty after ALBEF's cleaning"
-                failed.errors.append(("caption", str(cap["id"]), rec["file_name"], message))
-                continue
-            image.captions.append(CaptionInput(cap["id"], tok, None, dataset.match(tok.words)))
-            tokens.append(tok)
-            owners.append(i)
-    if tokens:
-        # Each image goes to the device from the pinned memory the loader put it in; a stack on the host
-        # would copy the batch into unpinned memory first.
-        pixels = torch.stack([p.to(device, non_blocking=True) for _, p, _ in images])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            maps = iter(caption_maps(model, pixels, tokens, owners, attention_layers, gradcam))
-        for _, _, image in images:
-            for cap in image.captions:
-                cap.maps = next(maps)
-    return failed, [image for _, _, image in images]
-
-
-def rows_in_order(
-    batches: Iterable[list],
-    to_maps: Callable[[list], tuple[ImageRows, list[MappedImage]]],
-    summarize: Callable[[list[MappedImage]], Future],
-    depth: int,
+def batch_rows(
+    batches: DataLoader, mapper: Mapper, slices: list[Slice], run_id: str, device: torch.device,
     stop: threading.Event,
-) -> Iterator[tuple[int, ImageRows]]:
-    """(images in the batch, its rows) per batch, in order.
+) -> Iterator[tuple[int, dict[str, pa.Table]]]:
+    """(images in the batch, its tables) per batch, in order.
 
-    Each batch's maps are summarized (`summarize` returns a future) while the next batches go through
-    the model, with at most `depth` batches waiting. After `stop` is set no new batch is started, and
-    those under way are finished.
+    The device work of a batch is queued before the previous batch's results are copied back and laid
+    out, so on CUDA the host's part overlaps the next batch's kernels. After `stop` is set no new batch
+    is started; the one under way is finished.
     """
-    waiting: deque[tuple[int, ImageRows, Future]] = deque()
-
-    def oldest() -> tuple[int, ImageRows]:
-        n, rows, future = waiting.popleft()
-        rows.extend(future.result())
-        return n, rows
-
+    previous = None
     for batch in batches:
         if stop.is_set():
             break
-        failed, images = to_maps(batch)
-        waiting.append((len(batch), failed, summarize(images)))
-        while waiting and (len(waiting) > depth or waiting[0][2].done()):
-            yield oldest()
-    while waiting:
-        yield oldest()
+        current = (batch, device_outputs(batch.to(device), mapper, slices))
+        if previous:
+            yield host_rows(*previous, slices, run_id)
+        previous = current
+    if previous:
+        yield host_rows(*previous, slices, run_id)
 
 
-def flush(con, run_id: str, rows: ImageRows) -> None:
-    """Commit a chunk of images in one transaction: result rows, error log, done/error marks."""
-    writer.write_images(con, run_id, rows.frames(), rows.done_ids + rows.failed_ids,
-                        ["done"] * len(rows.done_ids) + ["error"] * len(rows.failed_ids))
+def device_outputs(batch: Batch, mapper: Mapper, slices: list[Slice]) -> dict[str, torch.Tensor] | None:
+    """Queue a batch's model pass and per-word work on its device; None when it has no caption."""
+    if not len(batch.caption_ids):
+        return None
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.pixels.is_cuda):
+        maps = mapper(normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index)
+    return word_outputs(maps, batch, slices)
+
+
+def host_rows(
+    batch: Batch, outputs: dict[str, torch.Tensor] | None, slices: list[Slice], run_id: str
+) -> tuple[int, dict[str, pa.Table]]:
+    if outputs is None:
+        return batch.n_images, failure_tables(batch, run_id)
+    return batch.n_images, batch_tables(batch, to_host(outputs), slices, run_id)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -394,18 +350,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-res", type=int, help="run resolution (default: the config's; pos_embed is resampled)")
     p.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: vocab.txt beside the "
                    "checkpoint, else ../shared/bert-base-uncased/vocab.txt)")
-    p.add_argument("--db", type=Path, required=True, help="output DuckDB file (created, or resumed)")
+    p.add_argument("--db", type=Path, required=True, help="output DuckDB file X, built when the run completes; "
+                   "the run's Parquet parts (and the object-cover cache) go to X.parts/ beside it")
     p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 8 on CUDA, 1 on CPU)")
-    p.add_argument("--workers", type=int, help="image decoding workers (default 4 on CUDA, 0 on CPU)")
-    p.add_argument("--summary-workers", type=int,
-                   help="processes computing word rows and metrics while the model runs (default 4 on CUDA, 0 on CPU)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 32 on CUDA, 1 on CPU)")
+    p.add_argument("--workers", type=int, help="loader processes: decoding, tokenizing, object covers "
+                   "(default 6 on CUDA, 0 on CPU)")
     p.add_argument("--limit", type=int, help="only the first N images (by id)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this process takes every N-th image "
-                   "from K; merge the shard files with `python -m extractor merge`")
-    p.add_argument("--commit-every", type=int, default=32, help="images per committed transaction")
+                   "from K; give every shard the same --db: they write parts into one folder, and the last to "
+                   "finish builds the database")
+    p.add_argument("--chunk-images", "--commit-every", type=int, default=256,
+                   help="images per Parquet part: the most a crash can lose (default 256)")
+    p.add_argument("--wait-db", type=float, default=60.0, help="seconds to wait for the --db file while another "
+                   "process holds it (a dashboard, another shard's build) before saying so (default 60)")
+    p.add_argument("--model", choices=("albef", "null"), default="albef",
+                   help="null: a stand-in returning random maps of ALBEF's shapes, to measure the pipeline alone")
     p.set_defaults(func=main)
 
 

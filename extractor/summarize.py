@@ -1,148 +1,162 @@
-"""Turn one image's token maps into table rows: whole-word maps, their metrics, caption-level maps.
+"""A batch's maps -> table rows: whole-word maps, their metrics and uint8 codes, caption-level maps.
 
-Rows are gathered column-wise (numpy arrays per caption, concatenated once per chunk), because a
-full COCO run produces tens of millions of word rows.
+The per-word work runs where the model ran, as a few batched tensor ops over every word of every
+caption and every map kind (`word_outputs`); only metric columns and uint8 maps come back to the host,
+one copy per array (`to_host`), where `batch_tables` lays them out as Arrow columns without a Python
+loop over words.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import torch
+from torch import Tensor
 
-from db.codec import encode_maps
-from extractor.maps import ATTENTION, GRADCAM, TokenMaps, merge_pieces
-from extractor.metrics import ImageCovers, covers_for_words, word_metrics_batch
-from extractor.text import TokenizedCaption
+from extractor import device_metrics
+from extractor.batch import Batch
+from extractor.maps import ATTENTION, GRADCAM, BatchMaps
 
-
-@dataclass
-class CaptionInput:
-    """One caption of an image with everything its rows need."""
-
-    caption_id: int
-    tokens: TokenizedCaption
-    maps: TokenMaps
-    category_ids: list[int | None]  # per word
+Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
 
 
-@dataclass
-class MappedImage:
-    """An image's captions with their maps and its objects on the grid: what its rows are made from."""
-
-    image_id: int
-    captions: list[CaptionInput]
-    covers: ImageCovers | None  # None when the run has no instances file
+def run_slices(attention_layers: Sequence[int], gradcam_layer: int | None) -> list[Slice]:
+    """Every (method, layer) a run keeps, in row order."""
+    return [(ATTENTION, layer) for layer in attention_layers] + ([(GRADCAM, gradcam_layer)] if gradcam_layer else [])
 
 
-@dataclass
-class ImageRows:
-    """Rows of a chunk of images, ready for `db.writer.write_images`."""
+def token_maps(maps: BatchMaps, method: str, layer: int) -> Tensor:
+    """(C, T, N) per-token maps of one slice."""
+    return maps.gradcam if method == GRADCAM else maps.attention_grid(layer)
 
-    words: list[dict[str, np.ndarray]] = field(default_factory=list)  # columns of a (caption, method, layer)
-    caption_results: list[dict] = field(default_factory=list)
-    caption_maps: list[dict] = field(default_factory=list)
-    done_ids: list[int] = field(default_factory=list)
-    failed_ids: list[int] = field(default_factory=list)
-    errors: list[tuple[str, str, str | None, str]] = field(default_factory=list)  # kind, item, path, message
 
-    @property
-    def n_images(self) -> int:
-        return len(self.done_ids) + len(self.failed_ids)
+def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict[str, Tensor]:
+    """Every word's metrics and uint8 map, and every caption's maps, for all slices, on the maps' device.
 
-    def fail_image(self, image_id: int, path: str, message: str) -> None:
-        self.failed_ids.append(image_id)
-        self.errors.append(("image", str(image_id), path, message))
-
-    def extend(self, other: ImageRows) -> None:
-        for name in ("words", "caption_results", "caption_maps", "done_ids", "failed_ids", "errors"):
-            getattr(self, name).extend(getattr(other, name))
-
-    def frames(self) -> dict[str, pd.DataFrame]:
-        return {
-            "caption_results": pd.DataFrame(self.caption_results),
-            "caption_maps": pd.DataFrame(self.caption_maps),
-            "words": words_frame(self.words),
-            "errors": pd.DataFrame(self.errors, columns=["item_kind", "item_id", "path", "message"]),
+    Word rows come slice by slice (all W words of the batch for the first slice, then the next);
+    caption rows likewise (all C captions per slice).
+    """
+    word_maps, caption_means, cls_rows = [], [], []
+    for method, layer in slices:
+        tokens = token_maps(maps, method, layer)
+        merged = torch.bmm(batch.piece_weights, tokens)  # (C, Wmax, N): each word the mean of its pieces
+        word_maps.append(merged.flatten(0, 1)[batch.word_slots])
+        n_words = batch.piece_weights.any(-1).sum(-1, keepdim=True).clamp(min=1)
+        caption_means.append(merged.sum(1) / n_words)
+        cls_rows.append(tokens[:, 0])
+    words = torch.cat(word_maps).clamp(min=0)
+    n_slices = len(slices)
+    covers = {}
+    if batch.masks is not None:
+        index = batch.cover_index.repeat(n_slices)
+        covers = {
+            "category_cover": batch.masks[index],
+            "box_cover": batch.boxes[index],
+            "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
+            "has_object": index > 0,
         }
+    out = device_metrics.word_metrics(words, **covers)
+    out["map"], out["map_max"] = device_metrics.encode(words)
+    out["caption_map"], out["caption_map_max"] = device_metrics.encode(torch.cat(caption_means).clamp(min=0))
+    out["cls_map"], out["cls_map_max"] = device_metrics.encode(torch.cat(cls_rows).clamp(min=0))
+    out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
+    out["itc_score"] = maps.itc
+    return out
 
 
-def method_grids(maps: TokenMaps, attention_layers: Sequence[int], gradcam_layer: int | None):
-    """(method, layer, token maps (T, g, g)) for every map kind the run keeps."""
-    for layer in attention_layers:
-        yield ATTENTION, layer, maps.attention_grid(layer)
-    if gradcam_layer is not None:
-        yield GRADCAM, gradcam_layer, maps.gradcam
+def to_host(outputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """One device-to-host copy per array; on CUDA all are queued before the one wait."""
+    copies = {k: v.to("cpu", non_blocking=v.is_cuda) for k, v in outputs.items()}
+    if any(v.is_cuda for v in outputs.values()):
+        torch.cuda.current_stream().synchronize()
+    return {k: v.numpy() for k, v in copies.items()}
 
 
-def summarize_image(
-    image_id: int,
-    captions: Sequence[CaptionInput],
-    covers: ImageCovers | None,
-    attention_layers: Sequence[int],
-    gradcam_layer: int | None,
-) -> ImageRows:
-    """All result rows of one image (covers is None when the run has no instances file)."""
-    rows = ImageRows(done_ids=[image_id])
-    for cap in captions:
-        words = cap.tokens.words
-        n = len(words)
-        rows.caption_results.append(
-            {"caption_id": cap.caption_id, "image_id": image_id, "itm_score": cap.maps.itm_score,
-             "itc_score": cap.maps.itc_score}
-        )
-        for method, layer, grid in method_grids(cap.maps, attention_layers, gradcam_layer):
-            word_maps = merge_pieces(grid, cap.tokens.word_of_token, n)
-            g = word_maps.shape[-1]
-            if covers is None:
-                metrics = word_metrics_batch(word_maps)
-            else:
-                cat_cover, box_cover, has_object = covers_for_words(cap.category_ids, covers, g)
-                metrics = word_metrics_batch(word_maps, cat_cover, box_cover, covers.union, has_object)
-            blobs, maxes = encode_maps(np.clip(word_maps, 0, None))
-            rows.words.append(
-                {
-                    "image_id": np.full(n, image_id, np.int64),
-                    "caption_id": np.full(n, cap.caption_id, np.int64),
-                    "word_index": np.arange(n, dtype=np.int16),
-                    "word": np.array(words, dtype=object),
-                    "n_pieces": np.asarray(cap.tokens.n_pieces),
-                    "category_id": np.array([c or 0 for c in cap.category_ids], np.int32),
-                    "no_category": np.array([c is None for c in cap.category_ids]),
-                    "method": np.full(n, method, dtype=object),
-                    "layer": np.full(n, layer, np.int16),
-                    **metrics,
-                    "itm_score": np.full(n, cap.maps.itm_score, np.float64),
-                    "map": np.array(blobs, dtype=object),
-                    "map_max": np.asarray(maxes),
-                }
-            )
-            (caption_blob,), (caption_max,) = encode_maps(word_maps.mean(0, keepdims=True).clip(0))
-            (cls_blob,), (cls_max,) = encode_maps(grid[:1].clip(0))
-            rows.caption_maps.append(
-                {"caption_id": cap.caption_id, "image_id": image_id, "method": method, "layer": layer,
-                 "map": caption_blob, "map_max": caption_max, "cls_map": cls_blob, "cls_map_max": cls_max}
-            )
-    return rows
+def _dictionary(value: str, n: int) -> pa.DictionaryArray:
+    """A column of n times the same string, stored once."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
 
 
-def summarize_images(
-    images: Sequence[MappedImage], attention_layers: Sequence[int], gradcam_layer: int | None
-) -> ImageRows:
-    """All result rows of a batch of images."""
-    rows = ImageRows()
-    for image in images:
-        rows.extend(summarize_image(image.image_id, image.captions, image.covers, attention_layers, gradcam_layer))
-    return rows
+def _blobs(codes: np.ndarray) -> pa.Array:
+    """(n, N) uint8 -> n binary values of N bytes, without copying per row."""
+    n, width = codes.shape
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(np.ascontiguousarray(codes))])
 
 
-def words_frame(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
-    """The words table's rows from per-slice columns: one concatenation per column, nulls as masks."""
-    if not parts:
-        return pd.DataFrame()
-    cols = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    cols["category_id"] = pd.arrays.IntegerArray(cols["category_id"], cols.pop("no_category"))
-    cols["pointing_hit"] = pd.arrays.BooleanArray(cols["pointing_hit"], ~cols.pop("has_object"))
-    return pd.DataFrame(cols)
+def _f32(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32)
+
+
+def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice], run_id: str) -> dict[str, pa.Table]:
+    """The rows of one batch: words, caption_results, caption_maps, errors and image_status, as Arrow tables."""
+    W, C, S = len(batch.words), len(batch.caption_ids), len(slices)
+    image_of_caption = batch.image_ids[batch.image_index.numpy()] if C else np.zeros(0, np.int64)
+    word_caption = batch.word_caption.numpy()
+    methods = np.repeat([m for m, _ in slices], W)
+    layers = np.repeat(np.array([la for _, la in slices], np.int16), W)
+    no_object = ~out["has_object"]
+    words = pa.table({
+        "run_id": _dictionary(run_id, W * S),
+        "image_id": np.tile(image_of_caption[word_caption], S),
+        "caption_id": np.tile(batch.caption_ids[word_caption], S),
+        "word_index": np.tile(batch.word_index, S),
+        "word": pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(W, dtype=np.int32), S)),
+                                               pa.array(batch.words, pa.string())),
+        "n_pieces": np.tile(batch.n_pieces, S),
+        "category_id": pa.array(np.tile(batch.category_id, S), mask=np.tile(batch.no_category, S)),
+        "method": pa.array(methods, pa.string()).dictionary_encode(),
+        "layer": layers,
+        "peak_row": out["peak_row"].astype(np.int16),
+        "peak_col": out["peak_col"].astype(np.int16),
+        "peak_value": _f32(out["peak_value"]),
+        "entropy": _f32(out["entropy"]),
+        "mask_mass": pa.array(_f32(out["mask_mass"]), from_pandas=True),
+        "box_mass": pa.array(_f32(out["box_mass"]), from_pandas=True),
+        "background_mass": pa.array(_f32(out["background_mass"]), from_pandas=True),
+        "pointing_hit": pa.array(out["pointing_hit"], mask=no_object),
+        "iou_top60": pa.array(_f32(out["iou_top60"]), from_pandas=True),
+        "itm_score": np.tile(_f32(out["itm_score"])[word_caption], S),
+        "map": _blobs(out["map"]),
+        "map_max": out["map_max"],
+    })  # fmt: skip
+    caption_maps = pa.table({
+        "run_id": _dictionary(run_id, C * S),
+        "caption_id": np.tile(batch.caption_ids, S),
+        "image_id": np.tile(image_of_caption, S),
+        "method": pa.array(np.repeat([m for m, _ in slices], C), pa.string()).dictionary_encode(),
+        "layer": np.repeat(np.array([la for _, la in slices], np.int16), C),
+        "map": _blobs(out["caption_map"]),
+        "map_max": out["caption_map_max"],
+        "cls_map": _blobs(out["cls_map"]),
+        "cls_map_max": out["cls_map_max"],
+    })  # fmt: skip
+    caption_results = pa.table({
+        "run_id": _dictionary(run_id, C),
+        "caption_id": batch.caption_ids,
+        "image_id": image_of_caption,
+        "itm_score": out["itm_score"].astype(np.float64),
+        "itc_score": out["itc_score"].astype(np.float64),
+    })  # fmt: skip
+    return {"words": words, "caption_maps": caption_maps, "caption_results": caption_results,
+            **failure_tables(batch, run_id)}  # fmt: skip
+
+
+def failure_tables(batch: Batch, run_id: str) -> dict[str, pa.Table]:
+    """errors and image_status rows of a batch (the only rows of a batch whose images all failed)."""
+    kind, item, path, message = (list(col) for col in zip(*batch.errors, strict=True)) if batch.errors else ([],) * 4
+    ids = [*batch.image_ids.tolist(), *batch.failed_ids]
+    return {
+        "errors": pa.table({
+            "run_id": pa.array([run_id] * len(kind), pa.string()),
+            "item_kind": pa.array(kind, pa.string()), "item_id": pa.array(item, pa.string()),
+            "path": pa.array(path, pa.string()), "message": pa.array(message, pa.string()),
+            "created_at": pa.array([np.datetime64("now", "us")] * len(kind), pa.timestamp("us")),
+        }),
+        "image_status": pa.table({
+            "run_id": pa.array([run_id] * len(ids), pa.string()),
+            "image_id": pa.array(ids, pa.int64()),
+            "status": pa.array(["done"] * len(batch.image_ids) + ["error"] * len(batch.failed_ids), pa.string()),
+        }),
+    }  # fmt: skip

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from db import parts
 from db.codec import decode_map
 from extractor.text import Tokenizer, pre_caption
 from tests.conftest import REPO, run_extraction
@@ -143,19 +144,19 @@ def uninterrupted_db(shared, tmp_path_factory):
 
 
 def images_done(progress: str) -> int:
-    """The highest image count the progress bar has printed so far."""
-    return max((int(k) for k in re.findall(r"(\d+)/\d+ ", progress)), default=0)
+    """The highest image count the extraction's progress bar has printed so far (not the covers' bar)."""
+    return max((int(k) for k in re.findall(r"extracting:[^|]*\|[^|]*\| *(\d+)/\d+ ", progress)), default=0)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_resumes_to_the_same_result(shared, uninterrupted_db, tmp_path, sig):
     db = tmp_path / "resumed.duckdb"
     argv = cli(shared, db, "val2017-subset", *RESUME_LIMIT)
-    # kill -9 keeps what was committed; SIGINT and SIGTERM also save the uncommitted images (32 per commit).
-    commit_every = "1" if sig == signal.SIGKILL else "32"
+    # kill -9 keeps the chunks written; SIGINT and SIGTERM also save the images of the chunk under way.
+    chunk = "1" if sig == signal.SIGKILL else "32"
     # Ctrl-C in a terminal, and many schedulers' SIGTERM, reach the whole process group: the workers too.
-    workers = () if sig == signal.SIGKILL else ("--workers", "2", "--summary-workers", "2")
-    proc = subprocess.Popen([*argv, "--commit-every", commit_every, *workers], cwd=REPO, stderr=subprocess.PIPE,
+    workers = () if sig == signal.SIGKILL else ("--workers", "2")
+    proc = subprocess.Popen([*argv, "--chunk-images", chunk, *workers], cwd=REPO, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # fmt: skip
     seen = ""
     while images_done(seen) < 3:
@@ -167,8 +168,9 @@ def test_interrupted_run_resumes_to_the_same_result(shared, uninterrupted_db, tm
     assert proc.returncode != 0
     if sig != signal.SIGKILL:
         assert "run the same command to resume" in rest
-    partial = rows(db, "SELECT count(*) FROM image_status")[0][0]
-    assert 3 <= partial < 40
+    assert not db.exists()  # the database is built when the run completes; until then only its parts
+    (run_id,) = parts.run_ids(parts.parts_dir(db))
+    assert 3 <= len(parts.done_image_ids(parts.parts_dir(db), run_id)) < 40
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr
@@ -176,14 +178,23 @@ def test_interrupted_run_resumes_to_the_same_result(shared, uninterrupted_db, tm
 
 
 def test_worker_processes_and_batches_give_the_same_result(shared, small_db, tmp_path):
-    # What CUDA runs do by default, on CPU: batches of images, decoding and object covers in loader
-    # workers, word rows and metrics in summary workers while the next batch is mapped.
-    parallel = ("--batch-size", "3", "--workers", "2", "--summary-workers", "2")
+    # What CUDA runs do by default, on CPU: batches of images, decoding, tokenizing and object covers in
+    # loader workers, parts of a few images each.
+    parallel = ("--batch-size", "3", "--workers", "2", "--chunk-images", "4")
     db = run_extraction(shared, tmp_path / "workers.duckdb", "val2017-small", *parallel)
     assert_same_results(db, small_db)
 
 
-def test_shards_merge_into_the_same_database(shared, small_db, tmp_path):
+def test_shards_into_one_folder_give_the_same_database(shared, small_db, tmp_path):
+    db = tmp_path / "sharded.duckdb"
+    run_extraction(shared, db, "val2017-small", "--shard", "1/2")
+    assert rows(db, "SELECT status, finalized_at IS NULL FROM runs") == [("running", True)]
+    run_extraction(shared, db, "val2017-small", "--shard", "0/2")  # the last shard to finish completes the run
+    assert rows(db, "SELECT status, finalized_at IS NULL FROM runs") == [("complete", False)]
+    assert_same_results(db, small_db)
+
+
+def test_shard_databases_merge_into_the_same_database(shared, small_db, tmp_path):
     shards = [run_extraction(shared, tmp_path / f"s{k}.duckdb", "val2017-small", "--shard", f"{k}/2") for k in (0, 1)]
     merged = tmp_path / "merged.duckdb"
     from extractor.__main__ import main

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from db import queries
+from db import parts, queries
 from extractor import run
 from extractor.checkpoint import file_sha256
 from extractor.demo.world import write_split
@@ -57,6 +58,7 @@ def prepare(out: Path, n_images: int, seed: int, res: int, device: str = "auto")
         log.info("demo database %s was made by another demo model: rebuilding it", db)
         db.unlink()
         db.with_name(db.name + ".wal").unlink(missing_ok=True)
+        shutil.rmtree(parts.parts_dir(db), ignore_errors=True)
     world = out / "world"
     captions, instances = world / "annotations" / "captions_val.json", world / "annotations" / "instances_val.json"
     if not instances.is_file():
