@@ -28,7 +28,7 @@ from dashboard.overlay import (
     draw_instances,
     encode,
 )
-from db import queries
+from db import parts, queries
 from db.codec import decode_map
 from db.schema import SchemaMismatch
 
@@ -45,7 +45,8 @@ class DatabaseUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Database:
-    """A database file as the cache key of everything read from it (path + modification time)."""
+    """A database file as the cache key of everything read from it: its path, and a version that changes
+    with the file and with the done chunks of runs still in progress (`db.parts.version`)."""
 
     path: str
     mtime_ns: int
@@ -54,17 +55,19 @@ class Database:
     def open(cls, path: str | Path) -> Database:
         """Check that ``path`` is a readable extraction database of this schema version."""
         path = Path(path).expanduser().resolve()
-        if not path.is_file():
-            raise DatabaseUnavailable(f"No database file at {code(str(path))}.")
-        db = cls(str(path), path.stat().st_mtime_ns)
+        if not path.is_file() and not parts.run_ids(parts.parts_dir(path)):
+            raise DatabaseUnavailable(f"No database file at {code(str(path))}, and no extraction in progress "
+                                      f"beside it ({code(str(parts.parts_dir(path)))}).")
+        db = cls(str(path), parts.version(path))
         try:
             _connection(db.path, db.mtime_ns)
         except SchemaMismatch as exc:
             raise DatabaseUnavailable(f"{code(str(path))} cannot be shown: {exc}") from exc
         except duckdb.Error as exc:
             if "lock" in str(exc).lower():  # DuckDB allows one writer or many readers, not both
-                raise DatabaseUnavailable(f"{code(str(path))} is being written by another process (an extraction "
-                                          f"in progress?); open it when that finishes. {exc}") from exc
+                raise DatabaseUnavailable(f"{code(str(path))} is being built by another process (`python -m "
+                                          f"extractor finalize` at the end of a run?); reload when that finishes. "
+                                          f"{code(str(exc))}") from exc
             raise DatabaseUnavailable(f"{code(str(path))} is not a readable DuckDB extraction database: {exc}") from exc
         return db
 

@@ -39,6 +39,16 @@ def run_dir(parts: Path, run_id: str) -> Path:
     return parts / "runs" / run_id
 
 
+def version(db_path: str | Path) -> int:
+    """Changes whenever the database file or any run's done chunks change (a reader's cache key)."""
+    db_path = Path(db_path)
+    parts = parts_dir(db_path)
+    stamps = [db_path.stat().st_mtime_ns if db_path.is_file() else 0]
+    stamps += [(run_dir(parts, r) / DONE_TABLE).stat().st_mtime_ns for r in run_ids(parts)
+               if (run_dir(parts, r) / DONE_TABLE).is_dir()]  # fmt: skip
+    return max(stamps)
+
+
 def run_ids(parts: Path) -> list[str]:
     """The runs that have a folder of parts, by id."""
     runs = parts / "runs"

@@ -17,9 +17,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from extractor.coco import CocoFormatError, ImageError, load_image
-from extractor.covers import ErrorRow, GridCovers, load_block, one_thread
-from extractor.dataset import CocoDataset
+from extractor.covers import GridCovers, load_block, one_thread
+from extractor.dataset import CocoDataset, ErrorRow
 from extractor.image import resized_pixels
+from extractor.suspects import record_attempt
 from extractor.text import TokenizedCaption, Tokenizer, batch_tensors, pre_caption
 
 
@@ -54,15 +55,17 @@ class ImageFiles(Dataset):
         res: int,
         max_words: int,
         covers_at: dict[int, tuple[str, int]] | None,
+        journal: tuple[Path, str],
     ):
         self.images_dir, self.dataset, self.records, self.tokenizer = images_dir, dataset, records, tokenizer
-        self.res, self.max_words, self.covers_at = res, max_words, covers_at
+        self.res, self.max_words, self.covers_at, self.journal = res, max_words, covers_at, journal
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> ImageItem:
         rec = self.records[i]
+        record_attempt(*self.journal, rec["id"])
         covers = None if self.covers_at is None else load_block(self.covers_at[rec["id"]][0])[rec["id"]]
         errors = list(covers.errors) if covers else []
         try:
@@ -71,6 +74,9 @@ class ImageFiles(Dataset):
             pixels = resized_pixels(load_image(self.images_dir / rec["file_name"]), self.res)
         except (ImageError, CocoFormatError) as e:
             return ImageItem(rec, None, None, [], [*errors, ("image", str(rec["id"]), rec["file_name"], str(e))])
+        except Exception as e:  # a decoder's own bug (MemoryError included) fails this image, not the run
+            why = f"{self.images_dir / rec['file_name']}: cannot decode ({type(e).__name__}: {e})"
+            return ImageItem(rec, None, None, [], [*errors, ("image", str(rec["id"]), rec["file_name"], why)])
         captions = []
         for cap in self.dataset.captions_of(rec["id"]):
             (tok,) = self.tokenizer([pre_caption(cap["caption"], self.max_words)])

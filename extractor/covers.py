@@ -11,7 +11,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
@@ -23,10 +25,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from extractor.coco import CocoFormatError, ImageError, image_size
-from extractor.dataset import CocoDataset
+from extractor.dataset import CocoDataset, ErrorRow
+from extractor.suspects import record_attempt
 
 BLOCK_IMAGES = 1024
-ErrorRow = tuple[str, str, str | None, str]  # item_kind, item_id, path, message: an `errors` row
 
 
 @dataclass
@@ -54,6 +56,8 @@ def grid_covers(dataset: CocoDataset, images_dir: Path, record: dict, g: int) ->
         covers, errors = dataset.covers_of(record, g, size=size)
     except CocoFormatError as e:
         return GridCovers(*_no_objects(g), errors=[], failure=str(e))
+    except Exception as e:  # pycocotools' or numpy's own failure (MemoryError included): this image only
+        return GridCovers(*_no_objects(g), errors=[], failure=f"cannot lay out its masks ({type(e).__name__}: {e})")
     ids = sorted(covers.by_category)
     stack = [covers.by_category[cid] for cid in ids]
     return GridCovers(
@@ -132,40 +136,53 @@ def one_thread(*_: object) -> None:
     torch.set_num_threads(1)
 
 
-_job: tuple[CocoDataset, Path, int] | None = None  # what forked workers compute covers from
+def cover_worker_init() -> None:
+    """A covers worker: one thread, and Ctrl-C left to the main process (which then stops the pool)."""
+    one_thread()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_job: tuple[CocoDataset, Path, int, tuple[Path, str]] | None = None  # what forked workers compute covers from
 
 
 def _covers_of(record: dict) -> GridCovers:
-    return grid_covers(_job[0], _job[1], record, _job[2])
+    dataset, images_dir, g, journal = _job
+    record_attempt(*journal, record["id"])
+    return grid_covers(dataset, images_dir, record, g)
 
 
 def fill_cache(
-    folder: Path, records: list[dict], dataset: CocoDataset, images_dir: Path, g: int, workers: int
+    folder: Path,
+    records: list[dict],
+    dataset: CocoDataset,
+    images_dir: Path,
+    g: int,
+    workers: int,
+    journal: tuple[Path, str],
 ) -> dict[int, tuple[str, int]]:
     """Compute the covers of `records` missing from the cache, in blocks, with a progress bar.
 
     Returns the cache's locations (see `cached_locations`). Workers are forked and inherit the dataset,
-    so it is never pickled.
+    so it is never pickled; each journals the images it starts (`extractor.suspects`).
     """
     global _job
     missing = [r for r in records if r["id"] not in cached_locations(folder)]
     if not missing:
         return cached_locations(folder)
-    _job = (dataset, images_dir, g)
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=one_thread) if workers else None
+    _job = (dataset, images_dir, g, journal)
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(workers, context, initializer=cover_worker_init) if workers else None
     try:
-        results = pool.imap(_covers_of, missing, chunksize=16) if pool else map(_covers_of, missing)
+        # A worker that dies (a crash, the OOM killer) breaks the pool: BrokenProcessPool, never a hang.
+        results = pool.map(_covers_of, missing, chunksize=16) if pool else map(_covers_of, missing)
         with tqdm(total=len(missing), unit="img", desc="object covers", dynamic_ncols=True) as bar:
             for block in _blocks(zip((r["id"] for r in missing), results, strict=True), BLOCK_IMAGES):
                 save_block(folder, dict(block))
                 bar.update(len(block))
-        if pool:
-            pool.close()
-            pool.join()
     finally:
         _job = None
         if pool:
-            pool.terminate()  # at once after an error; the workers take SIGTERM
+            pool.shutdown(wait=False, cancel_futures=True)
     return cached_locations(folder)
 
 

@@ -16,12 +16,14 @@ import json
 import logging
 import resource
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,16 +36,26 @@ from tqdm import tqdm
 import extractor
 from db import parts as partsdir
 from db import writer
+from extractor import suspects
 from extractor.batch import Batch, ImageFiles, collate, worker_init
 from extractor.checkpoint import file_sha256, load_checkpoint
+from extractor.coco import load_image
 from extractor.config import ALBEFConfig
-from extractor.covers import cache_dir, fill_cache
+from extractor.covers import cache_dir, fill_cache, grid_covers
 from extractor.dataset import CocoDataset, load_coco
-from extractor.image import normalize
+from extractor.image import normalize, resized_pixels
 from extractor.maps import BatchMaps, batch_maps
 from extractor.model import ALBEF
 from extractor.standin import StandIn
-from extractor.summarize import Slice, batch_tables, failure_tables, run_slices, to_host, word_outputs
+from extractor.summarize import (
+    Slice,
+    batch_failures,
+    batch_tables,
+    failure_tables,
+    run_slices,
+    to_host,
+    word_outputs,
+)
 from extractor.text import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -162,26 +174,29 @@ def extract(opts: Options) -> str:
                                                              strict=True)))  # fmt: skip
     todo = pending_images(dataset, partsdir.done_image_ids(parts, run_id), opts.limit, opts.shard)
     log.info("run %s: %s, %d images to do", run_id, "resuming" if resuming else "new", len(todo))
+    todo = set_aside_poisoned(parts, run_id, todo, partial(prepare_image, opts, dataset, cfg))
+    journal = (suspects.clear_attempts(parts, run_id), partsdir.new_token())
 
     batch_size, workers = parallelism(opts, device)
     covers_at = None
     if opts.instances:
         folder = cache_dir(parts, opts.instances, opts.images, cfg.grid_size)
-        covers_at = fill_cache(folder, todo, dataset, opts.images, cfg.grid_size, workers)
+        try:
+            covers_at = fill_cache(folder, todo, dataset, opts.images, cfg.grid_size, workers, journal)
+        except BrokenProcessPool as e:
+            raise SystemExit(worker_died(e, parts)) from None
     loader = DataLoader(
-        ImageFiles(opts.images, dataset, todo, tokenizer, cfg.image_res, cfg.max_words, covers_at),
+        ImageFiles(opts.images, dataset, todo, tokenizer, cfg.image_res, cfg.max_words, covers_at, journal),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         worker_init_fn=worker_init,
         prefetch_factor=4 if workers else None,
-        persistent_workers=False,
     )
     slices = run_slices(attention_layers, cfg.gradcam_block if gradcam else None)
-    token = partsdir.new_token()
-    session = {"shard": list(opts.shard), "started_at": started_at, "token": token}
-    partsdir.write_session(parts, run_id, token, {**session, "complete": False})
+    session = {"shard": list(opts.shard), "started_at": started_at}
+    partsdir.write_session(parts, run_id, journal[1], {**session, "complete": False})
     with stop_requests() as stop:
         try:
             with tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar, \
@@ -190,17 +205,54 @@ def extract(opts: Options) -> str:
                     chunks.add(tables, n)
         except KeyboardInterrupt:
             stop.set()
-        cpu = host_cpu_seconds()
-        complete = not stop.is_set()
-        seconds = time.perf_counter() - started
-        partsdir.write_session(parts, run_id, token, {**session, "finished_at": time.time(), "seconds": seconds,
-                                                        "complete": complete, "images": len(todo), "cpu": cpu})
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            raise SystemExit(worker_died(e, parts)) from None
+        finally:
+            seconds, complete = time.perf_counter() - started, not stop.is_set() and sys.exc_info()[0] is None
+            cpu = host_cpu_seconds()
+            partsdir.write_session(parts, run_id, journal[1], {**session, "finished_at": time.time(), "cpu": cpu,
+                                                                 "seconds": seconds, "complete": complete,
+                                                                 "images": len(todo)})  # fmt: skip
     if not complete:
         raise SystemExit(f"interrupted: {parts} keeps every finished chunk; run the same command to resume")
     log.info("host CPU per image: main %.1f ms, loaders %.1f ms (%d images, %.1f images/s)",
              *(1e3 * cpu[k] / max(1, len(todo)) for k in ("main", "loaders")), len(todo), len(todo) / seconds)
     writer.build(opts.db, wait=opts.wait_db)
     return run_id
+
+
+def worker_died(error: Exception, parts: Path) -> str:
+    return (f"a worker process died ({error}); {parts} keeps every finished chunk: run the same command to "
+            "resume, and the images in hand are tried alone first")
+
+
+def prepare_image(opts: Options, dataset: CocoDataset, cfg: ALBEFConfig, record: dict) -> None:
+    """What the loader does with an image before the model: decode and resize it, lay out its masks.
+
+    Run alone on a suspect image (`extractor.suspects`); its ordinary errors are reported by the run itself.
+    """
+    with suppress(Exception):
+        if opts.instances:
+            grid_covers(dataset, opts.images, record, cfg.grid_size)
+        resized_pixels(load_image(opts.images / record["file_name"]), cfg.image_res)
+
+
+def set_aside_poisoned(parts: Path, run_id: str, todo: list[dict], prepare: Callable[[dict], None]) -> list[dict]:
+    """The images to run: `todo` less those that crashed a process and fail again alone, which are
+    written as failed (one chunk) so that no later run tries them."""
+    found = suspects.poisoned(parts, run_id, todo, prepare)
+    if not found:
+        return todo
+    bad = [r for r in todo if r["id"] in found]
+    for r in bad:
+        log.warning("image %d (%s) set aside: %s", r["id"], r["file_name"], found[r["id"]])
+    tables = failure_tables(run_id, [], [r["id"] for r in bad],
+                            [("image", str(r["id"]), r["file_name"], found[r["id"]]) for r in bad])  # fmt: skip
+    status = tables.pop(partsdir.DONE_TABLE)
+    partsdir.write_chunk(parts, run_id, f"{bad[0]['id']:012d}-{partsdir.new_token()}.parquet", tables, status)
+    return [r for r in todo if r["id"] not in found]
 
 
 def host_cpu_seconds() -> dict[str, float]:
@@ -320,7 +372,7 @@ def host_rows(
     batch: Batch, outputs: dict[str, torch.Tensor] | None, slices: list[Slice], run_id: str
 ) -> tuple[int, dict[str, pa.Table]]:
     if outputs is None:
-        return batch.n_images, failure_tables(batch, run_id)
+        return batch.n_images, batch_failures(batch, run_id)
     return batch.n_images, batch_tables(batch, to_host(outputs), slices, run_id)
 
 

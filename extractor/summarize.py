@@ -17,6 +17,7 @@ from torch import Tensor
 
 from extractor import device_metrics
 from extractor.batch import Batch
+from extractor.dataset import ErrorRow
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
 
 Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
@@ -140,13 +141,20 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
         "itc_score": out["itc_score"].astype(np.float64),
     })  # fmt: skip
     return {"words": words, "caption_maps": caption_maps, "caption_results": caption_results,
-            **failure_tables(batch, run_id)}  # fmt: skip
+            **batch_failures(batch, run_id)}  # fmt: skip
 
 
-def failure_tables(batch: Batch, run_id: str) -> dict[str, pa.Table]:
-    """errors and image_status rows of a batch (the only rows of a batch whose images all failed)."""
-    kind, item, path, message = (list(col) for col in zip(*batch.errors, strict=True)) if batch.errors else ([],) * 4
-    ids = [*batch.image_ids.tolist(), *batch.failed_ids]
+def batch_failures(batch: Batch, run_id: str) -> dict[str, pa.Table]:
+    """A batch's errors and image_status rows."""
+    return failure_tables(run_id, batch.image_ids.tolist(), batch.failed_ids, batch.errors)
+
+
+def failure_tables(
+    run_id: str, done_ids: Sequence[int], failed_ids: Sequence[int], errors: Sequence[ErrorRow]
+) -> dict[str, pa.Table]:
+    """errors and image_status rows (the only rows of a batch whose images all failed)."""
+    kind, item, path, message = (list(col) for col in zip(*errors, strict=True)) if errors else ([],) * 4
+    ids = [*done_ids, *failed_ids]
     return {
         "errors": pa.table({
             "run_id": pa.array([run_id] * len(kind), pa.string()),
@@ -157,6 +165,6 @@ def failure_tables(batch: Batch, run_id: str) -> dict[str, pa.Table]:
         "image_status": pa.table({
             "run_id": pa.array([run_id] * len(ids), pa.string()),
             "image_id": pa.array(ids, pa.int64()),
-            "status": pa.array(["done"] * len(batch.image_ids) + ["error"] * len(batch.failed_ids), pa.string()),
+            "status": pa.array(["done"] * len(done_ids) + ["error"] * len(failed_ids), pa.string()),
         }),
     }  # fmt: skip

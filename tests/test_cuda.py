@@ -1,4 +1,5 @@
-"""The CUDA path (bfloat16 autocast, batches of 8, loader and summary workers, pinned memory) against CPU.
+"""The CUDA path (bfloat16 autocast, batches of 32, loader workers, per-word work on the device, pinned memory)
+against the CPU path.
 
 CI has no GPU, so these tests are skipped there; run `pytest tests/test_cuda.py -s` on a machine with
 one. `-s` prints the measured agreement beside each floor.

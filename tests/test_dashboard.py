@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import markup
 from db import writer
 from db.queries import WordFilter
+from tests.conftest import run_extraction
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 # ---------------------------------------------------------------- helpers
@@ -491,3 +492,15 @@ def test_plotly_labels_hold_no_tags_and_give_the_text_back(text):
     label = frame["word"].iloc[0]
     assert "<" not in label and ">" not in label and html.unescape(label) == text
     assert frame["n"].iloc[0] == 1
+
+
+def test_a_run_still_in_progress_is_browsable_from_its_parts(open_app, shared, tmp_path):
+    db = run_extraction(shared, tmp_path / "live.duckdb", "val2017-small", "--shard", "0/2")
+    db.unlink()  # nothing built yet: the extraction has only written its parts so far
+    at = open_page(open_app, db, "runs")
+    assert_clean(at)
+    values = {m.label: m.value for m in at.metric}
+    assert values["status"] == "running" and values["images done"] == "5"
+    search = open_page(open_app, db, None, by="word", word="a")
+    assert_clean(search)
+    assert len(card_links(search)) > 0
