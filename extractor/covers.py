@@ -36,9 +36,9 @@ class GridCovers:
     """An image's objects on the g x g grid, cells flattened: one row per category it has."""
 
     category_ids: np.ndarray  # (K,) int32
-    masks: np.ndarray  # (K, g*g) float32 cover of the category's masks
-    boxes: np.ndarray  # (K, g*g) float32 cover of its boxes
-    union: np.ndarray  # (g*g,) float32 cover of all the image's masks
+    masks: np.ndarray  # (K, g*g) float64 cover of the category's masks (float64 as the reference metrics
+    boxes: np.ndarray  # (K, g*g) float64 cover of its boxes                   read them: see device_metrics)
+    union: np.ndarray  # (g*g,) float64 cover of all the image's masks
     errors: list[ErrorRow]  # skipped annotations, size warnings
     failure: str = ""  # why the image cannot be run, if it cannot
 
@@ -62,17 +62,17 @@ def grid_covers(dataset: CocoDataset, images_dir: Path, record: dict, g: int) ->
     stack = [covers.by_category[cid] for cid in ids]
     return GridCovers(
         np.array(ids, np.int32),
-        np.array([m.ravel() for m, _ in stack], np.float32).reshape(len(ids), g * g),
-        np.array([b.ravel() for _, b in stack], np.float32).reshape(len(ids), g * g),
-        covers.union.ravel().astype(np.float32),
+        np.array([m.ravel() for m, _ in stack], np.float64).reshape(len(ids), g * g),
+        np.array([b.ravel() for _, b in stack], np.float64).reshape(len(ids), g * g),
+        covers.union.ravel().astype(np.float64),
         errors,
     )
 
 
 def _no_objects(g: int) -> tuple[np.ndarray, ...]:
     """(category_ids, masks, boxes, union) of an image without objects."""
-    cells = np.zeros((0, g * g), np.float32)
-    return np.zeros(0, np.int32), cells, cells, np.zeros(g * g, np.float32)
+    cells = np.zeros((0, g * g))
+    return np.zeros(0, np.int32), cells, cells, np.zeros(g * g)
 
 
 def cache_dir(parts: Path, instances: Path, images_dir: Path, g: int) -> Path:
@@ -97,15 +97,16 @@ def cached_locations(folder: Path) -> dict[int, tuple[str, int]]:
 @lru_cache(maxsize=4)
 def load_block(path: str) -> dict[int, GridCovers]:
     """A cache block as image id -> covers (kept per process: a loader reads each block a few times)."""
-    with np.load(path) as b:
-        ids, offsets = b["image_ids"], b["offsets"]
-        errors, failures = json.loads(str(b["errors"])), json.loads(str(b["failures"]))
-        out = {}
-        for row, image_id in enumerate(ids):
-            k = slice(offsets[row], offsets[row + 1])
-            rows = [tuple(e) for e in errors[row]]
-            out[int(image_id)] = GridCovers(b["category_ids"][k], b["masks"][k], b["boxes"][k], b["unions"][row], rows,
-                                            failures[row])
+    with np.load(path) as npz:
+        b = dict(npz)  # each b[name] on the npz itself would decompress the whole array again
+    ids, offsets = b["image_ids"], b["offsets"]
+    errors, failures = json.loads(str(b["errors"])), json.loads(str(b["failures"]))
+    out = {}
+    for row, image_id in enumerate(ids):
+        k = slice(offsets[row], offsets[row + 1])
+        rows = [tuple(e) for e in errors[row]]
+        out[int(image_id)] = GridCovers(b["category_ids"][k], b["masks"][k], b["boxes"][k], b["unions"][row], rows,
+                                        failures[row])
     return out
 
 

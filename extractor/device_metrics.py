@@ -110,7 +110,10 @@ def word_metrics(
     cover, no_object = category_cover.double(), ~has_object
     out["mask_mass"] = _mass(p, cover).masked_fill(no_object, math.nan)
     out["box_mass"] = _mass(p, box_cover.double()).masked_fill(no_object, math.nan)
-    out["iou_top60"] = _iou_top60(p, cover).masked_fill(no_object, math.nan)
+    # Only rows with an object have an IoU: the sort behind it is most of the metrics' cost.
+    out["iou_top60"] = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
+    rows = has_object.nonzero()[:, 0]
+    out["iou_top60"][rows] = _iou_top60(p[rows], cover[rows])
     out["pointing_hit"] = _hit(p, cover) & has_object
     out["has_object"] = has_object
     if union_cover is None:
