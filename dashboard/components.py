@@ -12,20 +12,9 @@ import streamlit as st
 from dashboard import data, paths, state
 from dashboard.markup import code, marked_caption
 from dashboard.overlay import COLORMAPS, OverlayStyle
-from db.schema import METRICS
+from db.metrics import BY_NAME, METRICS, SCORES
 
-# Short badge label and the explanation shown as help, per metric of db.schema.METRICS.
-METRIC_INFO = {
-    "mask_mass": ("mask", "Share of the map's mass on the named object's masks (higher = grounded)."),
-    "box_mass": ("box", "Share of the map's mass inside the named object's boxes."),
-    "background_mass": ("bg", "Share of the map's mass on no labelled object at all (higher = background)."),
-    "entropy": ("H", "Normalised entropy of the map, 0 = one patch, 1 = uniform (higher = noisier)."),
-    "peak_value": ("peak", "Share of the mass in the single strongest patch."),
-    "iou_top60": ("IoU", "IoU of the smallest patch set holding 60% of the mass with the object's patches."),
-    "itm_score": ("ITM", "ALBEF's image-text match probability for the whole caption."),
-    "pointing_hit": ("hit", "Whether the strongest patch touches the named object."),
-}
-RANGE_METRICS = tuple(m for m in METRICS if m != "pointing_hit")  # all in [0, 1]
+RANGE_METRICS = SCORES  # the metrics a range slider filters: all in [0, 1]
 PAGE_SIZE = 24
 GRID_COLUMNS = 4
 THUMBNAIL_SIDE = 360
@@ -34,6 +23,17 @@ THUMBNAIL_SIDE = 360
 def metric_label(metric: str) -> str:
     """The human name of a metric, e.g. "mask mass"."""
     return metric.replace("_", " ")
+
+
+def metric_help(metric: str) -> str:
+    """A metric's help text: its one-line definition from db.metrics, as a sentence."""
+    definition = BY_NAME[metric].definition
+    return definition[0].upper() + definition[1:] + "."
+
+
+def metrics_help() -> str:
+    """The help text of a choice of metric: every ranked metric's definition, one a paragraph."""
+    return "\n\n".join(f"**{m}**: {metric_help(m)}" for m in METRICS)
 
 
 def overlay_controls() -> tuple[OverlayStyle, bool, bool]:
@@ -62,10 +62,9 @@ def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:
         value = row.get(metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        short = METRIC_INFO.get(metric, (metric,))[0]
-        text = ("yes" if value else "no") if metric == "pointing_hit" else f"{value:.2f}"
+        text = ("yes" if value else "no") if BY_NAME[metric].is_flag else f"{value:.2f}"
         colour = "primary" if metric == highlight else "gray"
-        parts.append(f":{colour}-badge[{short} {text}]")
+        parts.append(f":{colour}-badge[{BY_NAME[metric].label} {text}]")
     return " ".join(parts)
 
 

@@ -1,7 +1,7 @@
 """Search filters of word rows: the `WordFilter` a page passes once, and the SQL it becomes.
 
 Values are bound parameters; the only names spliced into SQL are metric names checked against the
-METRICS allow-list (`check_metric`) and our own column names.
+db.metrics.METRICS allow-list (`check_metric`) and our own column names.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from db.schema import METRICS
+from db.metrics import BY_NAME, METRICS
 
 Range = tuple[float | None, float | None]
 
@@ -71,7 +71,8 @@ def check_metric(name: str) -> str:
 
 
 def range_expr(metric: str) -> str:
-    return "pointing_hit::DOUBLE" if check_metric(metric) == "pointing_hit" else metric
+    """A metric as a number to compare with range bounds: a flag counts as 0/1."""
+    return f"{metric}::DOUBLE" if BY_NAME[check_metric(metric)].is_flag else metric
 
 
 def eq(column: str, value: object) -> tuple[str, dict]:

@@ -1,8 +1,8 @@
 """Every question the dashboard asks the extraction database, one small function each.
 
 SQL text is static: values are bound parameters, and the only names spliced into SQL (metrics, sort
-columns) come from the METRICS allow-list. Searches take a `WordFilter` (db/filters.py). Searches and
-statistics read the `word_search` and `word_aggregates` views (see db.schema), or the sorted `word_lookup`
+columns) come from the db.metrics.METRICS allow-list. Searches take a `WordFilter` (db/filters.py).
+Searches and statistics read the `word_search` and `word_aggregates` views (see db.schema), or the sorted `word_lookup`
 table directly for a finalized run. Each function runs on its own cursor, so one cached read-only
 connection can serve several Streamlit threads.
 """
@@ -19,7 +19,8 @@ import pandas as pd
 from db import live, parts
 from db.codec import decode_map
 from db.filters import WordFilter, all_of, check_metric, eq, range_expr, word_filter_sql
-from db.schema import LOOKUP_COLUMNS, MEDIAN_METRICS
+from db.metrics import SCORES
+from db.schema import LOOKUP_COLUMNS
 
 ALL_WORDS = WordFilter()  # no filter: every word row
 _TIEBREAK = "image_id, caption_id, word_index, method, layer"
@@ -28,8 +29,8 @@ _WORD_KEYS = ["run_id", "image_id", "caption_id", "word_index", "method", "layer
 # for one summary row, or totalled over a group of them.
 _LIVE_STATS = ", ".join(
     ["count(mask_mass) AS n_object", "avg(pointing_hit::DOUBLE) AS hit_rate"]
-    + [f"avg({m}) AS mean_{m}" for m in MEDIAN_METRICS]
-    + [f"median({m}) AS median_{m}" for m in MEDIAN_METRICS]
+    + [f"avg({m}) AS mean_{m}" for m in SCORES]
+    + [f"median({m}) AS median_{m}" for m in SCORES]
 )
 
 
@@ -40,7 +41,7 @@ def _summary_stats(total: bool) -> str:
         return f"sum({name})" if total else name
 
     hit_rate = f"{col('sum_pointing_hit')} / nullif({col('n_pointing_hit')}, 0) AS hit_rate"
-    means = [f"{col(f'sum_{m}')} / nullif({col(f'n_{m}')}, 0) AS mean_{m}" for m in MEDIAN_METRICS]
+    means = [f"{col(f'sum_{m}')} / nullif({col(f'n_{m}')}, 0) AS mean_{m}" for m in SCORES]
     return ", ".join([f"{col('n_mask_mass')}::BIGINT AS n_object", hit_rate, *means])
 
 
@@ -330,7 +331,7 @@ def word_stats(
     con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, min_count: int = 1
 ) -> pd.DataFrame:
     """Per word (and the category it names, if any): n, n_object, hit_rate, mean_* and median_* of the metrics."""
-    medians = ", ".join(f"s.median_{m}" for m in MEDIAN_METRICS)
+    medians = ", ".join(f"s.median_{m}" for m in SCORES)
     return _df(
         con,
         f"""

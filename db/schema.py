@@ -12,28 +12,59 @@ from __future__ import annotations
 
 import duckdb
 
+from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
+
 SCHEMA_VERSION = 2
 
-# Per-word metrics, in the order the dashboard shows them. Every column or metric name that reaches SQL
-# text comes from this tuple (or from the column lists below), never from user input.
-METRICS = (
-    "mask_mass",
-    "box_mass",
-    "background_mass",
-    "entropy",
-    "peak_value",
-    "iou_top60",
-    "itm_score",
-    "pointing_hit",
-)
-# Metrics with a meaningful median; pointing_hit is boolean, summarised by its rate instead.
-MEDIAN_METRICS = tuple(m for m in METRICS if m != "pointing_hit")
+# Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
+# never from user input; the CREATE TABLEs of `runs`, `words`, `word_lookup` and `word_summary` are made
+# from them.
 
+# The settings of a run, as the extractor passes them to db.writer.start_run (RUN_COLUMNS); the rest of
+# `runs` (status, timing, counts) db.writer fills in.
+RUN_SETTINGS = {
+    "run_id": "VARCHAR PRIMARY KEY",
+    "checkpoint_path": "VARCHAR",
+    "checkpoint_sha256": "VARCHAR",
+    "config": "JSON",
+    "method": "VARCHAR CHECK (method IN ('gradcam', 'attention', 'both'))",
+    "layers": "INTEGER[]",
+    "gradcam_layer": "INTEGER",
+    "image_res": "INTEGER",
+    "patch_size": "INTEGER",
+    "grid_size": "INTEGER",
+    "code_version": "VARCHAR",
+    "images_dir": "VARCHAR",
+    "captions_file": "VARCHAR",
+    "instances_file": "VARCHAR",
+    "device": "VARCHAR",
+}
+RUN_COLUMNS = tuple(RUN_SETTINGS)
+# A word row's key columns in `words`' order; its metrics follow (db.metrics.words_order), then its map.
+_WORD_KEYS = {
+    "run_id": "VARCHAR",
+    "image_id": "BIGINT",
+    "caption_id": "BIGINT",
+    "word_index": "SMALLINT",
+    "word": "VARCHAR",
+    "n_pieces": "TINYINT",
+    "category_id": "INTEGER",
+    "method": "VARCHAR",
+    "layer": "SMALLINT",
+}
+# word_lookup's key columns in its order; every metric follows, in the order of db.metrics.WORD_METRICS.
+_LOOKUP_KEYS = ("run_id", "method", "layer", "category_id", "word", "image_id", "caption_id", "word_index", "n_pieces")
+
+
+def _columns(columns: dict[str, str]) -> str:
+    """Column definitions of a CREATE TABLE, one a line."""
+    return ",\n    ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
+
+
+_WORDS_DDL = _columns(_WORD_KEYS | {m.name: m.sql_type for m in words_order()} | {"map": "BLOB", "map_max": "FLOAT"})
+_LOOKUP_DDL = _columns({k: _WORD_KEYS[k] for k in _LOOKUP_KEYS} | {m.name: m.sql_type for m in WORD_METRICS})
 # The words columns that searches filter, rank and return: everything but the map blob.
-LOOKUP_COLUMNS = (
-    "run_id, method, layer, category_id, word, image_id, caption_id, word_index, n_pieces, peak_row, peak_col, "
-    + ", ".join(METRICS)
-)
+LOOKUP_COLUMNS = ", ".join([*_LOOKUP_KEYS, *(m.name for m in WORD_METRICS)])
 # word_lookup's order: each (run, method, layer) slice is contiguous, category words come first grouped by
 # category, and each word's rows are adjacent, so the zone maps of a row group prune nearly all others
 # for `word = ?` and for `category_id = ?`.
@@ -43,10 +74,10 @@ LOOKUP_ORDER = "run_id, method, layer, category_id NULLS LAST, word, image_id, c
 # its rows are exact, plus medians per word.
 _SUMMARY_AGGREGATES = ",\n    ".join(
     [f"count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m}" for m in METRICS]
-    + [f"median({m}) AS median_{m}" for m in MEDIAN_METRICS]
+    + [f"median({m}) AS median_{m}" for m in SCORES]
 )
 _SUMMARY_COLUMNS = ",\n    ".join(
-    [f"n_{m} BIGINT, sum_{m} DOUBLE" for m in METRICS] + [f"median_{m} DOUBLE" for m in MEDIAN_METRICS]
+    [f"n_{m} BIGINT, sum_{m} DOUBLE" for m in METRICS] + [f"median_{m} DOUBLE" for m in SCORES]
 )
 _SUMMARY_SELECT = f"""
 SELECT run_id, method, layer, word, category_id, count(*) AS n,
@@ -66,8 +97,9 @@ UNFINALIZE_SQL = (
 )
 FINALIZE_SQL = (
     *UNFINALIZE_SQL[:2],
-    f"INSERT INTO word_lookup SELECT {LOOKUP_COLUMNS} FROM words WHERE run_id = $run_id ORDER BY {LOOKUP_ORDER}",
-    "INSERT INTO word_summary " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
+    f"INSERT INTO word_lookup BY NAME SELECT {LOOKUP_COLUMNS} FROM words WHERE run_id = $run_id "
+    f"ORDER BY {LOOKUP_ORDER}",
+    "INSERT INTO word_summary BY NAME " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
     "UPDATE runs SET finalized_at = now() WHERE run_id = $run_id",
 )
 
@@ -77,21 +109,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    checkpoint_path VARCHAR,
-    checkpoint_sha256 VARCHAR,
-    config JSON,
-    method VARCHAR CHECK (method IN ('gradcam', 'attention', 'both')),
-    layers INTEGER[],
-    gradcam_layer INTEGER,
-    image_res INTEGER,
-    patch_size INTEGER,
-    grid_size INTEGER,
-    code_version VARCHAR,
-    images_dir VARCHAR,
-    captions_file VARCHAR,
-    instances_file VARCHAR,
-    device VARCHAR,
+    {_columns(RUN_SETTINGS)},
     status VARCHAR NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
     started_at TIMESTAMP,
     finished_at TIMESTAMP,
@@ -152,27 +170,7 @@ CREATE TABLE IF NOT EXISTS caption_maps (
     cls_map_max FLOAT
 );
 CREATE TABLE IF NOT EXISTS words (
-    run_id VARCHAR,
-    image_id BIGINT,
-    caption_id BIGINT,
-    word_index SMALLINT,
-    word VARCHAR,
-    n_pieces TINYINT,
-    category_id INTEGER,
-    method VARCHAR,
-    layer SMALLINT,
-    peak_row SMALLINT,
-    peak_col SMALLINT,
-    peak_value FLOAT,
-    entropy FLOAT,
-    mask_mass FLOAT,
-    box_mass FLOAT,
-    background_mass FLOAT,
-    pointing_hit BOOLEAN,
-    iou_top60 FLOAT,
-    itm_score FLOAT,
-    map BLOB,
-    map_max FLOAT
+    {_WORDS_DDL}
 );
 CREATE TABLE IF NOT EXISTS image_status (
     run_id VARCHAR NOT NULL,
@@ -190,25 +188,7 @@ CREATE TABLE IF NOT EXISTS errors (
 );
 -- Derived by db.writer.finalize: the words rows of finalized runs without maps, sorted by LOOKUP_ORDER.
 CREATE TABLE IF NOT EXISTS word_lookup (
-    run_id VARCHAR,
-    method VARCHAR,
-    layer SMALLINT,
-    category_id INTEGER,
-    word VARCHAR,
-    image_id BIGINT,
-    caption_id BIGINT,
-    word_index SMALLINT,
-    n_pieces TINYINT,
-    peak_row SMALLINT,
-    peak_col SMALLINT,
-    mask_mass FLOAT,
-    box_mass FLOAT,
-    background_mass FLOAT,
-    entropy FLOAT,
-    peak_value FLOAT,
-    iou_top60 FLOAT,
-    itm_score FLOAT,
-    pointing_hit BOOLEAN
+    {_LOOKUP_DDL}
 );
 -- Derived by db.writer.finalize: one row per (run, method, layer, word, category).
 CREATE TABLE IF NOT EXISTS word_summary (
@@ -224,7 +204,7 @@ CREATE TABLE IF NOT EXISTS word_summary (
 -- crashed or is still being written stays browsable, only slower). The derived tables hold rows of
 -- finalized runs only (db.writer keeps it so), so their branch needs no join with runs.
 CREATE VIEW IF NOT EXISTS word_search AS
-SELECT * FROM word_lookup
+SELECT {LOOKUP_COLUMNS} FROM word_lookup
 UNION ALL
 SELECT {LOOKUP_COLUMNS} FROM words WHERE {_NOT_FINALIZED};
 CREATE VIEW IF NOT EXISTS word_aggregates AS
@@ -232,6 +212,7 @@ SELECT * FROM word_summary
 UNION ALL
 {_SUMMARY_SELECT.format(runs=_NOT_FINALIZED)};
 """
+
 
 class SchemaMismatch(RuntimeError):
     """The database was written by another schema version (or is not an extraction database)."""
@@ -246,15 +227,12 @@ def schema_version(con: duckdb.DuckDBPyConnection, database: str | None = None) 
     """
     catalog = database or con.execute("SELECT current_database()").fetchone()[0]
     has_meta = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
-        "AND table_name = 'meta'",
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' AND table_name = 'meta'",
         [catalog],
     ).fetchone()[0]
     if not has_meta:
         return None
-    row = con.execute(
-        f"SELECT value FROM {_identifier(catalog)}.main.meta WHERE key = 'schema_version'"
-    ).fetchone()
+    row = con.execute(f"SELECT value FROM {_identifier(catalog)}.main.meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else None
 
 
@@ -285,9 +263,7 @@ def init_db(con: duckdb.DuckDBPyConnection) -> None:
     else:
         check_schema(con)
     con.execute(DDL)
-    con.execute(
-        "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-    )
+    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 
 def _identifier(name: str) -> str:

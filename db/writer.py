@@ -21,7 +21,7 @@ import duckdb
 import pandas as pd
 
 from db import parts as partsdir
-from db.schema import FINALIZE_SQL, UNFINALIZE_SQL, check_schema, init_db
+from db.schema import FINALIZE_SQL, RUN_COLUMNS, UNFINALIZE_SQL, check_schema, init_db
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ log = logging.getLogger(__name__)
 DATASET_TABLES = {"categories": "category_id", "images": "image_id", "instances": "image_id", "captions": "image_id"}
 RESULT_TABLES = ("caption_results", "caption_maps", "words")  # keyed by (run_id, image_id)
 BATCH_TABLES = (*RESULT_TABLES, "errors")  # what write_images accepts
-RUN_COLUMNS = (
-    "run_id", "checkpoint_path", "checkpoint_sha256", "config", "method", "layers", "gradcam_layer",
-    "image_res", "patch_size", "grid_size", "code_version", "images_dir", "captions_file",
-    "instances_file", "device",
-)  # fmt: skip
 _MERGE_ALIAS = "_merge_source"
 
 

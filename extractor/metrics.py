@@ -8,6 +8,9 @@ grid as coverage fractions in [0, 1]: the share of each cell's area that the obj
 Per image the pipeline calls :func:`image_covers` once, then :func:`covers_for_words` and
 :func:`word_metrics_batch` for all the word maps of a caption at once. The metric functions take maps
 of any leading shape (..., g, g), a single (g, g) map included.
+
+The columns the metrics are stored in (name, SQL type, dashboard label, one-line definition, which need
+the object) are declared once in db/metrics.py; a metric added here is declared there too.
 """
 
 from collections.abc import Sequence

@@ -237,6 +237,6 @@ table = here.drop(columns=["map", "map_max", "image_id", "method", "layer"]).mer
 names = questions.list_categories(ctx.db)
 table["category"] = table["category_id"].map(dict(zip(names["category_id"], names["name"], strict=True)))
 st.dataframe(table, hide_index=True, width="stretch", column_config={
-    m: st.column_config.NumberColumn(m, format="%.3f", help=ui.METRIC_INFO[m][1]) for m in ui.RANGE_METRICS})
+    m: st.column_config.NumberColumn(m, format="%.3f", help=ui.metric_help(m)) for m in ui.RANGE_METRICS})
 st.caption(f"{len(instances)} labelled objects: "
            + (literal(", ".join(sorted(set(instances["category"])))) if len(instances) else "none in this image"))

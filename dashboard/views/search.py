@@ -12,9 +12,9 @@ from dashboard.markup import literal
 from dashboard.review import controls as review_controls
 from dashboard.review import exports as review_exports
 from dashboard.review import session as review_session
+from db.metrics import METRICS
 from db.queries import WordFilter
 from db.review import joined
-from db.schema import METRICS
 
 # Autocomplete offers this many of the most frequent words; any other word can still be typed.
 VOCABULARY_SIZE = 5000
@@ -56,7 +56,7 @@ else:
 with st.expander("Filters and ranking", icon=":material/filter_alt:"):
     left, right = st.columns(2)
     sort = left.selectbox("Rank by", METRICS, key="sort", bind=state.BIND, on_change=first_page,
-                          help="\n\n".join(f"**{m}**: {ui.METRIC_INFO[m][1]}" for m in METRICS))
+                          help=ui.metrics_help())
     order = right.radio("Order", ["descending", "ascending"], key="order", bind=state.BIND, horizontal=True,
                         on_change=first_page)
     has_object = left.radio("Named object in the image", list(OBJECT_FILTER), key="object", bind=state.BIND,
@@ -70,7 +70,7 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
         low, high = (left, right)[i % 2].slider(
             ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, RANGE_STEP, format="%.3f", key=f"range_{metric}",
             bind=state.BIND,
-            on_change=first_page, help=ui.METRIC_INFO[metric][1])
+            on_change=first_page, help=ui.metric_help(metric))
         if (low, high) != FULL_RANGE:
             ranges[metric] = (low, high)
     if POINTING_FILTER[pointing]:

@@ -15,7 +15,7 @@ from dashboard import components as ui
 from dashboard import data, questions, state
 from dashboard.markup import plotly_labels
 from dashboard.review import controls as review_controls
-from db.schema import METRICS
+from db.metrics import METRICS
 
 VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods",
          "reviews")
@@ -55,7 +55,7 @@ st.caption(f"Run {run_id} · {ctx.method} · layer {ctx.layer}. Click a word or 
 left, middle, right = st.columns([2, 2, 1])
 view = left.selectbox("View", VIEWS, key="view", bind=state.BIND)
 metric = middle.selectbox("Metric", METRICS, key="metric", bind=state.BIND,
-                          help="\n\n".join(f"**{m}**: {ui.METRIC_INFO[m][1]}" for m in METRICS))
+                          help=ui.metrics_help())
 min_count = right.number_input("Min. occurrences", 1, 100_000, 3, key="min_n", bind=state.BIND,
                                help="Words (or categories) seen fewer times are left out.")
 words = questions.word_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)

@@ -14,9 +14,9 @@ from dashboard import components as ui
 from dashboard import data, questions
 from dashboard.review import controls, exports, panel, session
 from db import review
+from db.metrics import METRICS
 from db.queries import WordFilter
 from db.review import Item
-from db.schema import METRICS
 
 VOCABULARY_SIZE = 5000
 FULL_RANGE = (0.0, 1.0)
@@ -71,7 +71,7 @@ def new_queue() -> None:
         columns = st.columns(2)
         for i, metric in enumerate(ui.RANGE_METRICS):
             low, high = columns[i % 2].slider(ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, 0.01, key=f"nq_{metric}",
-                                              help=ui.METRIC_INFO[metric][1])
+                                              help=ui.metric_help(metric))
             if (low, high) != FULL_RANGE:
                 ranges[metric] = (low, high)
     if POINTING_FILTER[pointing]:
