@@ -400,7 +400,7 @@ def test_bad_databases_show_a_message_not_a_traceback(open_app, tmp_path, make, 
     assert expected in messages(at)
 
 
-def test_database_being_written_says_so(open_app, tmp_path):
+def test_database_being_built_says_so(open_app, tmp_path):
     db = _empty_db(tmp_path / "busy.duckdb")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', "
@@ -409,7 +409,7 @@ def test_database_being_written_says_so(open_app, tmp_path):
         assert holder.stdout.readline().strip() == "ready"
         at = open_app("--db", str(db)).run()
         assert_clean(at)
-        assert "being written by another process" in messages(at)
+        assert "being built by another process" in messages(at) and "finalize" in messages(at)
     finally:
         holder.kill()
         holder.wait()
