@@ -3,12 +3,14 @@
 Everything per image and per word that does not need the model is done here, in the DataLoader's
 worker processes (`collate` runs there too): decoding, resizing, tokenizing, category matching, and
 laying out the index tensors that let the per-word work run as a few batched ops on the device.
+With `run --decode device` the workers leave the JPEGs the device decodes as they are, and the main
+process decodes a batch's at once (`Batch.with_jpegs_decoded`).
 """
 
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from torch.utils.data import Dataset
 from extractor.coco import CocoFormatError, ImageError, load_image
 from extractor.covers import GridCovers, load_block, one_thread
 from extractor.dataset import CocoDataset, ErrorRow
-from extractor.image import resized_pixels
+from extractor.image import device_jpeg, resized_pixels
 from extractor.suspects import record_attempt
 from extractor.text import TokenizedCaption, Tokenizer, batch_tensors, pre_caption
 
@@ -32,12 +34,23 @@ def worker_init(*_: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def image_error(record: dict, path: Path, error: Exception) -> ErrorRow:
+    """The `errors` row of an image that failed to load: ours (ImageError, CocoFormatError) say why;
+    any other exception is a decoder's own bug (MemoryError included), which fails this image only."""
+    why = str(error) if isinstance(error, ImageError | CocoFormatError) else \
+        f"{path}: cannot decode ({type(error).__name__}: {error})"  # fmt: skip
+    return "image", str(record["id"]), record["file_name"], why
+
+
 @dataclass
 class ImageItem:
-    """One image as a loader worker prepares it; pixels is None when the image failed."""
+    """One image as a loader worker prepares it: decoded (pixels), or its JPEG file's bytes left to the
+    device (jpeg); both None when the image failed."""
 
     record: dict
+    path: Path
     pixels: Tensor | None  # (3, R, R) uint8
+    jpeg: Tensor | None  # (file size,) uint8
     covers: GridCovers | None  # None without an instances file
     captions: list[tuple[int, TokenizedCaption, list[int | None]]]  # (caption id, tokens, category per word)
     errors: list[ErrorRow]
@@ -56,9 +69,12 @@ class ImageFiles(Dataset):
         max_words: int,
         covers_at: dict[int, tuple[str, int]] | None,
         journal: tuple[Path, str],
+        device_decode: bool = False,
     ):
+        """`device_decode`: leave the JPEGs that `device_jpeg` picks undecoded, as their file's bytes."""
         self.images_dir, self.dataset, self.records, self.tokenizer = images_dir, dataset, records, tokenizer
         self.res, self.max_words, self.covers_at, self.journal = res, max_words, covers_at, journal
+        self.device_decode = device_decode
 
     def __len__(self) -> int:
         return len(self.records)
@@ -68,15 +84,14 @@ class ImageFiles(Dataset):
         record_attempt(*self.journal, rec["id"])
         covers = None if self.covers_at is None else load_block(self.covers_at[rec["id"]][0])[rec["id"]]
         errors = list(covers.errors) if covers else []
+        path = self.images_dir / rec["file_name"]
         try:
             if covers and covers.failure:
                 raise CocoFormatError(covers.failure)
-            pixels = resized_pixels(load_image(self.images_dir / rec["file_name"]), self.res)
-        except (ImageError, CocoFormatError) as e:
-            return ImageItem(rec, None, None, [], [*errors, ("image", str(rec["id"]), rec["file_name"], str(e))])
-        except Exception as e:  # a decoder's own bug (MemoryError included) fails this image, not the run
-            why = f"{self.images_dir / rec['file_name']}: cannot decode ({type(e).__name__}: {e})"
-            return ImageItem(rec, None, None, [], [*errors, ("image", str(rec["id"]), rec["file_name"], why)])
+            jpeg = device_jpeg(path) if self.device_decode else None
+            pixels = None if jpeg is not None else resized_pixels(load_image(path), self.res)
+        except Exception as e:
+            return ImageItem(rec, path, None, None, None, [], [*errors, image_error(rec, path, e)])
         captions = []
         for cap in self.dataset.captions_of(rec["id"]):
             (tok,) = self.tokenizer([pre_caption(cap["caption"], self.max_words)])
@@ -84,14 +99,25 @@ class ImageFiles(Dataset):
                 captions.append((cap["id"], tok, self.dataset.match(tok.words)))
             else:
                 errors.append(("caption", str(cap["id"]), rec["file_name"], "caption is empty after ALBEF's cleaning"))
-        return ImageItem(rec, pixels, covers, captions, errors)
+        return ImageItem(rec, path, pixels, jpeg, covers, captions, errors)
+
+
+@dataclass
+class RawJpeg:
+    """A JPEG file of a batch left to decode where the model runs."""
+
+    row: int  # the image's row in the batch
+    record: dict
+    path: Path
+    data: Tensor  # (file size,) uint8
 
 
 @dataclass
 class Batch:
     """A batch of images with all their captions (C) and words (W in all), ready for the device.
 
-    Tensors are moved to the device with `to`; the numpy columns stay on the host for the rows.
+    Tensors are moved to the device with `to`; the numpy columns stay on the host for the rows. With
+    jpegs, pixels holds the other images only, until `with_jpegs_decoded`.
     """
 
     pixels: Tensor  # (I, 3, R, R) uint8
@@ -115,6 +141,7 @@ class Batch:
     no_category: np.ndarray  # (W,) bool
     failed_ids: list[int] = field(default_factory=list)
     errors: list[ErrorRow] = field(default_factory=list)
+    jpegs: list[RawJpeg] = field(default_factory=list)
 
     @property
     def n_images(self) -> int:
@@ -136,10 +163,69 @@ class Batch:
                 pinned[name] = value.pin_memory()
         return Batch(**pinned)
 
+    def with_jpegs_decoded(self, decoded: list[Tensor | None], res: int) -> Batch:
+        """The batch with all its pixels in order: `decoded` holds one per jpeg, (3, res, res) uint8 on the
+        model's device, or None where the device's decoder rejected the file.
+
+        A rejected file is decoded as the loader workers do; one that fails there too leaves the batch,
+        with the same `errors` row as in the workers.
+        """
+        device = next((image.device for image in decoded if image is not None), self.pixels.device)
+        pixels = torch.empty(len(self.image_ids), 3, res, res, dtype=torch.uint8, device=device)
+        from_jpeg = {jpeg.row for jpeg in self.jpegs}
+        if decoded_here := [row for row in range(len(pixels)) if row not in from_jpeg]:
+            pixels[decoded_here] = self.pixels.to(device)
+        failed: dict[int, ErrorRow] = {}
+        for jpeg, image in zip(self.jpegs, decoded, strict=True):
+            if image is None:
+                try:
+                    image = resized_pixels(load_image(jpeg.path), res)
+                except Exception as e:
+                    failed[jpeg.row] = image_error(jpeg.record, jpeg.path, e)
+                    continue
+            pixels[jpeg.row] = image.to(device)
+        return replace(self, pixels=pixels, jpegs=[])._without(failed)
+
+    def _without(self, failed: dict[int, ErrorRow]) -> Batch:
+        """The batch less the images at rows `failed` (with their error rows instead of their captions')."""
+        if not failed:
+            return self
+        keep = torch.ones(len(self.image_ids), dtype=torch.bool)
+        keep[list(failed)] = False
+        keep_caption = keep[self.image_index]  # (C,)
+        keep_word = keep_caption[self.word_caption]  # (W,)
+        image_row, caption_row = keep.cumsum(0) - 1, keep_caption.cumsum(0) - 1
+        dropped_before = self.word_caption - caption_row[self.word_caption]  # (W,) captions dropped before a word's
+        word_slots = self.word_slots - dropped_before * self.piece_weights.shape[1]  # slots in (C, Wmax) move up
+        gone_files = {error[2] for error in failed.values()}
+        words = keep_word.numpy()
+        return replace(
+            self,
+            pixels=self.pixels[keep.to(self.pixels.device)],
+            input_ids=self.input_ids[keep_caption],
+            attention_mask=self.attention_mask[keep_caption],
+            image_index=image_row[self.image_index[keep_caption]],
+            piece_weights=self.piece_weights[keep_caption],
+            word_slots=word_slots[keep_word],
+            word_caption=caption_row[self.word_caption[keep_word]],
+            cover_index=self.cover_index[keep_word],
+            unions=None if self.unions is None else self.unions[keep],
+            image_ids=self.image_ids[keep.numpy()],
+            caption_ids=self.caption_ids[keep_caption.numpy()],
+            words=[w for w, k in zip(self.words, words, strict=True) if k],
+            word_index=self.word_index[words],
+            n_pieces=self.n_pieces[words],
+            category_id=self.category_id[words],
+            no_category=self.no_category[words],
+            failed_ids=[*self.failed_ids, *(int(self.image_ids[row]) for row in failed)],
+            errors=[*(e for e in self.errors if not (e[0] == "caption" and e[2] in gone_files)), *failed.values()],
+        )
+
 
 def collate(items: list[ImageItem]) -> Batch:
     """One Batch from a loader worker's images (runs in the worker)."""
-    good = [it for it in items if it.pixels is not None]
+    good = [it for it in items if it.pixels is not None or it.jpeg is not None]
+    decoded = [it.pixels for it in good if it.pixels is not None]
     caps = [(i, cap) for i, it in enumerate(good) for cap in it.captions]
     tokens = [tok for _, (_, tok, _) in caps]
     ids, mask = batch_tensors(tokens) if tokens else (torch.zeros(0, 1, dtype=torch.long),) * 2
@@ -155,7 +241,7 @@ def collate(items: list[ImageItem]) -> Batch:
     categories = [cid for _, (_, _, cats) in caps for cid in cats]
     masks, boxes, unions, cover_index = _stack_covers(good, caps)
     return Batch(
-        pixels=torch.stack([it.pixels for it in good]) if good else torch.zeros(0, dtype=torch.uint8),
+        pixels=torch.stack(decoded) if decoded else torch.zeros(0, dtype=torch.uint8),
         input_ids=ids,
         attention_mask=mask,
         image_index=torch.tensor([i for i, _ in caps], dtype=torch.long),
@@ -173,8 +259,9 @@ def collate(items: list[ImageItem]) -> Batch:
         n_pieces=np.array([n for tok in tokens for n in tok.n_pieces], np.int8),
         category_id=np.array([c or 0 for c in categories], np.int32),
         no_category=np.array([c is None for c in categories], bool),
-        failed_ids=[it.record["id"] for it in items if it.pixels is None],
+        failed_ids=[it.record["id"] for it in items if it.pixels is None and it.jpeg is None],
         errors=[e for it in items for e in it.errors],
+        jpegs=[RawJpeg(row, it.record, it.path, it.jpeg) for row, it in enumerate(good) if it.jpeg is not None],
     )
 
 

@@ -43,7 +43,7 @@ from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import cache_dir, fill_cache, grid_covers
 from extractor.dataset import CocoDataset, load_coco
-from extractor.image import normalize, resized_pixels
+from extractor.image import decode_on_device, normalize, resized_pixels
 from extractor.maps import BatchMaps, batch_maps
 from extractor.model import ALBEF
 from extractor.standin import StandIn
@@ -79,6 +79,7 @@ class Options:
     layers: list[int] | None = None  # fusion layers with raw attention; None = all
     image_res: int | None = None
     device: str = "auto"
+    decode: str | None = None  # "cpu" or "device"; None = device on CUDA, else cpu
     batch_size: int | None = None
     workers: int | None = None
     limit: int | None = None
@@ -178,6 +179,7 @@ def extract(opts: Options) -> str:
     journal = (suspects.clear_attempts(parts, run_id), partsdir.new_token())
 
     batch_size, workers = parallelism(opts, device)
+    device_decode = (opts.decode or ("device" if device.type == "cuda" else "cpu")) == "device"
     covers_at = None
     if opts.instances:
         folder = cache_dir(parts, opts.instances, opts.images, cfg.grid_size)
@@ -186,7 +188,9 @@ def extract(opts: Options) -> str:
         except BrokenProcessPool as e:
             raise SystemExit(worker_died(e, parts)) from None
     loader = DataLoader(
-        ImageFiles(opts.images, dataset, todo, tokenizer, cfg.image_res, cfg.max_words, covers_at, journal),
+        ImageFiles(
+            opts.images, dataset, todo, tokenizer, cfg.image_res, cfg.max_words, covers_at, journal, device_decode
+        ),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
@@ -201,7 +205,7 @@ def extract(opts: Options) -> str:
         try:
             with tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar, \
                     ChunkWriter(parts, run_id, opts.chunk_images, on_saved=bar.update) as chunks:  # fmt: skip
-                for n, tables in batch_rows(loader, mapper, slices, run_id, device, stop):
+                for n, tables in batch_rows(loader, mapper, slices, run_id, device, stop, cfg.image_res):
                     chunks.add(tables, n)
         except KeyboardInterrupt:
             stop.set()
@@ -339,18 +343,21 @@ def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shar
 
 def batch_rows(
     batches: DataLoader, mapper: Mapper, slices: list[Slice], run_id: str, device: torch.device,
-    stop: threading.Event,
+    stop: threading.Event, res: int,
 ) -> Iterator[tuple[int, dict[str, pa.Table]]]:
     """(images in the batch, its tables) per batch, in order.
 
-    The device work of a batch is queued before the previous batch's results are copied back and laid
-    out, so on CUDA the host's part overlaps the next batch's kernels. After `stop` is set no new batch
-    is started; the one under way is finished.
+    The JPEGs the workers left undecoded (`--decode device`) are decoded and resized to `res` on the
+    device first. The device work of a batch is queued before the previous batch's results are copied
+    back and laid out, so on CUDA the host's part overlaps the next batch's kernels. After `stop` is set
+    no new batch is started; the one under way is finished.
     """
     previous = None
     for batch in batches:
         if stop.is_set():
             break
+        if batch.jpegs:
+            batch = batch.with_jpegs_decoded(decode_on_device([j.data for j in batch.jpegs], res, device), res)
         current = (batch, device_outputs(batch.to(device), mapper, slices))
         if previous:
             yield host_rows(*previous, slices, run_id)
@@ -407,6 +414,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
+    p.add_argument("--decode", choices=("cpu", "device"), help="where images are decoded and resized: cpu (PIL "
+                   "in the loader workers, as ALBEF) or device (JPEGs decoded in batches where the model runs, "
+                   "nvJPEG on CUDA; CMYK, PNG, truncated and other files still by PIL); default device on CUDA, "
+                   "else cpu. Device pixels differ from PIL's by a few levels (see README)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 32 on CUDA, 1 on CPU)")
     p.add_argument("--workers", type=int, help="loader processes: decoding, tokenizing, object covers "
                    "(default 6 on CUDA, 0 on CPU)")
