@@ -1,8 +1,9 @@
 """Extraction speed at the real ALBEF-base size, three ways side by side in one process.
 
 1. ViT forward alone (the floor: every extraction must encode the image once);
-2. our full extraction: one image encode, its 5 captions fused together, raw attention of every
-   fusion layer and Grad-CAM from one backward, words merged and all metrics computed;
+2. our full extraction, as `extractor run` does a batch of one image: one image encode, its 5 captions
+   fused together, raw attention of every fusion layer and Grad-CAM from one backward, words merged,
+   every metric and the uint8 maps computed on the device, copied back and laid out as Arrow rows;
 3. a per-caption loop like ALBEF's visualization notebook: for each caption the image is encoded
    again and the whole model is back-propagated (model.zero_grad(); loss.backward()).
 
@@ -17,17 +18,19 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from bench.coco_args import add_coco_arguments
+from extractor.batch import ImageItem, collate
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
-from extractor.image import eval_transform
-from extractor.maps import caption_maps
-from extractor.metrics import image_covers
+from extractor.image import eval_transform, resized_pixels
+from extractor.maps import batch_maps
 from extractor.model import ALBEF
-from extractor.summarize import CaptionInput, summarize_image
+from extractor.pipeline import device_outputs, host_rows
+from extractor.summarize import run_slices
 from extractor.text import Tokenizer, batch_tensors, pre_caption
 
 
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     tokenizer = Tokenizer(args.vocab, cfg.bert.max_position_embeddings)
+    mapper = partial(batch_maps, model, layers=cfg.fusion_layers, gradcam=True)
+    slices = run_slices(cfg.fusion_layers, cfg.gradcam_block)
     data = json.loads(next((args.coco / "annotations").glob("captions_*.json")).read_text())
     by_image: dict[int, list[str]] = {}
     for ann in data["annotations"]:
@@ -81,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 model.encode_image(pixels)
 
-        def full(pixels=pixels, caps=caps, im=im) -> None:
-            maps = caption_maps(model, pixels, caps, [0] * len(caps), cfg.fusion_layers, gradcam=True)
-            pairs = enumerate(zip(caps, maps, strict=True))
-            inputs = [CaptionInput(i, c, m, [None] * len(c.words)) for i, (c, m) in pairs]
-            covers = image_covers([], im["height"], im["width"], cfg.grid_size)
-            summarize_image(im["id"], inputs, covers, cfg.fusion_layers, cfg.gradcam_block)
+        captions = [(i, c, [None] * len(c.words)) for i, c in enumerate(caps)]
+        item = ImageItem(im, args.coco / "val2017" / im["file_name"], resized_pixels(img, cfg.image_res), None,
+                         None, captions, [])  # fmt: skip
+
+        def full(item=item) -> None:
+            batch = collate([item])
+            host_rows(batch, device_outputs(batch, mapper, slices), slices, "bench")
 
         def loop(pixels=pixels, caps=caps) -> None:
             for p in model.parameters():

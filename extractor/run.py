@@ -19,9 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -37,31 +35,26 @@ import extractor
 from db import parts as partsdir
 from db import writer
 from extractor import suspects
-from extractor.batch import Batch, ImageFiles, collate, worker_init
+from extractor.batch import ImageFiles, collate, worker_init
 from extractor.checkpoint import file_sha256, load_checkpoint
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import cache_dir, fill_cache, grid_covers
 from extractor.dataset import CocoDataset, load_coco
-from extractor.image import decode_on_device, normalize, resized_pixels
-from extractor.maps import BatchMaps, batch_maps
+from extractor.image import resized_pixels
+from extractor.maps import batch_maps
 from extractor.model import ALBEF
+from extractor.pipeline import STAGES, ChunkWriter, Mapper, StageClock, batch_rows
 from extractor.standin import StandIn
 from extractor.summarize import (
-    Slice,
-    batch_failures,
-    batch_tables,
     failure_tables,
     run_slices,
-    to_host,
-    word_outputs,
 )
 from extractor.text import Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bert-base-uncased" / "vocab.txt"
 METHODS = ("both", "gradcam", "attention")
-Mapper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], BatchMaps]
 
 
 @dataclass
@@ -148,7 +141,7 @@ def dataset_key(opts: Options) -> str:
 
 def extract(opts: Options) -> str:
     """Run (or resume) an extraction into X.parts, then build X from the parts; returns the run id."""
-    started_at, started = time.time(), time.perf_counter()
+    started_at = time.time()
     device = resolve_device(opts.device)
     dataset = load_coco(opts.captions, opts.instances)
     cfg = resolve_config(opts)
@@ -199,13 +192,35 @@ def extract(opts: Options) -> str:
         prefetch_factor=4 if workers else None,
     )
     slices = run_slices(attention_layers, cfg.gradcam_block if gradcam else None)
-    session = {"shard": list(opts.shard), "started_at": started_at}
-    partsdir.write_session(parts, run_id, journal[1], {**session, "complete": False})
+    rows = partial(batch_rows, loader, mapper, slices, run_id, device, res=cfg.image_res)
+    session = write_parts(opts, parts, run_id, journal[1], rows, len(todo), started_at)
+    n, cpu, stages = max(1, len(todo)), session["cpu"], session["stages"]
+    log.info("host CPU per image: main %.1f ms (device work %.1f, rows %.1f, parquet %.1f), loaders %.1f ms; "
+             "%d images, %.1f images/s", 1e3 * cpu["main"] / n, *(1e3 * stages[k] / n for k in STAGES),
+             1e3 * cpu["loaders"] / n, len(todo), len(todo) / session["seconds"])  # fmt: skip
+    writer.build(opts.db, wait=opts.wait_db)
+    return run_id
+
+
+def write_parts(
+    opts: Options,
+    parts: Path,
+    run_id: str,
+    token: str,
+    rows: Callable[..., Iterator[tuple[int, dict[str, pa.Table]]]],
+    n_images: int,
+    started_at: float,
+) -> dict:
+    """Run the batches into chunks of parts, with a progress bar of the images saved; returns the session
+    record (also written to the parts folder, before and after). Raises SystemExit when stopped early."""
+    session = {"shard": list(opts.shard), "started_at": started_at, "images": n_images}
+    partsdir.write_session(parts, run_id, token, {**session, "complete": False})
+    clock, started = StageClock(), time.perf_counter()
     with stop_requests() as stop:
         try:
-            with tqdm(total=len(todo), unit="img", desc="extracting", dynamic_ncols=True) as bar, \
-                    ChunkWriter(parts, run_id, opts.chunk_images, on_saved=bar.update) as chunks:  # fmt: skip
-                for n, tables in batch_rows(loader, mapper, slices, run_id, device, stop, cfg.image_res):
+            with tqdm(total=n_images, unit="img", desc="extracting", dynamic_ncols=True) as bar, \
+                    ChunkWriter(parts, run_id, opts.chunk_images, bar.update, clock) as chunks:  # fmt: skip
+                for n, tables in rows(stop=stop, clock=clock):
                     chunks.add(tables, n)
         except KeyboardInterrupt:
             stop.set()
@@ -214,17 +229,13 @@ def extract(opts: Options) -> str:
                 raise
             raise SystemExit(worker_died(e, parts)) from None
         finally:
-            seconds, complete = time.perf_counter() - started, not stop.is_set() and sys.exc_info()[0] is None
-            cpu = host_cpu_seconds()
-            partsdir.write_session(parts, run_id, journal[1], {**session, "finished_at": time.time(), "cpu": cpu,
-                                                                 "seconds": seconds, "complete": complete,
-                                                                 "images": len(todo)})  # fmt: skip
-    if not complete:
+            session.update(finished_at=time.time(), seconds=time.perf_counter() - started, cpu=host_cpu_seconds(),
+                           stages={k: clock.seconds[k] for k in STAGES},
+                           complete=not stop.is_set() and sys.exc_info()[0] is None)  # fmt: skip
+            partsdir.write_session(parts, run_id, token, session)
+    if not session["complete"]:
         raise SystemExit(f"interrupted: {parts} keeps every finished chunk; run the same command to resume")
-    log.info("host CPU per image: main %.1f ms, loaders %.1f ms (%d images, %.1f images/s)",
-             *(1e3 * cpu[k] / max(1, len(todo)) for k in ("main", "loaders")), len(todo), len(todo) / seconds)
-    writer.build(opts.db, wait=opts.wait_db)
-    return run_id
+    return session
 
 
 def worker_died(error: Exception, parts: Path) -> str:
@@ -265,49 +276,6 @@ def host_cpu_seconds() -> dict[str, float]:
     return {"main": me.ru_utime + me.ru_stime, "loaders": children.ru_utime + children.ru_stime}
 
 
-class ChunkWriter:
-    """Gathers batch tables into chunks of images and writes each chunk's parts in a background thread,
-    calling `on_saved(n_images)` when a chunk is on disk."""
-
-    def __init__(self, parts: Path, run_id: str, chunk_images: int, on_saved: Callable[[int], object]):
-        self.parts, self.run_id, self.chunk_images, self.on_saved = parts, run_id, chunk_images, on_saved
-        self.pending: list[dict[str, pa.Table]] = []
-        self.n_images = 0
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="parts")
-        self.writes: deque[Future] = deque()
-
-    def add(self, tables: dict[str, pa.Table], n_images: int) -> None:
-        self.pending.append(tables)
-        self.n_images += n_images
-        if self.n_images >= self.chunk_images:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        names = dict.fromkeys(name for tables in self.pending for name in tables)
-        tables = {name: pa.concat_tables([t[name] for t in self.pending if name in t], promote_options="permissive")
-                  for name in names}  # fmt: skip
-        status = tables.pop(partsdir.DONE_TABLE)
-        name = f"{min(status.column('image_id').to_pylist()):012d}-{partsdir.new_token()}.parquet"
-        write = self.pool.submit(partsdir.write_chunk, self.parts, self.run_id, name, tables, status)
-        write.add_done_callback(lambda _, n=self.n_images: self.on_saved(n))
-        self.writes.append(write)
-        self.pending, self.n_images = [], 0
-        while len(self.writes) > 2 or (self.writes and self.writes[0].done()):
-            self.writes.popleft().result()
-
-    def __enter__(self) -> ChunkWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Write what is gathered (also when stopping early: every finished batch is kept)."""
-        self.flush()
-        while self.writes:
-            self.writes.popleft().result()
-        self.pool.shutdown()
-
-
 @contextmanager
 def stop_requests() -> Iterator[threading.Event]:
     """An event set by the first SIGINT or SIGTERM; a second one raises KeyboardInterrupt at once.
@@ -339,48 +307,6 @@ def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shar
     k, n = shard
     images = [im for i, im in enumerate(dataset.images_with_captions()) if i % n == k][:limit]
     return [im for im in images if im["id"] not in done]
-
-
-def batch_rows(
-    batches: DataLoader, mapper: Mapper, slices: list[Slice], run_id: str, device: torch.device,
-    stop: threading.Event, res: int,
-) -> Iterator[tuple[int, dict[str, pa.Table]]]:
-    """(images in the batch, its tables) per batch, in order.
-
-    The JPEGs the workers left undecoded (`--decode device`) are decoded and resized to `res` on the
-    device first. The device work of a batch is queued before the previous batch's results are copied
-    back and laid out, so on CUDA the host's part overlaps the next batch's kernels. After `stop` is set
-    no new batch is started; the one under way is finished.
-    """
-    previous = None
-    for batch in batches:
-        if stop.is_set():
-            break
-        if batch.jpegs:
-            batch = batch.with_jpegs_decoded(decode_on_device([j.data for j in batch.jpegs], res, device), res)
-        current = (batch, device_outputs(batch.to(device), mapper, slices))
-        if previous:
-            yield host_rows(*previous, slices, run_id)
-        previous = current
-    if previous:
-        yield host_rows(*previous, slices, run_id)
-
-
-def device_outputs(batch: Batch, mapper: Mapper, slices: list[Slice]) -> dict[str, torch.Tensor] | None:
-    """Queue a batch's model pass and per-word work on its device; None when it has no caption."""
-    if not len(batch.caption_ids):
-        return None
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.pixels.is_cuda):
-        maps = mapper(normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index)
-    return word_outputs(maps, batch, slices)
-
-
-def host_rows(
-    batch: Batch, outputs: dict[str, torch.Tensor] | None, slices: list[Slice], run_id: str
-) -> tuple[int, dict[str, pa.Table]]:
-    if outputs is None:
-        return batch.n_images, batch_failures(batch, run_id)
-    return batch.n_images, batch_tables(batch, to_host(outputs), slices, run_id)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

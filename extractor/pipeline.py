@@ -1,0 +1,149 @@
+"""The loop of a run: batches from the loader through the device into chunks of Parquet parts.
+
+A batch's device work (decoding JPEGs left undecoded, the model, every per-word op) is queued before
+the previous batch's results come back to the host and become Arrow rows, and a background thread
+writes each chunk of images as one part per table. `StageClock` keeps the main process's CPU time per
+stage, which `bench/throughput.py` reports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+
+from db import parts as partsdir
+from extractor.batch import Batch
+from extractor.image import decode_on_device, normalize
+from extractor.maps import BatchMaps
+from extractor.summarize import Slice, batch_failures, batch_tables, to_host, word_outputs
+
+Mapper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], BatchMaps]
+"""A model as the pipeline sees it: (normalised pixels, input ids, attention mask, image index) -> BatchMaps."""
+
+
+STAGES = ("device", "rows", "write")
+
+
+class StageClock:
+    """CPU seconds of this process's threads per stage: `with clock("device"): ...`.
+
+    Stages: device (work queued on the model's device: all of it when that is the CPU), rows (copies back
+    and Arrow rows), write (Parquet parts, in the writer thread).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.thread_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.thread_time() - start
+
+
+def batch_rows(
+    batches: DataLoader, mapper: Mapper, slices: list[Slice], run_id: str, device: torch.device,
+    stop: threading.Event, res: int, clock: StageClock,
+) -> Iterator[tuple[int, dict[str, pa.Table]]]:
+    """(images in the batch, its tables) per batch, in order.
+
+    The JPEGs the workers left undecoded (`--decode device`) are decoded and resized to `res` on the
+    device first. The device work of a batch is queued before the previous batch's results are copied
+    back and laid out, so on CUDA the host's part overlaps the next batch's kernels. After `stop` is set
+    no new batch is started; the one under way is finished.
+    """
+    previous = None
+    for batch in batches:
+        if stop.is_set():
+            break
+        with clock("device"):
+            if batch.jpegs:
+                batch = batch.with_jpegs_decoded(decode_on_device([j.data for j in batch.jpegs], res, device), res)
+            current = (batch, device_outputs(batch.to(device), mapper, slices))
+        if previous:
+            with clock("rows"):
+                rows = host_rows(*previous, slices, run_id)
+            yield rows
+        previous = current
+    if previous:
+        with clock("rows"):
+            rows = host_rows(*previous, slices, run_id)
+        yield rows
+
+
+def device_outputs(batch: Batch, mapper: Mapper, slices: list[Slice]) -> dict[str, torch.Tensor] | None:
+    """Queue a batch's model pass and per-word work on its device; None when it has no caption."""
+    if not len(batch.caption_ids):
+        return None
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.pixels.is_cuda):
+        maps = mapper(normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index)
+    return word_outputs(maps, batch, slices)
+
+
+def host_rows(
+    batch: Batch, outputs: dict[str, torch.Tensor] | None, slices: list[Slice], run_id: str
+) -> tuple[int, dict[str, pa.Table]]:
+    if outputs is None:
+        return batch.n_images, batch_failures(batch, run_id)
+    return batch.n_images, batch_tables(batch, to_host(outputs), slices, run_id)
+
+
+class ChunkWriter:
+    """Gathers batch tables into chunks of images and writes each chunk's parts in a background thread,
+    calling `on_saved(n_images)` when a chunk is on disk."""
+
+    def __init__(
+        self, parts: Path, run_id: str, chunk_images: int, on_saved: Callable[[int], object], clock: StageClock
+    ):
+        self.parts, self.run_id, self.chunk_images, self.on_saved = parts, run_id, chunk_images, on_saved
+        self.clock = clock
+        self.pending: list[dict[str, pa.Table]] = []
+        self.n_images = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="parts")
+        self.writes: deque[Future] = deque()
+
+    def add(self, tables: dict[str, pa.Table], n_images: int) -> None:
+        self.pending.append(tables)
+        self.n_images += n_images
+        if self.n_images >= self.chunk_images:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        names = dict.fromkeys(name for tables in self.pending for name in tables)
+        tables = {name: pa.concat_tables([t[name] for t in self.pending if name in t], promote_options="permissive")
+                  for name in names}  # fmt: skip
+        status = tables.pop(partsdir.DONE_TABLE)
+        name = f"{min(status.column('image_id').to_pylist()):012d}-{partsdir.new_token()}.parquet"
+        write = self.pool.submit(self._write, name, tables, status)
+        write.add_done_callback(lambda _, n=self.n_images: self.on_saved(n))
+        self.writes.append(write)
+        self.pending, self.n_images = [], 0
+        while len(self.writes) > 2 or (self.writes and self.writes[0].done()):
+            self.writes.popleft().result()
+
+    def _write(self, name: str, tables: dict[str, pa.Table], status: pa.Table) -> None:
+        with self.clock("write"):
+            partsdir.write_chunk(self.parts, self.run_id, name, tables, status)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Write what is gathered (also when stopping early: every finished batch is kept)."""
+        self.flush()
+        while self.writes:
+            self.writes.popleft().result()
+        self.pool.shutdown()
