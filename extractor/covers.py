@@ -33,12 +33,16 @@ BLOCK_IMAGES = 1024
 
 @dataclass
 class GridCovers:
-    """An image's objects on the g x g grid, cells flattened: one row per category it has."""
+    """An image's objects on the g x g grid, cells flattened: one row per category it has.
+
+    Covers stay float64, as the reference metrics read them: in float32 a cover near 0.5 can round onto
+    the other side of OBJECT_CELL_COVERAGE.
+    """
 
     category_ids: np.ndarray  # (K,) int32
-    masks: np.ndarray  # (K, g*g) float64 cover of the category's masks (float64 as the reference metrics
-    boxes: np.ndarray  # (K, g*g) float64 cover of its boxes                   read them: see device_metrics)
-    union: np.ndarray  # (g*g,) float64 cover of all the image's masks
+    masks: np.ndarray  # (K, g*g) cover of the category's masks
+    boxes: np.ndarray  # (K, g*g) cover of its boxes
+    union: np.ndarray  # (g*g,) cover of all the image's masks
     errors: list[ErrorRow]  # skipped annotations, size warnings
     failure: str = ""  # why the image cannot be run, if it cannot
 

@@ -15,19 +15,31 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from db import parts as partsdir
 from extractor.batch import Batch
 from extractor.image import decode_on_device, normalize
 from extractor.maps import BatchMaps
-from extractor.summarize import Slice, batch_failures, batch_tables, to_host, word_outputs
+from extractor.summarize import HostCopy, Slice, batch_failures, batch_tables, word_outputs
 
-Mapper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], BatchMaps]
-"""A model as the pipeline sees it: (normalised pixels, input ids, attention mask, image index) -> BatchMaps."""
+
+class Mapper(Protocol):
+    """A model as the per-word pipeline sees it: everything after this call is model-independent.
+
+    ALBEF (`extractor.maps.batch_maps` with the model bound) is the first implementation, the shape-true
+    stand-in (`extractor.standin.StandIn`) the second; a model family with the same cross-attention design
+    (BLIP's ITM model) would be a third, returning the same `BatchMaps`.
+    """
+
+    def __call__(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor, image_index: Tensor) -> BatchMaps:
+        """(I, 3, R, R) normalised images; (C, T) captions and their mask; (C,) each caption's image row."""
+        ...
 
 
 STAGES = ("device", "rows", "write")
@@ -82,21 +94,22 @@ def batch_rows(
         yield rows
 
 
-def device_outputs(batch: Batch, mapper: Mapper, slices: list[Slice]) -> dict[str, torch.Tensor] | None:
-    """Queue a batch's model pass and per-word work on its device; None when it has no caption."""
+def device_outputs(batch: Batch, mapper: Mapper, slices: list[Slice]) -> HostCopy | None:
+    """Queue a batch's model pass, per-word work and copies back on its device; None when it has no caption."""
     if not len(batch.caption_ids):
         return None
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.pixels.is_cuda):
         maps = mapper(normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index)
-    return word_outputs(maps, batch, slices)
+    return HostCopy(word_outputs(maps, batch, slices))
 
 
 def host_rows(
-    batch: Batch, outputs: dict[str, torch.Tensor] | None, slices: list[Slice], run_id: str
+    batch: Batch, outputs: HostCopy | None, slices: list[Slice], run_id: str
 ) -> tuple[int, dict[str, pa.Table]]:
+    """(images, tables) of a batch, once its outputs are on the host."""
     if outputs is None:
         return batch.n_images, batch_failures(batch, run_id)
-    return batch.n_images, batch_tables(batch, to_host(outputs), slices, run_id)
+    return batch.n_images, batch_tables(batch, outputs.arrays(), slices, run_id)
 
 
 class ChunkWriter:

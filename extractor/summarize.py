@@ -2,7 +2,7 @@
 
 The per-word work runs where the model ran, as a few batched tensor ops over every word of every
 caption and every map kind (`word_outputs`); only metric columns and uint8 maps come back to the host,
-one copy per array (`to_host`), where `batch_tables` lays them out as Arrow columns without a Python
+one copy per array (`HostCopy`), where `batch_tables` lays them out as Arrow columns without a Python
 loop over words.
 """
 
@@ -25,7 +25,8 @@ Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
 
 def run_slices(attention_layers: Sequence[int], gradcam_layer: int | None) -> list[Slice]:
     """Every (method, layer) a run keeps, in row order."""
-    return [(ATTENTION, layer) for layer in attention_layers] + ([(GRADCAM, gradcam_layer)] if gradcam_layer else [])
+    gradcam = [(GRADCAM, gradcam_layer)] if gradcam_layer is not None else []
+    return [(ATTENTION, layer) for layer in attention_layers] + gradcam
 
 
 def token_maps(maps: BatchMaps, method: str, layer: int) -> Tensor:
@@ -67,12 +68,22 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     return out
 
 
-def to_host(outputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """One device-to-host copy per array; on CUDA all are queued before the one wait."""
-    copies = {k: v.to("cpu", non_blocking=v.is_cuda) for k, v in outputs.items()}
-    if any(v.is_cuda for v in outputs.values()):
-        torch.cuda.current_stream().synchronize()
-    return {k: v.numpy() for k, v in copies.items()}
+class HostCopy:
+    """A batch's outputs on their way to the host: one copy per array, queued on the device's stream
+    behind the batch's own work, so waiting for them does not wait for the batches queued after it."""
+
+    def __init__(self, outputs: dict[str, Tensor]):
+        on_cuda = any(v.is_cuda for v in outputs.values())
+        # From CUDA, a non-blocking copy lands in pinned memory; the event marks when it has.
+        self.copies = {k: v.to("cpu", non_blocking=on_cuda) for k, v in outputs.items()}
+        self.done = torch.cuda.Event() if on_cuda else None
+        if self.done:
+            self.done.record()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self.done:
+            self.done.synchronize()
+        return {k: v.numpy() for k, v in self.copies.items()}
 
 
 def _dictionary(value: str, n: int) -> pa.DictionaryArray:
