@@ -181,14 +181,19 @@ def fill_cache(
         # A worker that dies (a crash, the OOM killer) breaks the pool: BrokenProcessPool, never a hang.
         results = pool.map(_covers_of, missing, chunksize=16) if pool else map(_covers_of, missing)
         with tqdm(total=len(missing), unit="img", desc="object covers", dynamic_ncols=True) as bar:
-            for block in _blocks(zip((r["id"] for r in missing), results, strict=True), BLOCK_IMAGES):
+            for block in _blocks(_counted(zip((r["id"] for r in missing), results, strict=True), bar), BLOCK_IMAGES):
                 save_block(folder, dict(block))
-                bar.update(len(block))
     finally:
         _job = None
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
     return cached_locations(folder)
+
+
+def _counted(items: Iterable, bar: tqdm) -> Iterator:
+    for item in items:
+        bar.update(1)
+        yield item
 
 
 def _blocks(items: Iterable, n: int) -> Iterator[list]:

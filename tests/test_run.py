@@ -143,9 +143,27 @@ def uninterrupted_db(shared, tmp_path_factory):
     return db
 
 
-def images_done(progress: str) -> int:
-    """The highest image count the extraction's progress bar has printed so far (not the covers' bar)."""
-    return max((int(k) for k in re.findall(r"extracting:[^|]*\|[^|]*\| *(\d+)/\d+ ", progress)), default=0)
+def images_done(progress: str, bar: str = "extracting") -> int:
+    """The highest image count a progress bar ("extracting", "object covers") has printed so far."""
+    return max((int(k) for k in re.findall(bar + r":[^|]*\|[^|]*\| *(\d+)/\d+ ", progress)), default=0)
+
+
+def test_killed_while_laying_out_masks_resumes_to_the_same_result(shared, uninterrupted_db, tmp_path):
+    db = tmp_path / "resumed.duckdb"
+    argv = cli(shared, db, "val2017-subset", *RESUME_LIMIT)
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while images_done(seen, "object covers") < 5:  # amid the covers pass: its block of 1,024 not yet saved
+        ch = proc.stderr.read(1)
+        assert ch, f"extractor ended before its covers pass: {seen[-500:]}"
+        seen += ch
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert images_done(seen) == 0 and not db.exists()
+    assert not list(parts.parts_dir(db).glob("covers/*/*.npz"))
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_same_results(db, uninterrupted_db)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
