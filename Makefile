@@ -7,10 +7,10 @@ PORT ?= 8501
 
 .PHONY: run test demo lint bench clean-demo
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-ray.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ray.txt
 	touch $@
 
 # The embedded demo: a synthetic COCO-format world extracted with the committed tiny ALBEF.

@@ -11,10 +11,11 @@ from extractor import finalize, merge, run, verify
 from extractor.checkpoint import CheckpointError
 from extractor.coco import CocoFormatError
 from extractor.demo import prepare, train, world
+from extractor.ray_backend import ClusterUnreachable
 
 COMMANDS = (run, finalize, merge, verify, prepare, world, train)
 # Errors of the user's input: reported in one line, without a traceback.
-INPUT_ERRORS = (CocoFormatError, CheckpointError, DatabaseLocked, FileNotFoundError, ValueError)
+INPUT_ERRORS = (CocoFormatError, CheckpointError, ClusterUnreachable, DatabaseLocked, FileNotFoundError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,10 +46,7 @@ from extractor.maps import batch_maps
 from extractor.model import ALBEF
 from extractor.pipeline import STAGES, ChunkWriter, Mapper, StageClock, batch_rows
 from extractor.standin import StandIn
-from extractor.summarize import (
-    failure_tables,
-    run_slices,
-)
+from extractor.summarize import Slice, failure_tables, run_slices
 from extractor.text import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -139,10 +136,29 @@ def dataset_key(opts: Options) -> str:
     return hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size] for f in files]).encode()).hexdigest()[:16]
 
 
-def extract(opts: Options) -> str:
-    """Run (or resume) an extraction into X.parts, then build X from the parts; returns the run id."""
-    started_at = time.time()
-    device = resolve_device(opts.device)
+@dataclass
+class Setup:
+    """What every process of a run builds once: the dataset, the model, the tokenizer and the run's identity."""
+
+    opts: Options
+    device: torch.device
+    dataset: CocoDataset
+    cfg: ALBEFConfig
+    tokenizer: Tokenizer
+    mapper: Mapper | None  # None where only the run's identity is needed (a Ray driver)
+    checkpoint_sha: str
+    run_id: str
+    attention_layers: list[int]
+    gradcam: bool
+    parts: Path
+
+    @property
+    def slices(self) -> list[Slice]:
+        return run_slices(self.attention_layers, self.cfg.gradcam_block if self.gradcam else None)
+
+
+def setup(opts: Options, device: torch.device, with_model: bool = True) -> Setup:
+    """Read the dataset, load the model (unless `with_model` is False) and work out the run id."""
     dataset = load_coco(opts.captions, opts.instances)
     cfg = resolve_config(opts)
     layers = sorted(opts.layers) if opts.layers else cfg.fusion_layers
@@ -150,91 +166,119 @@ def extract(opts: Options) -> str:
         raise ValueError(f"--layers {bad} are not fusion layers of this model ({cfg.fusion_layers})")
     attention_layers = layers if opts.method in ("both", "attention") else []
     gradcam = opts.method in ("both", "gradcam")
-    mapper, checkpoint_sha = load_mapper(opts, device, attention_layers, gradcam)
+    mapper, checkpoint_sha = (
+        load_mapper(opts, device, attention_layers, gradcam) if with_model else (None, file_sha256(opts.checkpoint))
+    )
     vocab = resolve_vocab(opts)
     tokenizer = Tokenizer(vocab, cfg.bert.max_position_embeddings)
     run_id = run_identity(cfg, checkpoint_sha, file_sha256(vocab), opts.method, attention_layers)
+    return Setup(opts, device, dataset, cfg, tokenizer, mapper, checkpoint_sha, run_id, attention_layers, gradcam,
+                 partsdir.parts_dir(opts.db))  # fmt: skip
 
-    parts = partsdir.parts_dir(opts.db)
-    resuming = partsdir.write_run(parts, {
-        "run_id": run_id, "checkpoint_path": str(opts.checkpoint.resolve()), "checkpoint_sha256": checkpoint_sha,
-        "config": json.dumps(cfg.to_dict()), "method": opts.method, "layers": attention_layers,
-        "gradcam_layer": cfg.gradcam_block if gradcam else None, "image_res": cfg.image_res,
+
+def record_run(s: Setup) -> bool:
+    """Write the run's settings and the dataset's rows into the parts folder; True when the run resumes."""
+    opts, cfg = s.opts, s.cfg
+    resuming = partsdir.write_run(s.parts, {
+        "run_id": s.run_id, "checkpoint_path": str(opts.checkpoint.resolve()), "checkpoint_sha256": s.checkpoint_sha,
+        "config": json.dumps(cfg.to_dict()), "method": opts.method, "layers": s.attention_layers,
+        "gradcam_layer": cfg.gradcam_block if s.gradcam else None, "image_res": cfg.image_res,
         "patch_size": cfg.patch_size, "grid_size": cfg.grid_size, "code_version": extractor.__version__,
         "images_dir": str(opts.images.resolve()), "captions_file": str(opts.captions.resolve()),
-        "instances_file": str(opts.instances.resolve()) if opts.instances else None, "device": str(device),
+        "instances_file": str(opts.instances.resolve()) if opts.instances else None, "device": str(s.device),
     })  # fmt: skip
-    partsdir.write_dataset(parts, dataset_key(opts), dict(zip(partsdir.DATASET_TABLES, dataset.frames(cfg.max_words),
-                                                             strict=True)))  # fmt: skip
-    todo = pending_images(dataset, partsdir.done_image_ids(parts, run_id), opts.limit, opts.shard)
-    log.info("run %s: %s, %d images to do", run_id, "resuming" if resuming else "new", len(todo))
-    todo = set_aside_poisoned(parts, run_id, todo, partial(prepare_image, opts, dataset, cfg))
-    journal = (suspects.clear_attempts(parts, run_id), partsdir.new_token())
+    frames = dict(zip(partsdir.DATASET_TABLES, s.dataset.frames(cfg.max_words), strict=True))
+    partsdir.write_dataset(s.parts, dataset_key(opts), frames)
+    return resuming
 
-    batch_size, workers = parallelism(opts, device)
-    device_decode = (opts.decode or ("device" if device.type == "cuda" else "cpu")) == "device"
-    covers_at = None
-    if opts.instances:
-        folder = cache_dir(parts, opts.instances, opts.images, cfg.grid_size)
-        try:
-            covers_at = fill_cache(folder, todo, dataset, opts.images, cfg.grid_size, workers, journal)
-        except BrokenProcessPool as e:
-            raise SystemExit(worker_died(e, parts)) from None
-    loader = DataLoader(
-        ImageFiles(
-            opts.images, dataset, todo, tokenizer, cfg.image_res, cfg.max_words, covers_at, journal, device_decode
-        ),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=worker_init,
-        prefetch_factor=4 if workers else None,
-    )
-    slices = run_slices(attention_layers, cfg.gradcam_block if gradcam else None)
-    rows = partial(batch_rows, loader, mapper, slices, run_id, device, res=cfg.image_res)
-    session = write_parts(opts, parts, run_id, journal[1], rows, len(todo), started_at)
+
+def start_images(s: Setup, todo: list[dict]) -> tuple[list[dict], tuple[Path, str]]:
+    """Settle the images an earlier process died on (`set_aside_poisoned`), then start this process's
+    journal; returns the images left to run and the journal (folder, token)."""
+    todo = set_aside_poisoned(s.parts, s.run_id, todo, partial(prepare_image, s.opts, s.dataset, s.cfg))
+    return todo, (suspects.clear_attempts(s.parts, s.run_id), partsdir.new_token())
+
+
+def extract(opts: Options) -> str:
+    """Run (or resume) an extraction into X.parts, then build X from the parts; returns the run id."""
+    started_at = time.time()
+    s = setup(opts, resolve_device(opts.device))
+    resuming = record_run(s)
+    todo = pending_images(s.dataset, partsdir.done_image_ids(s.parts, s.run_id), opts.limit, opts.shard)
+    log.info("run %s: %s, %d images to do", s.run_id, "resuming" if resuming else "new", len(todo))
+    todo, journal = start_images(s, todo)
+    rows = image_rows(s, todo, journal)
+    session = write_parts(s, journal[1], rows, len(todo), started_at)
     n, cpu, stages = max(1, len(todo)), session["cpu"], session["stages"]
     log.info("host CPU per image: main %.1f ms (device work %.1f, rows %.1f, parquet %.1f), loaders %.1f ms; "
              "%d images, %.1f images/s", 1e3 * cpu["main"] / n, *(1e3 * stages[k] / n for k in STAGES),
              1e3 * cpu["loaders"] / n, len(todo), len(todo) / session["seconds"])  # fmt: skip
     writer.build(opts.db, wait=opts.wait_db)
-    return run_id
+    return s.run_id
 
 
-def write_parts(
-    opts: Options,
-    parts: Path,
-    run_id: str,
-    token: str,
-    rows: Callable[..., Iterator[tuple[int, dict[str, pa.Table]]]],
-    n_images: int,
-    started_at: float,
-) -> dict:
+Rows = Callable[..., Iterator[tuple[int, dict[str, pa.Table]]]]
+
+
+def image_rows(s: Setup, records: list[dict], journal: tuple[Path, str]) -> Rows:
+    """The pipeline over `records`: their object covers filled into the cache, then the loader, the model and
+    the per-word work as `rows(stop=..., clock=...)`, an iterator of (images, tables) per batch."""
+    batch_size, workers = parallelism(s.opts, s.device)
+    device_decode = (s.opts.decode or ("device" if s.device.type == "cuda" else "cpu")) == "device"
+    covers_at = None
+    if s.opts.instances:
+        folder = cache_dir(s.parts, s.opts.instances, s.opts.images, s.cfg.grid_size)
+        try:
+            covers_at = fill_cache(folder, records, s.dataset, s.opts.images, s.cfg.grid_size, workers, journal)
+        except BrokenProcessPool as e:
+            raise SystemExit(worker_died(e, s.parts)) from None
+    loader = DataLoader(
+        ImageFiles(s.opts.images, s.dataset, records, s.tokenizer, s.cfg.image_res, s.cfg.max_words, covers_at,
+                   journal, device_decode),  # fmt: skip
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=s.device.type == "cuda",
+        worker_init_fn=worker_init,
+        prefetch_factor=4 if workers else None,
+    )
+    return partial(batch_rows, loader, s.mapper, s.slices, s.run_id, s.device, res=s.cfg.image_res)
+
+
+def save_rows(s: Setup, rows: Rows, stop: threading.Event, clock: StageClock, on_saved: Callable[[int], object]) -> int:
+    """Write the batches of `rows` as chunks of parts, calling `on_saved(n_images)` as each is on disk;
+    returns how many of the images failed."""
+    failed = 0
+    with ChunkWriter(s.parts, s.run_id, s.opts.chunk_images, on_saved, clock) as chunks:
+        for n, tables in rows(stop=stop, clock=clock):
+            failed += tables[partsdir.DONE_TABLE].column("status").to_pylist().count("error")
+            chunks.add(tables, n)
+    return failed
+
+
+def write_parts(s: Setup, token: str, rows: Rows, n_images: int, started_at: float) -> dict:
     """Run the batches into chunks of parts, with a progress bar of the images saved; returns the session
     record (also written to the parts folder, before and after). Raises SystemExit when stopped early."""
-    session = {"shard": list(opts.shard), "started_at": started_at, "images": n_images}
-    partsdir.write_session(parts, run_id, token, {**session, "complete": False})
+    session = {"shard": list(s.opts.shard), "started_at": started_at, "images": n_images}
+    partsdir.write_session(s.parts, s.run_id, token, {**session, "complete": False})
     clock, started = StageClock(), time.perf_counter()
     with stop_requests() as stop:
         try:
-            with tqdm(total=n_images, unit="img", desc="extracting", dynamic_ncols=True) as bar, \
-                    ChunkWriter(parts, run_id, opts.chunk_images, bar.update, clock) as chunks:  # fmt: skip
-                for n, tables in rows(stop=stop, clock=clock):
-                    chunks.add(tables, n)
+            with tqdm(total=n_images, unit="img", desc="extracting", dynamic_ncols=True) as bar:
+                save_rows(s, rows, stop, clock, bar.update)
         except KeyboardInterrupt:
             stop.set()
         except RuntimeError as e:
             if "DataLoader worker" not in str(e):
                 raise
-            raise SystemExit(worker_died(e, parts)) from None
+            raise SystemExit(worker_died(e, s.parts)) from None
         finally:
             session.update(finished_at=time.time(), seconds=time.perf_counter() - started, cpu=host_cpu_seconds(),
                            stages={k: clock.seconds[k] for k in STAGES},
                            complete=not stop.is_set() and sys.exc_info()[0] is None)  # fmt: skip
-            partsdir.write_session(parts, run_id, token, session)
+            partsdir.write_session(s.parts, s.run_id, token, session)
     if not session["complete"]:
-        raise SystemExit(f"interrupted: {parts} keeps every finished chunk; run the same command to resume")
+        raise SystemExit(f"interrupted: {s.parts} keeps every finished chunk; run the same command to resume")
     return session
 
 
@@ -263,11 +307,17 @@ def set_aside_poisoned(parts: Path, run_id: str, todo: list[dict], prepare: Call
     bad = [r for r in todo if r["id"] in found]
     for r in bad:
         log.warning("image %d (%s) set aside: %s", r["id"], r["file_name"], found[r["id"]])
-    tables = failure_tables(run_id, [], [r["id"] for r in bad],
-                            [("image", str(r["id"]), r["file_name"], found[r["id"]]) for r in bad])  # fmt: skip
-    status = tables.pop(partsdir.DONE_TABLE)
-    partsdir.write_chunk(parts, run_id, f"{bad[0]['id']:012d}-{partsdir.new_token()}.parquet", tables, status)
+    write_failed(parts, run_id, bad, found)
     return [r for r in todo if r["id"] not in found]
+
+
+def write_failed(parts: Path, run_id: str, records: list[dict], why: dict[int, str]) -> None:
+    """Record `records` as failed, each with an `image` error row saying why, in one chunk: no run tries them
+    again."""
+    tables = failure_tables(run_id, [], [r["id"] for r in records],
+                            [("image", str(r["id"]), r["file_name"], why[r["id"]]) for r in records])  # fmt: skip
+    status = tables.pop(partsdir.DONE_TABLE)
+    partsdir.write_chunk(parts, run_id, f"{records[0]['id']:012d}-{partsdir.new_token()}.parquet", tables, status)
 
 
 def host_cpu_seconds() -> dict[str, float]:
@@ -357,11 +407,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "process holds it (a dashboard, another shard's build) before saying so (default 60)")
     p.add_argument("--model", choices=("albef", "null"), default="albef",
                    help="null: a stand-in returning random maps of ALBEF's shapes, to measure the pipeline alone")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the chunks of images on a Ray cluster: the one at ADDRESS (host:port of a `ray start "
+                   "--head`; auto: the one this node is part of, as in `ray job submit`), else a local one started "
+                   "for the run. Every actor loads the model once and writes the parts of the chunks it runs; "
+                   "chunks already done are skipped, so the same command resumes. Needs `pip install -r "
+                   "requirements-ray.txt`")
+    p.add_argument("--ray-actors", type=int, help="with --ray: model actors (default: one per GPU of the cluster "
+                   "on CUDA, else one per CPU)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     opts = Options(**{k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__})
-    run_id = extract(opts)
+    if args.ray is None:
+        run_id = extract(opts)
+    else:
+        from extractor import ray_backend  # Ray is optional: imported only when asked for
+
+        run_id = ray_backend.extract(opts, args.ray or None, args.ray_actors)
     print(f"run {run_id} written to {opts.db}")
     return 0
