@@ -98,6 +98,7 @@ class Run:
     seconds: float  # wall seconds of the extraction loop (the session file): covers pass and start-up excluded
     main: float  # CPU seconds of the main process (the whole process: covers pass included)
     device: float  # of which the main thread's work queued on the model's device (all of it on a CPU)
+    loop: float  # the main thread's CPU in the extraction loop, device work included: what bounds one process
     loaders: float  # CPU seconds of its loader and covers workers
     images: int
     captions: int
@@ -157,7 +158,8 @@ def extract(
         captions = queries.run_summary(con, run_id)["captions"]
     cpu = sum(after[:2]) - sum(before[:2])
     part_bytes = sum(p.stat().st_size for p in partsdir.run_dir(parts, run_id).rglob("*.parquet"))
-    run = Run(wall, cpu, session["seconds"], session["cpu"]["main"], session["stages"]["device"],
+    stages = session["stages"]
+    run = Run(wall, cpu, session["seconds"], session["cpu"]["main"], stages["device"], stages["loop"],
               session["cpu"]["loaders"], session["images"], int(captions), part_bytes)  # fmt: skip
     device = partsdir.read_run(parts, run_id)["device"]
     return run, device, sampler.mean_between(session["started_at"], session["finished_at"])
@@ -238,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(covers and the database build included), {COCO_IMAGES * cached.wall / n / 3600:.2f} h with covers cached")
     # On a CPU the model's and the per-word work run in the main process; on a GPU they run on the device,
     # and what the main thread spends queuing them is host work. Host CPU counts them accordingly.
-    host_main = cached.main - (cached.device if device == "cpu" else 0.0)
+    on_cpu = cached.device if device == "cpu" else 0.0
+    host_main, main_thread = cached.main - on_cpu, cached.loop - on_cpu
+    print(f"main thread's host work: {ms(main_thread, n):.1f} ms per image, so one process can feed a device at "
+          f"most {n / max(main_thread, 1e-9):.0f} images/s")
     print(f"host CPU per image: total {ms(host_main + cached.loaders, n):.1f} ms, main {ms(host_main, n):.1f} ms, "
           f"loaders {ms(cached.loaders, n):.1f} ms; {n / cached.seconds:.0f} images/s"
           + (" (covers cached; main without the device work, which runs on the CPU here)" if device == "cpu" else ""))

@@ -42,14 +42,15 @@ class Mapper(Protocol):
         ...
 
 
-STAGES = ("device", "rows", "write")
+STAGES = ("device", "rows", "write", "loop")
 
 
 class StageClock:
     """CPU seconds of this process's threads per stage: `with clock("device"): ...`.
 
     Stages: device (work queued on the model's device: all of it when that is the CPU), rows (copies back
-    and Arrow rows), write (Parquet parts, in the writer thread).
+    and Arrow rows), write (Parquet parts, in the writer thread), loop (the main thread's whole loop,
+    device and rows included: what bounds one process).
     """
 
     def __init__(self) -> None:

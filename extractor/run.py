@@ -210,7 +210,8 @@ def extract(opts: Options) -> str:
     rows = image_rows(s, todo, journal)
     session = write_parts(s, journal[1], rows, len(todo), started_at)
     n, cpu, stages = max(1, len(todo)), session["cpu"], session["stages"]
-    log.info("host CPU per image: main %.1f ms (device work %.1f, rows %.1f, parquet %.1f), loaders %.1f ms; "
+    log.info("host CPU per image: main %.1f ms (device work %.1f, rows %.1f, parquet %.1f, main thread %.1f), "
+             "loaders %.1f ms; "
              "%d images, %.1f images/s", 1e3 * cpu["main"] / n, *(1e3 * stages[k] / n for k in STAGES),
              1e3 * cpu["loaders"] / n, len(todo), len(todo) / session["seconds"])  # fmt: skip
     writer.build(opts.db, wait=opts.wait_db)
@@ -264,7 +265,7 @@ def write_parts(s: Setup, token: str, rows: Rows, n_images: int, started_at: flo
     clock, started = StageClock(), time.perf_counter()
     with stop_requests() as stop:
         try:
-            with tqdm(total=n_images, unit="img", desc="extracting", dynamic_ncols=True) as bar:
+            with tqdm(total=n_images, unit="img", desc="extracting", dynamic_ncols=True) as bar, clock("loop"):
                 save_rows(s, rows, stop, clock, bar.update)
         except KeyboardInterrupt:
             stop.set()
