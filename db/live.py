@@ -96,14 +96,15 @@ def _list(files: list[Path]) -> str:
 
 
 def _run_rows(parts: Path, runs: list[str]) -> pd.DataFrame:
-    """`runs` rows of the live runs: their settings, status 'running', and the counts done so far."""
+    """`runs` rows of the live runs: their settings, their status (complete once every shard finished,
+    though not built yet), and the counts done so far."""
     rows = []
     for run_id in runs:
         run = {k: v for k, v in partsdir.read_run(parts, run_id).items() if k in RUN_COLUMNS}
         sessions = partsdir.read_sessions(parts, run_id)
         done = partsdir.done_image_ids(parts, run_id)
         rows.append({**run, "config": json.dumps(run["config"]) if isinstance(run["config"], dict) else run["config"],
-                     "status": "running", "n_images": len(done),
+                     "status": "complete" if partsdir.run_complete(sessions) else "running", "n_images": len(done),
                      "started_at": pd.to_datetime(min((s["started_at"] for s in sessions), default=None), unit="s"),
                      "seconds": sum(s.get("seconds", 0) for s in sessions)})  # fmt: skip
     return pd.DataFrame(rows)

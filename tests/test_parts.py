@@ -80,7 +80,7 @@ def test_extraction_beside_an_open_dashboard_says_what_holds_the_file(shared, tm
     assert len(parts.done_image_ids(folder, run_id)) == 5
     con = queries.connect_readonly(db)
     assert con.execute("SELECT count(DISTINCT image_id) FROM words").fetchone()[0] == 5
-    assert queries.list_runs(con)["n_images"].tolist() == [5]
+    assert queries.list_runs(con)[["status", "n_images"]].values.tolist() == [["complete", 5]]  # done, not built
     con.close()
     reader.join()
 
