@@ -17,6 +17,16 @@ def shared() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def con(tmp_path):
+    """A fresh review store (tests/test_review*.py); modules with a `con` of their own override it."""
+    from db import review
+
+    con = review.connect(tmp_path / "review.sqlite")
+    yield con
+    con.close()
+
+
 def run_extraction(shared: Path, db: Path, subset: str = "val2017-subset", *extra: str) -> Path:
     """Run the real extractor CLI in-process on a shared COCO subset with the fine-tuned fixture checkpoint."""
     from extractor.__main__ import main
