@@ -7,17 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data, paths, state
 from dashboard.markup import code, marked_caption
-from dashboard.overlay import COLORMAPS, OverlayStyle
+from dashboard.overlay import COLORMAPS, SHARED_TOP, OverlayStyle, colour_strip, scale_ticks
 from db.metrics import BY_NAME, METRICS, SCORES
 
 RANGE_METRICS = SCORES  # the metrics a range slider filters: all in [0, 1]
 PAGE_SIZE = 24
 GRID_COLUMNS = 4
 THUMBNAIL_SIDE = 360
+COLOUR_BAR_WIDTH = 480
+# The colour-scale choices: their names go into the URL, captions say what the numbers are.
+SCALES = {"shared": "× uniform", "per map": "stretched"}
 
 
 def metric_label(metric: str) -> str:
@@ -37,22 +41,51 @@ def metrics_help() -> str:
 
 
 def overlay_controls() -> tuple[OverlayStyle, bool, bool]:
-    """Colour map, opacity, value range and mask/box toggles (bound to the URL); the style and toggles."""
+    """Colour map, opacity, colour scale and mask/box toggles (bound to the URL); the style and toggles."""
     left, right = st.columns(2)
     cmap = left.selectbox("Colour map", COLORMAPS, key="cmap", bind=state.BIND)
     opacity = right.slider("Opacity", 0.0, 1.0, 1.0, 0.05, key="opacity", bind=state.BIND,
                            help="1 = ALBEF's blend (weight = value^0.7); 0 = the bare image.")
-    scale = left.radio("Range", ["per map", "fixed"], key="scale", bind=state.BIND, horizontal=True,
-                       help="per map: each map stretched to its own min..max (ALBEF). fixed: one scale "
-                            "for all maps, in multiples of a uniform map, so maps compare.")
-    vmax = right.slider("Fixed range max (x uniform)", 2.0, 50.0, 10.0, 1.0, key="vmax", bind=state.BIND,
-                        disabled=scale != "fixed")
+    scale = left.radio("Colour scale", list(SCALES), key="scale", bind=state.BIND, horizontal=True,
+                       captions=list(SCALES.values()),
+                       help="shared: one scale for every map on the page, in multiples of a uniform map (1 = "
+                            "uniform), so a flat map looks flat and maps compare. per map: each map stretched to "
+                            "its own min..max (ALBEF's look), so even a flat map shows a hot spot.")
+    top = right.slider("Shared scale top (× uniform)", 2.0, 50.0, SHARED_TOP, 1.0, key="vmax", bind=state.BIND,
+                       disabled=scale != "shared", help="Values above it are drawn in the top colour.")
     mask = left.toggle("Object mask", key="mask", bind=state.BIND,
                        help="Outline and tint the masks of the object the word names.")
     box = right.toggle("Object box", key="box", bind=state.BIND)
-    style = OverlayStyle(cmap=cmap, opacity=opacity, value_range=(0.0, vmax) if scale == "fixed" else None,
+    style = OverlayStyle(cmap=cmap, opacity=opacity, value_range=(0.0, top) if scale == "shared" else None,
                          max_side=THUMBNAIL_SIDE)
     return style, mask, box
+
+
+def colour_bar(style: OverlayStyle) -> go.Figure:
+    """The colour bar of ``style``: ticks in multiples of uniform (shared scale), or min..max (per map)."""
+    strip = colour_strip(style)
+    if style.value_range is None:
+        low, high = 0.0, 1.0
+        ticks, labels = [low, high], ["min", "max"]
+        title = "per map (stretched): each map from its own min to its own max; colours do not compare"
+    else:
+        low, high = style.value_range
+        ticks = scale_ticks(high)
+        # Values above the top are drawn in the top colour, so its tick reads "8+".
+        labels = [f"{t:g}+" if t == high else f"{t:g}" for t in ticks]
+        title = "× uniform, one scale shared by every map on this page (1 = a uniform map)"
+    step = (high - low) / len(strip)
+    figure = go.Figure(go.Image(z=strip[None], x0=low + step / 2, dx=step, hoverinfo="skip"))
+    figure.update_xaxes(tickvals=list(ticks), ticktext=labels, title=title, range=[low, high])
+    figure.update_yaxes(visible=False)
+    figure.update_layout(height=90, width=COLOUR_BAR_WIDTH, margin={"l": 10, "r": 10, "t": 5, "b": 50},
+                         title=None)
+    return figure
+
+
+def colour_key(style: OverlayStyle) -> None:
+    """The page's colour bar: what the overlays' colours mean under ``style``. Draw it once per page."""
+    st.plotly_chart(colour_bar(style), key="colour_bar", width="content", config={"staticPlot": True})
 
 
 def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:

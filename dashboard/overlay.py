@@ -28,6 +28,9 @@ BLUR_TRUNCATE = 4.0
 MISSING_IMAGE_GREY = 96
 
 COLORMAPS = ("jet", "viridis", "inferno", "magma", "plasma", "turbo", "hot", "gray")
+# The default shared scale: 0 .. 8x the mass of a uniform map's cell. A flat map (about 1x everywhere)
+# stays cool and faint; a map that piles its mass on a few cells reaches the top.
+SHARED_TOP = 8.0
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,17 @@ class OverlayStyle:
     Args:
         cmap: a matplotlib colour map name (ALBEF uses ``jet``).
         opacity: multiplies ALBEF's per-pixel blend weight; 1.0 is ALBEF's look, 0 shows the bare image.
-        value_range: ``None`` stretches each map to its own min..max (ALBEF). A pair ``(lo, hi)`` is a
-            fixed scale shared by every map, in multiples of the uniform map (a cell holding 1/g² of the
-            mass is 1.0), so maps of different words, layers and methods are comparable.
+        value_range: a pair ``(lo, hi)`` is a fixed scale shared by every map, in multiples of the uniform
+            map (a cell holding 1/g² of the mass is 1.0), so maps of different words, layers and methods
+            compare and a flat map looks flat (the default, 0 .. ``SHARED_TOP``). ``None`` stretches each map
+            to its own min..max (ALBEF), which paints even a uniform map's slight bumps at full heat.
         blur: apply ALBEF's gaussian blur after upsampling.
         max_side: render at most this many pixels on the longer side (thumbnails); ``None`` = full size.
     """
 
     cmap: str = "jet"
     opacity: float = 1.0
-    value_range: tuple[float, float] | None = None
+    value_range: tuple[float, float] | None = (0.0, SHARED_TOP)
     blur: bool = True
     max_side: int | None = 480
 
@@ -120,6 +124,31 @@ def normalise(
     return np.clip((smoothed / mean - low) / (high - low), 0.0, 1.0)
 
 
+def blend_weight(values: np.ndarray, opacity: float) -> np.ndarray:
+    """ALBEF's per-pixel blend weight of normalised values, scaled by ``opacity``."""
+    return np.clip(opacity, 0.0, 1.0) * values**BLEND_GAMMA
+
+
+def colour_strip(style: OverlayStyle, n: int = 256) -> np.ndarray:
+    """The key to ``style``'s colours, (n, 3) uint8 from the scale's bottom to its top.
+
+    Each colour is blended over mid-grey as an overlay paints it, so faint low values look faint here too.
+    """
+    values = np.linspace(0.0, 1.0, n)
+    colours = matplotlib.colormaps[style.cmap](values)[:, :3]
+    weight = blend_weight(values, style.opacity)[:, None]
+    strip = (1 - weight) * (MISSING_IMAGE_GREY / 255) + weight * colours
+    return np.round(strip * 255).astype(np.uint8)
+
+
+def scale_ticks(top: float, most: int = 9) -> np.ndarray:
+    """Tick values 0, step, 2 step, ... <= ``top``, with a step of 1, 2 or 5 times a power of ten."""
+    for step in (m * 10**e for e in range(-1, 4) for m in (1, 2, 5)):
+        if top / step < most:
+            return np.arange(0.0, top + 1e-9, step)
+    raise ValueError(f"scale top {top} too large")
+
+
 def blank_image(width: int, height: int) -> Image.Image:
     """A neutral grey canvas that stands in for an image file that cannot be read."""
     return Image.new("RGB", (width, height), (MISSING_IMAGE_GREY,) * 3)
@@ -143,7 +172,7 @@ def attention_overlay(
     base = np.asarray(resized, np.float32) / 255
     values = normalise(smooth_map(att_map, width, height, style.blur), att_map, style.value_range)
     colours = matplotlib.colormaps[style.cmap](values)[..., :3]
-    weight = (np.clip(style.opacity, 0.0, 1.0) * values**BLEND_GAMMA)[..., None]
+    weight = blend_weight(values, style.opacity)[..., None]
     blended = (1 - weight) * base + weight * colours
     return Image.fromarray(np.round(blended * 255).astype(np.uint8), mode="RGB")
 

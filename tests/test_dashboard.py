@@ -198,11 +198,11 @@ def test_word_list_offers_the_vocabulary_with_counts(open_app, db):
 
 
 def test_overlay_controls_and_masks_render(open_app, db):
-    at = open_page(open_app, db, None, word="dog", cmap="viridis", scale="fixed", mask="true",
+    at = open_page(open_app, db, None, word="dog", cmap="viridis", scale="per map", mask="true",
                    box="true")
     assert_clean(at)
     assert at.selectbox(key="cmap").value == "viridis"
-    assert at.radio(key="scale").value == "fixed"
+    assert at.radio(key="scale").value == "per map"
     assert at.toggle(key="mask").value and at.toggle(key="box").value
     assert len(card_links(at)) == min(24, len(word_rows(db, at, word="dog")))
 

@@ -9,10 +9,13 @@ from dashboard.overlay import (
     OverlayStyle,
     _gaussian_matrix,
     attention_overlay,
+    blank_image,
+    colour_strip,
     decode_segmentation,
     display_size,
     draw_instances,
     encode,
+    scale_ticks,
     smooth_map,
 )
 
@@ -61,7 +64,8 @@ def test_hot_spot_lands_on_the_peak_cell(photo, row, col):
     assert int(y * G / height) == row
     assert int(x * G / width) == col
     # And the overlay actually changed pixels there, while a far corner keeps the photo's colours.
-    out = np.asarray(attention_overlay(photo, peaked_map(row, col)), np.int16)
+    # Per-map stretching (ALBEF) puts the near-zero background at zero weight.
+    out = np.asarray(attention_overlay(photo, peaked_map(row, col), OverlayStyle(value_range=None)), np.int16)
     base = np.asarray(photo.resize((width, height), Image.Resampling.BILINEAR), np.int16)
     assert np.abs(out[y, x] - base[y, x]).sum() > 100
     far_y, far_x = (height - 1 if row < G // 2 else 0), (width - 1 if col < G // 2 else 0)
@@ -92,6 +96,46 @@ def test_fixed_range_compares_maps_while_per_map_range_stretches_each(photo):
     style = OverlayStyle(max_side=160, value_range=(0, 20))
     assert np.array_equal(np.asarray(attention_overlay(photo, sharp * 10, style)),
                           np.asarray(attention_overlay(photo, sharp, style)))
+
+
+def near_uniform_map(wobble: float = 0.05) -> np.ndarray:
+    """A uniform map with +-5% noise: per-map stretching turns the noise into hot spots."""
+    return 1 + wobble * np.random.default_rng(0).uniform(-1, 1, (G, G))
+
+
+def colour_spread(m: np.ndarray, style: OverlayStyle) -> float:
+    """Range (max - min, worst channel, 0..255) of the pixels of ``m`` rendered over a flat grey image."""
+    out = attention_overlay(blank_image(320, 240), m, style)
+    return float(np.ptp(np.asarray(out, np.float64).reshape(-1, 3), axis=0).max())
+
+
+@pytest.mark.parametrize(("kind", "scale", "flat"), [
+    ("near uniform", "shared", True),
+    ("near uniform", "per map", False),
+    ("sharp", "shared", False),
+    ("sharp", "per map", False),
+])
+def test_only_the_shared_scale_draws_a_flat_map_flat(kind, scale, flat):
+    m = near_uniform_map() if kind == "near uniform" else peaked_map(12, 7, background=0.01)
+    style = OverlayStyle(max_side=320) if scale == "shared" else OverlayStyle(max_side=320, value_range=None)
+    spread = colour_spread(m, style)
+    # Measured: near uniform 2 (shared) and 212 (per map); sharp 212 under both.
+    assert spread < 5 if flat else spread > 150
+
+
+def test_shared_scale_is_the_default_and_its_colour_strip_fades_in_like_an_overlay():
+    assert OverlayStyle().value_range == (0.0, 8.0)
+    strip = colour_strip(OverlayStyle(cmap="jet"))
+    grey = np.full(3, 96)
+    # The bottom of the scale is drawn at zero weight (bare grey), the top at full jet red.
+    assert np.array_equal(strip[0], grey) and strip[-1, 0] > 100 and strip[-1, 2] < 10
+    assert not colour_strip(OverlayStyle(opacity=0.0)).astype(int).std(axis=0).any()
+
+
+@pytest.mark.parametrize(("top", "expected"), [(8.0, [0, 1, 2, 3, 4, 5, 6, 7, 8]), (10.0, [0, 2, 4, 6, 8, 10]),
+                                               (50.0, [0, 10, 20, 30, 40, 50]), (3.0, [0, 0.5, 1, 1.5, 2, 2.5, 3])])
+def test_scale_ticks_are_round_and_end_at_the_top(top, expected):
+    assert scale_ticks(top).tolist() == expected
 
 
 def test_gaussian_matrix_matches_reflect_padded_convolution():

@@ -258,6 +258,7 @@ def item_with_review(ctx: data.Context, item: Item, **panel: Any) -> None:
     """The item's view (with display controls) beside its review panel; `panel` goes to review_panel."""
     with st.expander("Display", icon=":material/palette:"):
         style, show_mask, show_box = ui.overlay_controls()
+    ui.colour_key(style)
     left, right = st.columns([3, 2])
     with left:
         item_view(ctx, item, style, show_mask, show_box)

@@ -137,6 +137,7 @@ else:
     shown = instances[instances["category_id"] == selected_word["category_id"]]
 
 st.subheader(f"{literal(image['file_name'])} · {width} x {height}")
+ui.colour_key(style)
 main_map = map_of(words, caption_id, word_index, ctx.method, ctx.layer, detail["caption_maps"])
 big_style = replace(style, max_side=MAIN_SIDE)
 picture, found = data.render_overlay(path_text, width, height, *(main_map or (None, 0.0)), big_style,

@@ -102,6 +102,7 @@ n_pages = math.ceil(total / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
 header.markdown(f"**{total:,}** occurrences · {ctx.method} layer {ctx.layer} · ranked by **{sort}** "
                 f"({order})")
+ui.colour_key(style)
 stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
 csv_col, parquet_col = downloads.columns(2)
 csv_col.download_button("CSV", lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
