@@ -128,7 +128,7 @@ class Batch:
     word_slots: Tensor  # (W,) flat index into (C, Wmax) of each word
     word_caption: Tensor  # (W,) caption row of each word
     cover_index: Tensor  # (W,) row in masks/boxes, 0 (a zero row) for words naming no object here
-    masks: Tensor | None  # (1 + K, N) float32 category covers of the batch's images; None without instances
+    masks: Tensor | None  # (1 + K, N) float64 category covers of the batch's images; None without instances
     boxes: Tensor | None
     unions: Tensor | None  # (I, N)
     # host columns
@@ -277,7 +277,7 @@ def _stack_covers(good: list[ImageItem], caps: list) -> tuple[Tensor | None, Ten
         row_of = {int(cid): offsets[i] + k for k, cid in enumerate(good[i].covers.category_ids)}
         index.extend(row_of.get(cid, 0) if cid is not None else 0 for cid in cats)
     n_cells = good[0].covers.union.shape[0]
-    zero = np.zeros((1, n_cells), np.float32)
+    zero = np.zeros((1, n_cells))
     masks = np.concatenate([zero, *(it.covers.masks for it in good)]) if rows else zero
     boxes = np.concatenate([zero, *(it.covers.boxes for it in good)]) if rows else zero
     unions = np.stack([it.covers.union for it in good])
