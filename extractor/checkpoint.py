@@ -6,7 +6,6 @@ then strict, so anything unexpected is an error that names the keys rather than 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
+
+from extractor.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,3 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> str:
     return file_sha256(path)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from extractor.coco import CocoFormatError, ImageError, image_size
 from extractor.dataset import CocoDataset, ErrorRow
+from extractor.digest import file_sha256
 from extractor.suspects import record_attempt
 
 BLOCK_IMAGES = 1024
@@ -81,12 +82,8 @@ def _no_objects(g: int) -> tuple[np.ndarray, ...]:
 
 def cache_dir(parts: Path, instances: Path, images_dir: Path, g: int) -> Path:
     """The cache of one instances file on one grid (the images folder counts: masks follow the files)."""
-    digest = hashlib.sha256()
-    with instances.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    digest.update(f"{images_dir.resolve()}|{g}".encode())
-    return parts / "covers" / f"g{g}-{digest.hexdigest()[:16]}"
+    key = hashlib.sha256(f"{file_sha256(instances)}|{images_dir.resolve()}|{g}".encode()).hexdigest()
+    return parts / "covers" / f"g{g}-{key[:16]}"
 
 
 def cached_locations(folder: Path) -> dict[int, tuple[str, int]]:
@@ -114,7 +111,8 @@ def load_block(path: str) -> dict[int, GridCovers]:
     return out
 
 
-def save_block(folder: Path, covers: dict[int, GridCovers]) -> None:
+def save_block(folder: Path, covers: dict[int, GridCovers]) -> Path:
+    """Write one block of covers (rows in image id order); returns its file."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = sorted(covers)
     items = [covers[i] for i in ids]
@@ -132,6 +130,7 @@ def save_block(folder: Path, covers: dict[int, GridCovers]) -> None:
         failures=np.array(json.dumps([c.failure for c in items])),
     )
     os.replace(tmp, path)
+    return path
 
 
 def one_thread(*_: object) -> None:
@@ -171,9 +170,10 @@ def fill_cache(
     so it is never pickled; each journals the images it starts (`extractor.suspects`).
     """
     global _job
-    missing = [r for r in records if r["id"] not in cached_locations(folder)]
+    locations = cached_locations(folder)
+    missing = [r for r in records if r["id"] not in locations]
     if not missing:
-        return cached_locations(folder)
+        return locations
     _job = (dataset, images_dir, g, journal)
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(workers, context, initializer=cover_worker_init) if workers else None
@@ -182,12 +182,13 @@ def fill_cache(
         results = pool.map(_covers_of, missing, chunksize=16) if pool else map(_covers_of, missing)
         with tqdm(total=len(missing), unit="img", desc="object covers", dynamic_ncols=True) as bar:
             for block in _blocks(_counted(zip((r["id"] for r in missing), results, strict=True), bar), BLOCK_IMAGES):
-                save_block(folder, dict(block))
+                path = save_block(folder, dict(block))
+                locations.update({image_id: (str(path), row) for row, (image_id, _) in enumerate(sorted(block))})
     finally:
         _job = None
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
-    return cached_locations(folder)
+    return locations
 
 
 def _counted(items: Iterable, bar: tqdm) -> Iterator:

@@ -76,6 +76,11 @@ def batch_rows(
     back and laid out, so on CUDA the host's part overlaps the next batch's kernels. After `stop` is set
     no new batch is started; the one under way is finished.
     """
+
+    def rows_of(batch: Batch, outputs: HostCopy | None) -> tuple[int, dict[str, pa.Table]]:
+        with clock("rows"):
+            return host_rows(batch, outputs, slices, run_id)
+
     previous = None
     for batch in batches:
         if stop.is_set():
@@ -85,14 +90,10 @@ def batch_rows(
                 batch = batch.with_jpegs_decoded(decode_on_device([j.data for j in batch.jpegs], res, device), res)
             current = (batch, device_outputs(batch.to(device), mapper, slices))
         if previous:
-            with clock("rows"):
-                rows = host_rows(*previous, slices, run_id)
-            yield rows
+            yield rows_of(*previous)
         previous = current
     if previous:
-        with clock("rows"):
-            rows = host_rows(*previous, slices, run_id)
-        yield rows
+        yield rows_of(*previous)
 
 
 def device_outputs(batch: Batch, mapper: Mapper, slices: list[Slice]) -> HostCopy | None:

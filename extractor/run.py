@@ -36,11 +36,12 @@ from db import parts as partsdir
 from db import writer
 from extractor import suspects
 from extractor.batch import ImageFiles, collate, worker_init
-from extractor.checkpoint import file_sha256, load_checkpoint
+from extractor.checkpoint import load_checkpoint
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import cache_dir, fill_cache, grid_covers
 from extractor.dataset import CocoDataset, load_coco
+from extractor.digest import file_sha256
 from extractor.image import resized_pixels
 from extractor.maps import batch_maps
 from extractor.model import ALBEF

@@ -10,7 +10,6 @@ extractor, which are imported only to build.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from db import parts, queries
+from extractor.digest import file_sha256
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
@@ -31,14 +31,7 @@ def demo_runs(db: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["status", "checkpoint_sha256", "by_demo_model"])
     with queries.connect_readonly(db) as con:
         runs = queries.list_runs(con)
-    return runs.assign(by_demo_model=runs["checkpoint_sha256"] == demo_checkpoint_sha256())
-
-
-def demo_checkpoint_sha256() -> str:
-    """The committed demo checkpoint's sha256, as a run records it. Hashed every time (~10 ms for its
-    11 MB): a cached fingerprint such as size and mtime would call a changed checkpoint ready."""
-    with open(CHECKPOINT_DIR / "checkpoint.pth", "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return runs.assign(by_demo_model=runs["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth"))
 
 
 def demo_is_ready(db: Path) -> bool:
