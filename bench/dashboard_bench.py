@@ -36,20 +36,35 @@ IMAGES_PER_COMMIT = 4096
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/albef-dashboard-bench"),
-                   help="where raw.duckdb and finalized.duckdb are built (about 5 GB each) and reused")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/albef-dashboard-bench"),
+        help="where raw.duckdb and finalized.duckdb are built (about 5 GB each) and reused",
+    )
     p.add_argument("--rebuild", action="store_true", help="rebuild the databases even if they exist")
     p.add_argument("--images", type=int, default=123_287, help="images to build (COCO 2017 has 123,287)")
     p.add_argument("--captions-per-image", type=int, default=5, help="captions per image")
-    p.add_argument("--captions-json", type=Path, default=SHARED / "captions-full" / "captions_val2017.json",
-                   help="real COCO captions whose texts (and so word frequencies) are reused")
-    p.add_argument("--instances-json", type=Path,
-                   default=SHARED / "val2017-small" / "annotations" / "instances_val2017_small.json",
-                   help="COCO instances JSON giving the 80 categories")
+    p.add_argument(
+        "--captions-json",
+        type=Path,
+        default=SHARED / "captions-full" / "captions_val2017.json",
+        help="real COCO captions whose texts (and so word frequencies) are reused",
+    )
+    p.add_argument(
+        "--instances-json",
+        type=Path,
+        default=SHARED / "val2017-small" / "annotations" / "instances_val2017_small.json",
+        help="COCO instances JSON giving the 80 categories",
+    )
     p.add_argument("--repeats", type=int, default=40, help="measured runs per query and layout (at most)")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured runs first, to warm caches")
-    p.add_argument("--budget", type=float, default=20.0,
-                   help="seconds per query and layout after which measuring stops (once 5 runs are in)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        help="seconds per query and layout after which measuring stops (once 5 runs are in)",
+    )
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (the target machine has 2 cores)")
     p.add_argument("--memory-limit", default="6GB", help="DuckDB memory limit while building and querying")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of the query parameters")
@@ -61,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         build(args, raw, final, config)
     cons = {path: queries.connect_readonly(path, config) for path in (raw, final)}
     summary = queries.run_summary(cons[final], RUN_ID)
-    print(f"{summary['n_images']:,} images, {summary['n_captions']:,} captions, {summary['n_words']:,} word rows",
-          flush=True)
+    print(
+        f"{summary['n_images']:,} images, {summary['n_captions']:,} captions, {summary['n_words']:,} word rows",
+        flush=True,
+    )
     cases = benchmark_cases(cons[final], args.images, np.random.default_rng(args.seed), args.repeats + args.warmup)
     load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
 
@@ -70,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'p95 ratio':>11}")  # fmt: skip
     for name, call in cases.items():
         (r50, r95, rn), (f50, f95, fn) = (time_query(cons[path], call, args) for path in cons)
-        print(f"{name:<26}{r50:>8.1f}ms{r95:>8.1f}ms{rn:>6}{f50:>9.1f}ms{f95:>9.1f}ms{fn:>6}{r95 / f95:>10.1f}x",
-              flush=True)
+        print(
+            f"{name:<26}{r50:>8.1f}ms{r95:>8.1f}ms{rn:>6}{f50:>9.1f}ms{f95:>9.1f}ms{fn:>6}{r95 / f95:>10.1f}x",
+            flush=True,
+        )
     print(f"\nDuckDB threads={args.threads}; {args.warmup} warm-up runs, then up to {args.repeats} measured runs "
           f"or {args.budget:.0f} s per query and file. Machine load average (1 min) before/after: "
           f"{load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")  # fmt: skip

@@ -31,8 +31,13 @@ GOALS = {
 
 
 def table(rates: dict[str, float], layers: list[int]) -> str:
-    columns = ["chance", "random object", *[f"[CLS] L{la}" for la in layers], *[f"attn L{la}" for la in layers],
-               "gradcam"]
+    columns = [
+        "chance",
+        "random object",
+        *[f"[CLS] L{la}" for la in layers],
+        *[f"attn L{la}" for la in layers],
+        "gradcam",
+    ]
     lines = [f"{'':<28}" + "".join(f"{c:>14}" for c in columns) + f"{'goal':>8}"]
     for kind in ("colour", "shape"):
         for measure in ("pointing", "pointing single", "pointing multi", "binding", "mass/chance"):
@@ -47,8 +52,12 @@ def table(rates: dict[str, float], layers: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR,
-                        help="folder with checkpoint.pth, config.json and vocab.txt")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=CHECKPOINT_DIR,
+        help="folder with checkpoint.pth, config.json and vocab.txt",
+    )
     parser.add_argument("--n", type=int, default=400, help="held-out scenes to evaluate")
     parser.add_argument("--seed", type=int, default=0, help="world seed (0: the world the model was trained on)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -64,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         world = Path(tmp)
         write_split(world, "val", args.n, args.seed, res=128)  # held out: training uses the train split
         rates = evaluate(model, val_scenes(world, args.n, cfg.image_res), tokenizer)
-    print(f"demo ALBEF ({args.checkpoint_dir}) on {args.n} held-out scenes, patch grid "
-          f"{cfg.grid_size}x{cfg.grid_size}, {time.perf_counter() - start:.0f} s")
+    print(
+        f"demo ALBEF ({args.checkpoint_dir}) on {args.n} held-out scenes, patch grid "
+        f"{cfg.grid_size}x{cfg.grid_size}, {time.perf_counter() - start:.0f} s"
+    )
     print(table(rates, cfg.fusion_layers))
     return 0
 

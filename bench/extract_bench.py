@@ -112,13 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("vit", vit), ("full", full), ("loop", loop)):
             results[name] += timed(fn, warmup=1, repeats=args.repeats)
 
-    print(f"ALBEF base at {cfg.image_res} px, {len(images)} COCO images x 5 captions, "
-          f"{args.threads} CPU threads, median per image:")
+    print(
+        f"ALBEF base at {cfg.image_res} px, {len(images)} COCO images x 5 captions, "
+        f"{args.threads} CPU threads, median per image:"
+    )
     for clock, i in (("wall", 0), ("CPU", 1)):
         med = {k: statistics.median(t[i] for t in v) for k, v in results.items()}
-        print(f"  [{clock} time] ViT alone {med['vit']:.3f} s | full extraction {med['full']:.3f} s "
-              f"= {med['full'] / med['vit']:.2f} x ViT (goal <= 1.30) | per-caption loop {med['loop']:.3f} s "
-              f"= {med['loop'] / med['full']:.2f} x ours (goal >= 4)")
+        print(
+            f"  [{clock} time] ViT alone {med['vit']:.3f} s | full extraction {med['full']:.3f} s "
+            f"= {med['full'] / med['vit']:.2f} x ViT (goal <= 1.30) | per-caption loop {med['loop']:.3f} s "
+            f"= {med['loop'] / med['full']:.2f} x ours (goal >= 4)"
+        )
     return 0
 
 

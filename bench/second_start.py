@@ -32,8 +32,9 @@ def time_make_run(port: int, timeout: float) -> float:
     """Seconds from starting `make run` to the page at `port` answering HTTP 200; the server is stopped after."""
     env = os.environ | {"PORT": str(port)}
     start = time.perf_counter()
-    proc = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "run"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         while time.perf_counter() - start < timeout:
             if proc.poll() is not None:

@@ -173,28 +173,42 @@ def ms(seconds: float, n: int) -> float:
 def report(name: str, d: Run, device: str) -> None:
     """One measured difference, per image."""
     n = d.images
-    print(f"{name}: {n / d.seconds:.1f} images/s, {d.captions / d.seconds:.1f} captions/s in the extraction loop; "
-          f"CPU per image: main {ms(d.main, n):.1f} ms (of which work on the {device} device {ms(d.device, n):.1f} "
-          f"ms), loaders {ms(d.loaders, n):.1f} ms; whole process incl. covers pass and building X.duckdb: "
-          f"{ms(d.wall, n):.1f} ms wall, {ms(d.cpu, n):.1f} ms CPU")
+    print(
+        f"{name}: {n / d.seconds:.1f} images/s, {d.captions / d.seconds:.1f} captions/s in the extraction loop; "
+        f"CPU per image: main {ms(d.main, n):.1f} ms (of which work on the {device} device {ms(d.device, n):.1f} "
+        f"ms), loaders {ms(d.loaders, n):.1f} ms; whole process incl. covers pass and building X.duckdb: "
+        f"{ms(d.wall, n):.1f} ms wall, {ms(d.cpu, n):.1f} ms CPU"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_coco_arguments(parser)
-    parser.add_argument("--model", choices=("albef", "null"), default="null",
-                        help="albef: random weights at ALBEF-base size; null: the shape-true stand-in")
+    parser.add_argument(
+        "--model",
+        choices=("albef", "null"),
+        default="null",
+        help="albef: random weights at ALBEF-base size; null: the shape-true stand-in",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
     parser.add_argument("--images", type=int, default=2000, help="N: measured images (beyond the warm-up)")
     parser.add_argument("--warmup", type=int, default=200, help="W: warm-up images, subtracted")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the extractor's)")
     parser.add_argument("--workers", type=int, help="loader processes (default: the extractor's)")
     parser.add_argument("--chunk-images", type=int, help="images per Parquet part (default: the extractor's)")
-    parser.add_argument("--decode", choices=("cpu", "device"), help="where JPEGs are decoded (default: the "
-                        "extractor's); device on a CPU run shows the loaders' cost without decoding")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the extractor's main process (OMP_NUM_THREADS; 0: torch's default, "
-                        "every core). 1 keeps CPU time true to the work: idle torch threads spin, and count")
+    parser.add_argument(
+        "--decode",
+        choices=("cpu", "device"),
+        help="where JPEGs are decoded (default: the "
+        "extractor's); device on a CPU run shows the loaders' cost without decoding",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the extractor's main process (OMP_NUM_THREADS; 0: torch's default, "
+        "every core). 1 keeps CPU time true to the work: idle torch threads spin, and count",
+    )
     args = parser.parse_args(argv)
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
 
@@ -224,29 +238,41 @@ def main(argv: list[str] | None = None) -> int:
     first, cached = (runs[name, total] - runs[name, args.warmup] for name in ("first", "cached"))
     n = first.images
     model = "stand-in, --model null" if args.model == "null" else "random weights"
-    print(f"ALBEF base at {args.image_res} px ({model}) on {device}, both methods, all fusion layers; "
-          f"batch size {args.batch_size or 'default'}, "
-          f"workers {args.workers if args.workers is not None else 'default'}, main threads {args.threads or 'all'}")
-    print(f"figures: runs of {args.warmup} and {total} images with the same settings, the difference divided by "
-          f"the {n} images ({first.captions} captions) between them")
+    print(
+        f"ALBEF base at {args.image_res} px ({model}) on {device}, both methods, all fusion layers; "
+        f"batch size {args.batch_size or 'default'}, "
+        f"workers {args.workers if args.workers is not None else 'default'}, main threads {args.threads or 'all'}"
+    )
+    print(
+        f"figures: runs of {args.warmup} and {total} images with the same settings, the difference divided by "
+        f"the {n} images ({first.captions} captions) between them"
+    )
     report("first run (object covers computed)", first, device)
     report("covers cached (a copy of the first run's X.parts/covers)", cached, device)
-    print(f"object covers pass (first run - covers cached): {ms(first.wall - cached.wall, n):.1f} ms wall, "
-          f"{ms(first.cpu - cached.cpu, n):.1f} ms CPU per image")
+    print(
+        f"object covers pass (first run - covers cached): {ms(first.wall - cached.wall, n):.1f} ms wall, "
+        f"{ms(first.cpu - cached.cpu, n):.1f} ms CPU per image"
+    )
     print(f"Parquet parts: {first.part_bytes / n / 1e3:.1f} kB per image")
     if gpu is not None:
         print(f"GPU utilisation during the {total}-image first run's extraction: {gpu:.0f}%")
-    print(f"all of COCO ({COCO_IMAGES:,} images): {COCO_IMAGES * first.wall / n / 3600:.2f} h for a first run "
-          f"(covers and the database build included), {COCO_IMAGES * cached.wall / n / 3600:.2f} h with covers cached")
+    print(
+        f"all of COCO ({COCO_IMAGES:,} images): {COCO_IMAGES * first.wall / n / 3600:.2f} h for a first run "
+        f"(covers and the database build included), {COCO_IMAGES * cached.wall / n / 3600:.2f} h with covers cached"
+    )
     # On a CPU the model's and the per-word work run in the main process; on a GPU they run on the device,
     # and what the main thread spends queuing them is host work. Host CPU counts them accordingly.
     on_cpu = cached.device if device == "cpu" else 0.0
     host_main, main_thread = cached.main - on_cpu, cached.loop - on_cpu
-    print(f"main thread's host work: {ms(main_thread, n):.1f} ms per image, so one process can feed a device at "
-          f"most {n / max(main_thread, 1e-9):.0f} images/s")
-    print(f"host CPU per image: total {ms(host_main + cached.loaders, n):.1f} ms, main {ms(host_main, n):.1f} ms, "
-          f"loaders {ms(cached.loaders, n):.1f} ms; {n / cached.seconds:.0f} images/s"
-          + (" (covers cached; main without the device work, which runs on the CPU here)" if device == "cpu" else ""))
+    print(
+        f"main thread's host work: {ms(main_thread, n):.1f} ms per image, so one process can feed a device at "
+        f"most {n / max(main_thread, 1e-9):.0f} images/s"
+    )
+    print(
+        f"host CPU per image: total {ms(host_main + cached.loaders, n):.1f} ms, main {ms(host_main, n):.1f} ms, "
+        f"loaders {ms(cached.loaders, n):.1f} ms; {n / cached.seconds:.0f} images/s"
+        + (" (covers cached; main without the device work, which runs on the CPU here)" if device == "cpu" else "")
+    )
     return 0
 
 

@@ -34,14 +34,20 @@ FAVICON = Path(__file__).resolve().parent / "favicon.png"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The dashboard's own flags (what follows ``--`` on the ``streamlit run`` line)."""
     parser = argparse.ArgumentParser(prog="streamlit run dashboard/app.py --", description=__doc__)
-    parser.add_argument("--db", default=str(data.DEMO_DB),
-                        help="extraction database (DuckDB) to browse; default: the demo database")
-    parser.add_argument("--images", default=None,
-                        help="folder of the COCO images; default: the run's images_dir "
-                             "(the demo's images for the demo database)")
-    parser.add_argument("--review-db", default=str(review_session.DEFAULT_STORE),
-                        help="team review store (SQLite; created if missing), shared by every server process "
-                             "that reviews the same data; default: data/review.sqlite")
+    parser.add_argument(
+        "--db", default=str(data.DEMO_DB), help="extraction database (DuckDB) to browse; default: the demo database"
+    )
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="folder of the COCO images; default: the run's images_dir (the demo's images for the demo database)",
+    )
+    parser.add_argument(
+        "--review-db",
+        default=str(review_session.DEFAULT_STORE),
+        help="team review store (SQLite; created if missing), shared by every server process "
+        "that reviews the same data; default: data/review.sqlite",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,44 +61,65 @@ def navigation(actor: Actor | None) -> st.navigation:
             # The default page is served at the root URL ("/?word=dog").
             st.Page(VIEWS / "search.py", title="Search", icon=":material/search:", default=True),
             st.Page(VIEWS / "image.py", title="Image", icon=":material/image:", url_path="image"),
-            st.Page(VIEWS / "statistics.py", title="Statistics", icon=":material/bar_chart:",
-                    url_path="statistics"),
+            st.Page(VIEWS / "statistics.py", title="Statistics", icon=":material/bar_chart:", url_path="statistics"),
         ],
         "Extraction": [
             st.Page(VIEWS / "runs.py", title="Runs", icon=":material/dataset:", url_path="runs"),
         ],
         "Review": review_session.pages(actor),
     }
-    return st.navigation({group: items for group, items in pages.items() if items},
-                         position="sidebar" if actor is not None else "hidden")
+    return st.navigation(
+        {group: items for group, items in pages.items() if items}, position="sidebar" if actor is not None else "hidden"
+    )
 
 
 def sidebar(db: data.Database, images_override: str | None) -> data.Context | None:
     """Run, method and layer pickers shared by every page; None (with a message) when nothing to show."""
     runs = questions.list_runs(db)
     if runs.empty:
-        st.info("This database has no extraction runs yet. Extract some with `python -m extractor run ...`, "
-                "or open another database with `streamlit run dashboard/app.py -- --db PATH`.")
+        st.info(
+            "This database has no extraction runs yet. Extract some with `python -m extractor run ...`, "
+            "or open another database with `streamlit run dashboard/app.py -- --db PATH`."
+        )
         return None
     by_id = {row["run_id"]: row for row in runs.to_dict("records")}
     with st.sidebar:
-        run_id = st.selectbox("Run", list(by_id), key="run", bind=state.BIND,
-                              help="Extraction run; the Runs page shows what each one extracted.")
+        run_id = st.selectbox(
+            "Run",
+            list(by_id),
+            key="run",
+            bind=state.BIND,
+            help="Extraction run; the Runs page shows what each one extracted.",
+        )
         run = by_id[run_id]
-        st.caption(f"{run['method']} · {run['status']} · {run['n_images'] or 0:,} images · "
-                   f"checkpoint {code(Path(run['checkpoint_path'] or '?').name)}")
+        st.caption(
+            f"{run['method']} · {run['status']} · {run['n_images'] or 0:,} images · "
+            f"checkpoint {code(Path(run['checkpoint_path'] or '?').name)}"
+        )
         slices = questions.run_summary(db, run_id)["slices"]
         if slices.empty:
             st.info(f"Run {code(run_id)} has no word maps yet (status: {run['status']}).")
             return None
         methods = sorted(slices["method"].unique())
-        method = st.radio("Map", methods, key="method", bind=state.BIND, horizontal=True,
-                          help="attention: ALBEF's raw cross-attention, mean over heads; "
-                               "gradcam: ALBEF's Grad-CAM (attention x positive gradient of the ITM score).")
+        method = st.radio(
+            "Map",
+            methods,
+            key="method",
+            bind=state.BIND,
+            horizontal=True,
+            help="attention: ALBEF's raw cross-attention, mean over heads; "
+            "gradcam: ALBEF's Grad-CAM (attention x positive gradient of the ITM score).",
+        )
         layers = sorted(int(x) for x in slices.loc[slices["method"] == method, "layer"])
         preferred = run["gradcam_layer"] if run["gradcam_layer"] in layers else layers[-1]
-        layer = st.selectbox("Layer", layers, index=layers.index(preferred), key="layer", bind=state.BIND,
-                             help="Absolute BERT layer of the fusion encoder the map comes from.")
+        layer = st.selectbox(
+            "Layer",
+            layers,
+            index=layers.index(preferred),
+            key="layer",
+            bind=state.BIND,
+            help="Absolute BERT layer of the fusion encoder the map comes from.",
+        )
     return data.Context(db, run, method, layer, data.images_dir(run, images_override, db))
 
 
@@ -101,15 +128,18 @@ def main() -> None:
     try:
         args = parse_args(sys.argv[1:])
     except SystemExit:
-        st.error("Bad command line. Usage: `streamlit run dashboard/app.py -- --db PATH [--images DIR] "
-                 "[--review-db PATH]`.")
+        st.error(
+            "Bad command line. Usage: `streamlit run dashboard/app.py -- --db PATH [--images DIR] [--review-db PATH]`."
+        )
         st.stop()
     actor = review_session.start(args.review_db)
     page = navigation(actor)
     review_session.gate(actor)  # before sign-in: the sign-in form, then stop
     if args.db == str(data.DEMO_DB) and not data.DEMO_DB.is_file():
-        st.info("No database given and the demo database is missing: build it with `make run`, or start "
-                "the dashboard with `streamlit run dashboard/app.py -- --db PATH`.")
+        st.info(
+            "No database given and the demo database is missing: build it with `make run`, or start "
+            "the dashboard with `streamlit run dashboard/app.py -- --db PATH`."
+        )
         st.stop()
     try:
         db = data.Database.open(args.db)

@@ -44,20 +44,45 @@ def overlay_controls() -> tuple[OverlayStyle, bool, bool]:
     """Colour map, opacity, colour scale and mask/box toggles (bound to the URL); the style and toggles."""
     left, right = st.columns(2)
     cmap = left.selectbox("Colour map", COLORMAPS, key="cmap", bind=state.BIND)
-    opacity = right.slider("Opacity", 0.0, 1.0, 1.0, 0.05, key="opacity", bind=state.BIND,
-                           help="1 = ALBEF's blend (weight = value^0.7); 0 = the bare image.")
-    scale = left.radio("Colour scale", list(SCALES), key="scale", bind=state.BIND, horizontal=True,
-                       captions=list(SCALES.values()),
-                       help="shared: one scale for every map on the page, in multiples of a uniform map (1 = "
-                            "uniform), so a flat map looks flat and maps compare. per map: each map stretched to "
-                            "its own min..max (ALBEF's look), so even a flat map shows a hot spot.")
-    top = right.slider("Shared scale top (× uniform)", 2.0, 50.0, SHARED_TOP, 1.0, key="vmax", bind=state.BIND,
-                       disabled=scale != "shared", help="Values above it are drawn in the top colour.")
-    mask = left.toggle("Object mask", key="mask", bind=state.BIND,
-                       help="Outline and tint the masks of the object the word names.")
+    opacity = right.slider(
+        "Opacity",
+        0.0,
+        1.0,
+        1.0,
+        0.05,
+        key="opacity",
+        bind=state.BIND,
+        help="1 = ALBEF's blend (weight = value^0.7); 0 = the bare image.",
+    )
+    scale = left.radio(
+        "Colour scale",
+        list(SCALES),
+        key="scale",
+        bind=state.BIND,
+        horizontal=True,
+        captions=list(SCALES.values()),
+        help="shared: one scale for every map on the page, in multiples of a uniform map (1 = "
+        "uniform), so a flat map looks flat and maps compare. per map: each map stretched to "
+        "its own min..max (ALBEF's look), so even a flat map shows a hot spot.",
+    )
+    top = right.slider(
+        "Shared scale top (× uniform)",
+        2.0,
+        50.0,
+        SHARED_TOP,
+        1.0,
+        key="vmax",
+        bind=state.BIND,
+        disabled=scale != "shared",
+        help="Values above it are drawn in the top colour.",
+    )
+    mask = left.toggle(
+        "Object mask", key="mask", bind=state.BIND, help="Outline and tint the masks of the object the word names."
+    )
     box = right.toggle("Object box", key="box", bind=state.BIND)
-    style = OverlayStyle(cmap=cmap, opacity=opacity, value_range=(0.0, top) if scale == "shared" else None,
-                         max_side=THUMBNAIL_SIDE)
+    style = OverlayStyle(
+        cmap=cmap, opacity=opacity, value_range=(0.0, top) if scale == "shared" else None, max_side=THUMBNAIL_SIDE
+    )
     return style, mask, box
 
 
@@ -78,8 +103,7 @@ def colour_bar(style: OverlayStyle) -> go.Figure:
     figure = go.Figure(go.Image(z=strip[None], x0=low + step / 2, dx=step, hoverinfo="skip"))
     figure.update_xaxes(tickvals=list(ticks), ticktext=labels, title=title, range=[low, high])
     figure.update_yaxes(visible=False)
-    figure.update_layout(height=90, width=COLOUR_BAR_WIDTH, margin={"l": 10, "r": 10, "t": 5, "b": 50},
-                         title=None)
+    figure.update_layout(height=90, width=COLOUR_BAR_WIDTH, margin={"l": 10, "r": 10, "t": 5, "b": 50}, title=None)
     return figure
 
 
@@ -104,25 +128,45 @@ def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:
 def image_missing_note(ctx: data.Context) -> None:
     """Explain once per page why images are grey."""
     where = f"under {code(str(ctx.images_dir))}" if ctx.images_dir else "(the run records no image folder)"
-    st.warning(f"Some image files were not found {where}; maps are drawn on grey. Point the dashboard at "
-               "the images with `streamlit run dashboard/app.py -- --db PATH --images DIR`.")
+    st.warning(
+        f"Some image files were not found {where}; maps are drawn on grey. Point the dashboard at "
+        "the images with `streamlit run dashboard/app.py -- --db PATH --images DIR`."
+    )
 
 
-def word_card(ctx: data.Context, row: Mapping[str, Any], style: OverlayStyle,
-              instances: pd.DataFrame, show_mask: bool, show_box: bool, highlight: str | None) -> bool:
+def word_card(
+    ctx: data.Context,
+    row: Mapping[str, Any],
+    style: OverlayStyle,
+    instances: pd.DataFrame,
+    show_mask: bool,
+    show_box: bool,
+    highlight: str | None,
+) -> bool:
     """One result: overlay (links to the Image page), caption with the word marked, badges, link.
 
     Returns whether the image file was found.
     """
     path = paths.image_path(ctx.images_dir, row["file_name"])
     picture, found = data.render_overlay(
-        str(path) if path else None, int(row["width"]), int(row["height"]), row["map"], float(row["map_max"]),
-        style, data.instance_tuples(instances), show_mask, show_box,
+        str(path) if path else None,
+        int(row["width"]),
+        int(row["height"]),
+        row["map"],
+        float(row["map_max"]),
+        style,
+        data.instance_tuples(instances),
+        show_mask,
+        show_box,
     )
     st.image(picture, width="stretch")
     st.markdown(marked_caption(row["caption"], int(row["word_index"])))
     st.markdown(badges(row, highlight))
     label = f"Image {row['image_id']}" + ("" if found else " (file missing)")
-    st.page_link("views/image.py", label=label, icon=":material/open_in_new:", query_params=state.link_params(
-        image=row["image_id"], caption=row["caption_id"], w=row["word_index"]))
+    st.page_link(
+        "views/image.py",
+        label=label,
+        icon=":material/open_in_new:",
+        query_params=state.link_params(image=row["image_id"], caption=row["caption_id"], w=row["word_index"]),
+    )
     return found

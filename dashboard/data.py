@@ -39,6 +39,7 @@ DEMO_DB = REPO / "data" / "demo" / "demo.duckdb"
 CONTEXT_KEY = "dashboard_context"
 INSTANCE_FIELDS = ("segmentation", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
+
 class DatabaseUnavailable(Exception):
     """The database cannot be shown; the message says why and what to do, for st.error."""
 
@@ -56,8 +57,10 @@ class Database:
         """Check that ``path`` is a readable extraction database of this schema version."""
         path = Path(path).expanduser().resolve()
         if not path.is_file() and not parts.run_ids(parts.parts_dir(path)):
-            raise DatabaseUnavailable(f"No database file at {code(str(path))}, and no extraction in progress "
-                                      f"beside it ({code(str(parts.parts_dir(path)))}).")
+            raise DatabaseUnavailable(
+                f"No database file at {code(str(path))}, and no extraction in progress "
+                f"beside it ({code(str(parts.parts_dir(path)))})."
+            )
         db = cls(str(path), parts.version(path))
         try:
             _connection(db.path, db.mtime_ns)
@@ -65,9 +68,11 @@ class Database:
             raise DatabaseUnavailable(f"{code(str(path))} cannot be shown: {exc}") from exc
         except duckdb.Error as exc:
             if "lock" in str(exc).lower():  # DuckDB allows one writer or many readers, not both
-                raise DatabaseUnavailable(f"{code(str(path))} is being built by another process (`python -m "
-                                          f"extractor finalize` at the end of a run?); reload when that finishes. "
-                                          f"{code(str(exc))}") from exc
+                raise DatabaseUnavailable(
+                    f"{code(str(path))} is being built by another process (`python -m "
+                    f"extractor finalize` at the end of a run?); reload when that finishes. "
+                    f"{code(str(exc))}"
+                ) from exc
             raise DatabaseUnavailable(f"{code(str(path))} is not a readable DuckDB extraction database: {exc}") from exc
         return db
 

@@ -106,9 +106,7 @@ def smooth_map(att_map: np.ndarray, width: int, height: int, blur: bool = True) 
     return rows @ att_map @ cols.T
 
 
-def normalise(
-    smoothed: np.ndarray, att_map: np.ndarray, value_range: tuple[float, float] | None
-) -> np.ndarray:
+def normalise(smoothed: np.ndarray, att_map: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
     """Map smoothed values to [0, 1]: per-map min..max, or a fixed range in multiples of uniform."""
     if value_range is None:
         low, high = float(smoothed.min()), float(smoothed.max())
@@ -154,9 +152,7 @@ def blank_image(width: int, height: int) -> Image.Image:
     return Image.new("RGB", (width, height), (MISSING_IMAGE_GREY,) * 3)
 
 
-def attention_overlay(
-    image: Image.Image, att_map: np.ndarray, style: OverlayStyle = OverlayStyle()
-) -> Image.Image:
+def attention_overlay(image: Image.Image, att_map: np.ndarray, style: OverlayStyle = OverlayStyle()) -> Image.Image:
     """Blend a g x g attention map over ``image`` (ALBEF's getAttMap) and return an RGB image.
 
     The result has the image's aspect ratio, scaled down to ``style.max_side``. The map covers the whole
@@ -241,4 +237,3 @@ def encode(image: Image.Image, fmt: str = "PNG", quality: int = 90) -> bytes:
     else:
         raise ValueError(f"unsupported image format {fmt!r}")
     return buffer.getvalue()
-

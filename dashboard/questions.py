@@ -50,9 +50,7 @@ def list_categories(db: Database, run_id: str | None = None) -> pd.DataFrame:
 
 
 @_cached
-def search_words(
-    db: Database, where: WordFilter, sort: str, descending: bool, limit: int, offset: int
-) -> pd.DataFrame:
+def search_words(db: Database, where: WordFilter, sort: str, descending: bool, limit: int, offset: int) -> pd.DataFrame:
     """One page of a search's ranked hits, with their maps."""
     return queries.search_words(db.connection(), where, sort=sort, descending=descending, limit=limit, offset=offset)
 
@@ -60,8 +58,7 @@ def search_words(
 @_cached
 def search_keys(db: Database, where: WordFilter, sort: str, descending: bool, limit: int) -> pd.DataFrame:
     """The first `limit` hits of a search without maps (what a review queue is made of)."""
-    return queries.search_words(db.connection(), where, sort=sort, descending=descending, limit=limit,
-                                with_maps=False)
+    return queries.search_words(db.connection(), where, sort=sort, descending=descending, limit=limit, with_maps=False)
 
 
 @_cached

@@ -76,8 +76,16 @@ def counted_choice(
     def label_of(value: str) -> str:
         return f"{value} · {counts[value]:,}" if value in counts else value
 
-    value = st.selectbox(label, options, index=None, key=key, format_func=label_of,
-                         accept_new_options=accept_new_options, on_change=on_change, **kwargs)
+    value = st.selectbox(
+        label,
+        options,
+        index=None,
+        key=key,
+        format_func=label_of,
+        accept_new_options=accept_new_options,
+        on_change=on_change,
+        **kwargs,
+    )
     set_query(**{param: value or None})
     return value or None
 

@@ -216,22 +216,25 @@ def count_words(con: duckdb.DuckDBPyConnection, where: WordFilter = ALL_WORDS) -
 
 
 def export_frame(
-    con: duckdb.DuckDBPyConnection, where: WordFilter = ALL_WORDS, *, sort: str = "mask_mass",
+    con: duckdb.DuckDBPyConnection,
+    where: WordFilter = ALL_WORDS,
+    *,
+    sort: str = "mask_mass",
     descending: bool = True,
 ) -> pd.DataFrame:
     """Every row search_words matches (same filter and sort), without maps, for CSV/Parquet."""
     return search_words(con, where, sort=sort, descending=descending, limit=None, offset=0, with_maps=False)
 
 
-def ranked_sql(
-    con: duckdb.DuckDBPyConnection, where: WordFilter, sort: str, descending: bool
-) -> tuple[str, dict]:
+def ranked_sql(con: duckdb.DuckDBPyConnection, where: WordFilter, sort: str, descending: bool) -> tuple[str, dict]:
     """SQL and parameters of every row search_words matches (the LOOKUP_COLUMNS, no category name or
     context) with its 1-based `rank` in search_words' order, for a query to build on (db.review.joined)."""
     clause, params = word_filter_sql(where)
     order = _order(sort, descending)
-    sql = f"SELECT {LOOKUP_COLUMNS}, row_number() OVER (ORDER BY {order}) AS rank FROM {_rows(con, where.run_id)} " \
-          f"WHERE {clause}"
+    sql = (
+        f"SELECT {LOOKUP_COLUMNS}, row_number() OVER (ORDER BY {order}) AS rank FROM {_rows(con, where.run_id)} "
+        f"WHERE {clause}"
+    )
     return sql, params
 
 
@@ -461,4 +464,3 @@ def _df(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, object] |
     """Run on a fresh cursor: a DuckDB connection object must not be shared by threads at once."""
     with con.cursor() as cur:
         return cur.execute(sql, dict(params or {})).df()
-

@@ -57,8 +57,10 @@ def connect(
             if "lock" not in str(e):
                 raise
             if time.monotonic() >= deadline:
-                raise DatabaseLocked(f"{path} is open in another process ({lock_holder(e)}), perhaps a dashboard: "
-                                     f"close it, then run `python -m extractor finalize {path}`") from None
+                raise DatabaseLocked(
+                    f"{path} is open in another process ({lock_holder(e)}), perhaps a dashboard: "
+                    f"close it, then run `python -m extractor finalize {path}`"
+                ) from None
             time.sleep(0.5)
     try:
         init_db(con)
@@ -87,8 +89,11 @@ def build(db_path: str | Path, wait: float = 0.0) -> list[str]:
         with _transaction(con):
             for table in DATASET_TABLES:
                 if files := partsdir.dataset_files(parts, table):
-                    con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM read_parquet(?) "
-                                f"ORDER BY {DATASET_TABLES[table]}", [[str(f) for f in files]])
+                    con.execute(
+                        f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM read_parquet(?) "
+                        f"ORDER BY {DATASET_TABLES[table]}",
+                        [[str(f) for f in files]],
+                    )
         built = [run_id for run_id in partsdir.run_ids(parts) if _build_run(con, parts, run_id)]
     finally:
         con.close()
@@ -113,8 +118,13 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: Path, run_id: str) -> bool
         con.execute(
             "UPDATE runs SET status = ?, started_at = make_timestamp((? * 1e6)::BIGINT), "
             "finished_at = make_timestamp((? * 1e6)::BIGINT), seconds = ? WHERE run_id = ?",
-            ["complete" if complete else "running", min((s["started_at"] for s in sessions), default=None),
-             max(finished) if complete and finished else None, sum(s.get("seconds", 0) for s in sessions), run_id],
+            [
+                "complete" if complete else "running",
+                min((s["started_at"] for s in sessions), default=None),
+                max(finished) if complete and finished else None,
+                sum(s.get("seconds", 0) for s in sessions),
+                run_id,
+            ],
         )
         for table in (*RESULT_TABLES, "errors", "image_status"):
             # Files are named by their first image: read in name order, rows stay in image order.
@@ -245,8 +255,7 @@ def finish_run(
     """
     with _transaction(con):
         con.execute(
-            "UPDATE runs SET status = ?, finished_at = now(), seconds = coalesce(seconds, 0) + ? "
-            "WHERE run_id = ?",
+            "UPDATE runs SET status = ?, finished_at = now(), seconds = coalesce(seconds, 0) + ? WHERE run_id = ?",
             [status, seconds, run_id],
         )
         _refresh_counts(con, run_id)

@@ -37,6 +37,8 @@ class Category(NamedTuple):
     supercategory: str
 
 
+# Data tables stay compact: one row per line would triple this file.
+# fmt: off
 _OFFICIAL = (
     (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"),
     (4, "motorcycle", "vehicle"), (5, "airplane", "vehicle"), (6, "bus", "vehicle"),
@@ -185,6 +187,8 @@ _COLOURS = frozenset((
     "silver", "gold", "tan", "beige", "teal", "maroon",
 ))
 
+# fmt: on
+
 
 def _plural(word: str) -> str:
     """English plural of a singular noun (regular rules plus the irregular table)."""
@@ -215,6 +219,7 @@ def _named_forms(names: Mapping[int, Sequence[str]]) -> list[tuple[tuple[str, ..
 @dataclass(frozen=True)
 class _PhraseTable:
     """Word sequences -> category id (None: a compound that blocks a match), matched longest first."""
+
     phrases: Mapping[tuple[str, ...], int | None]
     longest: int
 
@@ -232,9 +237,9 @@ class _PhraseTable:
         i = 0
         while i < len(words):
             for n in range(min(self.longest, len(words) - i), 0, -1):
-                key = tuple(words[i:i + n])
+                key = tuple(words[i : i + n])
                 if key in self.phrases:
-                    ids[i:i + n] = [self.phrases[key]] * n
+                    ids[i : i + n] = [self.phrases[key]] * n
                     i += n
                     break
             else:
@@ -243,10 +248,15 @@ class _PhraseTable:
 
 
 def _coco_table() -> _PhraseTable:
-    entries: list[tuple[tuple[str, ...], int | None]] = list(_named_forms(
-        {cid: (category.name, *_SYNONYMS.get(cid, ())) for cid, category in COCO_CATEGORIES.items()}))
-    entries += [((modifier, *form), cid) for modifier, supercategory in _MODIFIERS
-                for form, cid in entries if COCO_CATEGORIES[cid].supercategory == supercategory]
+    entries: list[tuple[tuple[str, ...], int | None]] = list(
+        _named_forms({cid: (category.name, *_SYNONYMS.get(cid, ())) for cid, category in COCO_CATEGORIES.items()})
+    )
+    entries += [
+        ((modifier, *form), cid)
+        for modifier, supercategory in _MODIFIERS
+        for form, cid in entries
+        if COCO_CATEGORIES[cid].supercategory == supercategory
+    ]
     # Blocking compounds are listed with their plurals: generated ones would catch verbs ("bus stops").
     entries += [(tuple(compound.split()), None) for compound in _NOT_THE_CATEGORY]
     return _PhraseTable.build(entries)

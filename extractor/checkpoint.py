@@ -149,5 +149,3 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> str:
         raise CheckpointError(f"checkpoint {path} does not fit the model config:\n  " + "\n  ".join(problems))
     model.load_state_dict(state, strict=True)
     return file_sha256(path)
-
-

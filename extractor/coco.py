@@ -42,6 +42,7 @@ class ImageError(OSError):
 
 class ImageObject(NamedTuple):
     """One instance of an image with its mask decoded at the image's size."""
+
     annotation_id: int
     category_id: int
     bbox: tuple[float, float, float, float]  # COCO [x, y, width, height] in pixels
@@ -50,6 +51,7 @@ class ImageObject(NamedTuple):
 
 class SkippedAnnotation(NamedTuple):
     """An annotation left out of its image's objects, and why."""
+
     annotation_id: int
     reason: str
 
@@ -59,8 +61,15 @@ _NUMBER = (int, float)
 _IMAGE_KEYS = {"id": _INT, "file_name": (str,), "width": _INT, "height": _INT}
 _CAPTION_KEYS = {"id": _INT, "image_id": _INT, "caption": (str,)}
 _CATEGORY_KEYS = {"id": _INT, "name": (str,), "supercategory": (str,)}
-_INSTANCE_KEYS = {"id": _INT, "image_id": _INT, "category_id": _INT, "bbox": (list,),
-                  "segmentation": (list, dict), "iscrowd": _INT, "area": _NUMBER}
+_INSTANCE_KEYS = {
+    "id": _INT,
+    "image_id": _INT,
+    "category_id": _INT,
+    "bbox": (list,),
+    "segmentation": (list, dict),
+    "iscrowd": _INT,
+    "area": _NUMBER,
+}
 
 
 def _read_json(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -102,8 +111,10 @@ def _check_records(path: Path, data: dict[str, Any], section: str, keys: dict[st
             value = record[key]
             # bool is an int in Python, never a valid COCO id or size.
             if not isinstance(value, types) or isinstance(value, bool):
-                raise CocoFormatError(f"{where} (id {record.get('id')}): '{key}' must be "
-                                      f"{' or '.join(t.__name__ for t in types)}, found {value!r:.60}")
+                raise CocoFormatError(
+                    f"{where} (id {record.get('id')}): '{key}' must be "
+                    f"{' or '.join(t.__name__ for t in types)}, found {value!r:.60}"
+                )
         if record["id"] in seen:
             raise CocoFormatError(f"{where}: duplicate id {record['id']}")
         seen.add(record["id"])
@@ -112,8 +123,9 @@ def _check_records(path: Path, data: dict[str, Any], section: str, keys: dict[st
 def _check_references(path: Path, records: list[dict], key: str, known: set[int], what: str) -> None:
     for record in records:
         if record[key] not in known:
-            raise CocoFormatError(f"{path}: annotation {record['id']} refers to {what} {record[key]}, "
-                                  f"which the file does not list")
+            raise CocoFormatError(
+                f"{path}: annotation {record['id']} refers to {what} {record[key]}, which the file does not list"
+            )
 
 
 def load_captions(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -145,13 +157,14 @@ def _check_instances(path: Path, data: dict[str, Any]) -> None:
     for ann in anns:
         segmentation, bbox = ann["segmentation"], ann["bbox"]
         if len(bbox) != 4 or not all(isinstance(v, _NUMBER) for v in bbox):
-            raise CocoFormatError(f"{path}: annotation {ann['id']}: bbox must be 4 numbers, "
-                                  f"found {bbox!r:.60}")
+            raise CocoFormatError(f"{path}: annotation {ann['id']}: bbox must be 4 numbers, found {bbox!r:.60}")
         polygons = isinstance(segmentation, list) and all(isinstance(p, list) for p in segmentation)
         rle = isinstance(segmentation, dict) and {"counts", "size"} <= segmentation.keys()
         if not (polygons or rle):
-            raise CocoFormatError(f"{path}: annotation {ann['id']}: segmentation must be a list of polygons "
-                                  f"or an RLE object with 'counts' and 'size', found {segmentation!r:.60}")
+            raise CocoFormatError(
+                f"{path}: annotation {ann['id']}: segmentation must be a list of polygons "
+                f"or an RLE object with 'counts' and 'size', found {segmentation!r:.60}"
+            )
 
 
 def load_instances(path: str | Path) -> COCO:
@@ -212,12 +225,15 @@ def _check_polygon(i: int, polygon: list, height: int, width: int) -> None:
     far = ((points < -size) | (points > 2 * size)).any(axis=1)
     if far.any():
         x, y = points[far.argmax()]
-        raise _BadAnnotation(f"polygon {i} reaches ({x:g}, {y:g}), more than the image's own size outside "
-                             f"the {width}x{height} image")
+        raise _BadAnnotation(
+            f"polygon {i} reaches ({x:g}, {y:g}), more than the image's own size outside the {width}x{height} image"
+        )
     outline = np.abs(points - np.roll(points, 1, axis=0)).max(axis=1).sum()
     if outline > MAX_POLYGON_OUTLINE:
-        raise _BadAnnotation(f"polygon {i} has an outline of {outline:.0f} pixels, more than the "
-                             f"{MAX_POLYGON_OUTLINE} that are rasterized")
+        raise _BadAnnotation(
+            f"polygon {i} has an outline of {outline:.0f} pixels, more than the "
+            f"{MAX_POLYGON_OUTLINE} that are rasterized"
+        )
 
 
 def _compressed_run_lengths(text: str) -> list[int] | None:
@@ -312,8 +328,9 @@ def decode_objects(
         CocoFormatError: a size without pixels or over :data:`MAX_PIXELS`: no mask of it is allocated.
     """
     if height <= 0 or width <= 0 or height * width > MAX_PIXELS:
-        raise CocoFormatError(f"image {image_id}: masks of {width}x{height} pixels are not decoded "
-                              f"(at most {MAX_PIXELS} pixels)")
+        raise CocoFormatError(
+            f"image {image_id}: masks of {width}x{height} pixels are not decoded (at most {MAX_PIXELS} pixels)"
+        )
     objects, skipped = [], []
     for ann in coco.imgToAnns.get(image_id, []):
         try:
@@ -340,8 +357,9 @@ def _opened(path: Path) -> Iterator[Image.Image]:
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise ImageError(f"{path}: {image.width}x{image.height} is more than the {MAX_PIXELS} pixels "
-                                 f"an image may have")
+                raise ImageError(
+                    f"{path}: {image.width}x{image.height} is more than the {MAX_PIXELS} pixels an image may have"
+                )
             yield image
     except ImageError:  # ours (the size bound): an OSError too, it must not pass for a corrupt file
         raise

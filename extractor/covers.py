@@ -106,8 +106,9 @@ def load_block(path: str) -> dict[int, GridCovers]:
     for row, image_id in enumerate(ids):
         k = slice(offsets[row], offsets[row + 1])
         rows = [tuple(e) for e in errors[row]]
-        out[int(image_id)] = GridCovers(b["category_ids"][k], b["masks"][k], b["boxes"][k], b["unions"][row], rows,
-                                        failures[row])
+        out[int(image_id)] = GridCovers(
+            b["category_ids"][k], b["masks"][k], b["boxes"][k], b["unions"][row], rows, failures[row]
+        )
     return out
 
 

@@ -82,20 +82,47 @@ class CocoDataset:
             columns=["category_id", "name", "supercategory"],
         )
         images = pd.DataFrame(
-            [{"image_id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"],
-              "coco_url": im.get("coco_url")} for im in self.images.values()]
+            [
+                {
+                    "image_id": im["id"],
+                    "file_name": im["file_name"],
+                    "width": im["width"],
+                    "height": im["height"],
+                    "coco_url": im.get("coco_url"),
+                }
+                for im in self.images.values()
+            ]
         )
         captions = pd.DataFrame(
-            [{"caption_id": c["id"], "image_id": c["image_id"], "raw": c["caption"],
-              "text": (text := pre_caption(c["caption"], max_words)), "n_words": len(text.split())}
-             for caps in self.captions.values() for c in caps]
+            [
+                {
+                    "caption_id": c["id"],
+                    "image_id": c["image_id"],
+                    "raw": c["caption"],
+                    "text": (text := pre_caption(c["caption"], max_words)),
+                    "n_words": len(text.split()),
+                }
+                for caps in self.captions.values()
+                for c in caps
+            ]
         )
         anns = self.instances.dataset["annotations"] if self.instances else []
         instances = pd.DataFrame(
-            [{"annotation_id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
-              "bbox_x": a["bbox"][0], "bbox_y": a["bbox"][1], "bbox_w": a["bbox"][2], "bbox_h": a["bbox"][3],
-              "area": a["area"], "iscrowd": bool(a["iscrowd"]), "segmentation": json.dumps(a["segmentation"])}
-             for a in anns]
+            [
+                {
+                    "annotation_id": a["id"],
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "bbox_x": a["bbox"][0],
+                    "bbox_y": a["bbox"][1],
+                    "bbox_w": a["bbox"][2],
+                    "bbox_h": a["bbox"][3],
+                    "area": a["area"],
+                    "iscrowd": bool(a["iscrowd"]),
+                    "segmentation": json.dumps(a["segmentation"]),
+                }
+                for a in anns
+            ]
         )
         return categories, images, captions, instances
 

@@ -82,6 +82,7 @@ def box_coverage(boxes: Sequence[Sequence[float]], H: int, W: int, g: int) -> np
 
 class ImageCovers(NamedTuple):
     """An image's objects on the grid: per category (mask cover, box cover), and all masks' union."""
+
     by_category: dict[int, tuple[np.ndarray, np.ndarray]]
     union: np.ndarray
 

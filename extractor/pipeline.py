@@ -66,8 +66,14 @@ class StageClock:
 
 
 def batch_rows(
-    batches: DataLoader, mapper: Mapper, slices: list[Slice], run_id: str, device: torch.device,
-    stop: threading.Event, res: int, clock: StageClock,
+    batches: DataLoader,
+    mapper: Mapper,
+    slices: list[Slice],
+    run_id: str,
+    device: torch.device,
+    stop: threading.Event,
+    res: int,
+    clock: StageClock,
 ) -> Iterator[tuple[int, dict[str, pa.Table]]]:
     """(images in the batch, its tables) per batch, in order.
 

@@ -235,8 +235,17 @@ def image_rows(s: Setup, records: list[dict], journal: tuple[Path, str]) -> Rows
         except BrokenProcessPool as e:
             raise SystemExit(worker_died(e, s.parts)) from None
     loader = DataLoader(
-        ImageFiles(s.opts.images, s.dataset, records, s.tokenizer, s.cfg.image_res, s.cfg.max_words, covers_at,
-                   journal, device_decode),  # fmt: skip
+        ImageFiles(
+            s.opts.images,
+            s.dataset,
+            records,
+            s.tokenizer,
+            s.cfg.image_res,
+            s.cfg.max_words,
+            covers_at,
+            journal,
+            device_decode,
+        ),  # fmt: skip
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
@@ -285,8 +294,10 @@ def write_parts(s: Setup, token: str, rows: Rows, n_images: int, started_at: flo
 
 
 def worker_died(error: Exception, parts: Path) -> str:
-    return (f"a worker process died ({error}); {parts} keeps every finished chunk: run the same command to "
-            "resume, and the images in hand are tried alone first")
+    return (
+        f"a worker process died ({error}); {parts} keeps every finished chunk: run the same command to "
+        "resume, and the images in hand are tried alone first"
+    )
 
 
 def prepare_image(opts: Options, dataset: CocoDataset, cfg: ALBEFConfig, record: dict) -> None:
@@ -382,41 +393,88 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", type=Path, required=True, help="COCO captions JSON (captions_val2017.json)")
     p.add_argument("--instances", type=Path, help="COCO instances JSON; without it no object metrics")
     p.add_argument("--checkpoint", type=Path, required=True, help="ALBEF checkpoint (.pth), either release format")
-    p.add_argument("--config", type=Path, help="model config JSON (default: config.json beside the checkpoint, "
-                   "else ALBEF base: ViT-B/16, BERT-base, fusion from layer 6, 384 px)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="model config JSON (default: config.json beside the checkpoint, "
+        "else ALBEF base: ViT-B/16, BERT-base, fusion from layer 6, 384 px)",
+    )
     p.add_argument("--image-res", type=int, help="run resolution (default: the config's; pos_embed is resampled)")
-    p.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: vocab.txt beside the "
-                   "checkpoint, else ../shared/bert-base-uncased/vocab.txt)")
-    p.add_argument("--db", type=Path, required=True, help="output DuckDB file X, built when the run completes; "
-                   "the run's Parquet parts (and the object-cover cache) go to X.parts/ beside it")
+    p.add_argument(
+        "--vocab",
+        type=Path,
+        help="bert-base-uncased vocab.txt (default: vocab.txt beside the "
+        "checkpoint, else ../shared/bert-base-uncased/vocab.txt)",
+    )
+    p.add_argument(
+        "--db",
+        type=Path,
+        required=True,
+        help="output DuckDB file X, built when the run completes; "
+        "the run's Parquet parts (and the object-cover cache) go to X.parts/ beside it",
+    )
     p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
-    p.add_argument("--decode", choices=("cpu", "device"), help="where images are decoded and resized: cpu (PIL "
-                   "in the loader workers, as ALBEF) or device (JPEGs decoded in batches where the model runs, "
-                   "nvJPEG on CUDA; CMYK, PNG, truncated and other files still by PIL); default device on CUDA, "
-                   "else cpu. Device pixels differ from PIL's by a few levels (see README)")
+    p.add_argument(
+        "--decode",
+        choices=("cpu", "device"),
+        help="where images are decoded and resized: cpu (PIL "
+        "in the loader workers, as ALBEF) or device (JPEGs decoded in batches where the model runs, "
+        "nvJPEG on CUDA; CMYK, PNG, truncated and other files still by PIL); default device on CUDA, "
+        "else cpu. Device pixels differ from PIL's by a few levels (see README)",
+    )
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 32 on CUDA, 1 on CPU)")
-    p.add_argument("--workers", type=int, help="loader processes: decoding, tokenizing, object covers "
-                   "(default 6 on CUDA, 0 on CPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="loader processes: decoding, tokenizing, object covers (default 6 on CUDA, 0 on CPU)",
+    )
     p.add_argument("--limit", type=int, help="only the first N images (by id)")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this process takes every N-th image "
-                   "from K; give every shard the same --db: they write parts into one folder, and the last to "
-                   "finish builds the database")
-    p.add_argument("--chunk-images", "--commit-every", type=int, default=256,
-                   help="images per Parquet part: the most a crash can lose (default 256)")
-    p.add_argument("--wait-db", type=float, default=60.0, help="seconds to wait for the --db file while another "
-                   "process holds it (a dashboard, another shard's build) before saying so (default 60)")
-    p.add_argument("--model", choices=("albef", "null"), default="albef",
-                   help="null: a stand-in returning random maps of ALBEF's shapes, to measure the pipeline alone")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run the chunks of images on a Ray cluster: the one at ADDRESS (host:port of a `ray start "
-                   "--head`; auto: the one this node is part of, as in `ray job submit`), else a local one started "
-                   "for the run. Every actor loads the model once and writes the parts of the chunks it runs; "
-                   "chunks already done are skipped, so the same command resumes. Needs `pip install -r "
-                   "requirements-ray.txt`")
-    p.add_argument("--ray-actors", type=int, help="with --ray: model actors (default: one per GPU of the cluster "
-                   "on CUDA, else one per CPU)")
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=(0, 1),
+        help="K/N: this process takes every N-th image "
+        "from K; give every shard the same --db: they write parts into one folder, and the last to "
+        "finish builds the database",
+    )
+    p.add_argument(
+        "--chunk-images",
+        "--commit-every",
+        type=int,
+        default=256,
+        help="images per Parquet part: the most a crash can lose (default 256)",
+    )
+    p.add_argument(
+        "--wait-db",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the --db file while another "
+        "process holds it (a dashboard, another shard's build) before saying so (default 60)",
+    )
+    p.add_argument(
+        "--model",
+        choices=("albef", "null"),
+        default="albef",
+        help="null: a stand-in returning random maps of ALBEF's shapes, to measure the pipeline alone",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the chunks of images on a Ray cluster: the one at ADDRESS (host:port of a `ray start "
+        "--head`; auto: the one this node is part of, as in `ray job submit`), else a local one started "
+        "for the run. Every actor loads the model once and writes the parts of the chunks it runs; "
+        "chunks already done are skipped, so the same command resumes. Needs `pip install -r "
+        "requirements-ray.txt`",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        help="with --ray: model actors (default: one per GPU of the cluster on CUDA, else one per CPU)",
+    )
     p.set_defaults(func=main)
 
 

@@ -6,6 +6,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+pytest_plugins = ["tests.review_app"]
+
 
 @pytest.fixture(scope="session")
 def shared() -> Path:

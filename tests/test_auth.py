@@ -256,8 +256,11 @@ def test_parallel_wrong_passwords_get_only_the_free_checks(tmp_path, names, addr
     assert other.exitcode == 0
     assert checked.value == allowed
     con = review.connect(path)
-    counted = signin.sign_in_failures(con, "user", "alice") if address is None else signin.sign_in_failures(
-        con, "address", address)
+    counted = (
+        signin.sign_in_failures(con, "user", "alice")
+        if address is None
+        else signin.sign_in_failures(con, "address", address)
+    )
     assert counted[0] == allowed  # every check was counted, no refusal was
 
 

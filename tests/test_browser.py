@@ -29,8 +29,14 @@ playwright = pytest.importorskip("playwright.sync_api")
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PAGE_SIZE = 24
 # The issue's goal is 2 s warm on an idle machine; the bound here leaves room for a loaded CI runner.
 WARM_SEARCH_LIMIT_S = 6.0
@@ -62,11 +68,34 @@ def streamlit_server(db: Path, review_db: Path) -> Iterator[str]:
     """`streamlit run dashboard/app.py -- --db DB --review-db REVIEW_DB` on a free localhost port, without
     accounts (open, read-only); yields its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--", "--db", str(db), "--review-db", str(review_db)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "dashboard" / "app.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--db",
+        str(db),
+        "--review-db",
+        str(review_db),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, process)
@@ -110,7 +139,9 @@ def wait_for_overlays(page, count: int, timeout_ms: int = 60_000) -> None:
     page.wait_for_function(
         """n => { const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
                   return imgs.length === n && imgs.every(img => img.complete && img.naturalWidth > 0); }""",
-        arg=count, timeout=timeout_ms)
+        arg=count,
+        timeout=timeout_ms,
+    )
 
 
 def shoot(page, name: str) -> Path:
@@ -222,8 +253,10 @@ def beacon() -> Iterator[tuple[str, list[str]]]:
 
 def hostile(beacon_url: str, where: str) -> str:
     """Markdown and HTML that would fetch `beacon_url` (the path names `where`) if read as markup."""
-    return (f"![x]({beacon_url}/{where}-md.png) <img src=\"{beacon_url}/{where}-html.png\"> "
-            f"**bold** :red[red] <{beacon_url}/{where}-link>")
+    return (
+        f'![x]({beacon_url}/{where}-md.png) <img src="{beacon_url}/{where}-html.png"> '
+        f"**bold** :red[red] <{beacon_url}/{where}-link>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +312,8 @@ def hostile_store(hostile_db, beacon, tmp_path_factory) -> tuple[Path, Item]:
 
 
 def test_dataset_and_review_text_is_shown_as_text_and_fetches_nothing(
-        hostile_db, hostile_store, beacon, browser, tmp_path):
+    hostile_db, hostile_store, beacon, browser, tmp_path
+):
     url, hits = beacon
     store, item = hostile_store
     with streamlit_server(hostile_db, store) as base:

@@ -73,8 +73,9 @@ def test_crowd_rle_masks(shared):
     assert len(crowd) == 21
     for ann in crowd[:5]:
         info = coco.imgs[ann["image_id"]]
-        (obj,) = [o for o in image_objects(coco, info["id"], info["height"], info["width"])
-                  if o.annotation_id == ann["id"]]
+        (obj,) = [
+            o for o in image_objects(coco, info["id"], info["height"], info["width"]) if o.annotation_id == ann["id"]
+        ]
         rle = mask_utils.frPyObjects(ann["segmentation"], info["height"], info["width"])
         assert obj.mask.sum() == mask_utils.area(rle) > 0
         np.testing.assert_array_equal(obj.mask, coco.annToMask(ann).astype(bool))
@@ -181,12 +182,10 @@ def drop(record: dict, key: str) -> None:
 CAPTION_CASES = {
     "no images": (lambda d: drop(d, "images"), "missing the 'images' list"),
     "images not a list": (lambda d: d.update(images={}), "'images' must be a list, found dict"),
-    "caption without text": (lambda d: drop(d["annotations"][3], "caption"),
-                             r"annotations\[3\].*has no 'caption'"),
+    "caption without text": (lambda d: drop(d["annotations"][3], "caption"), r"annotations\[3\].*has no 'caption'"),
     "caption id a string": (lambda d: d["annotations"][0].update(id="x"), "'id' must be int, found 'x'"),
     "image without height": (lambda d: drop(d["images"][2], "height"), r"images\[2\].*has no 'height'"),
-    "duplicate caption id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
-                             "duplicate id"),
+    "duplicate caption id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "duplicate id"),
     "unknown image": (lambda d: d["annotations"][0].update(image_id=-7), "refers to image -7"),
 }
 
@@ -204,10 +203,14 @@ INSTANCE_CASES = {
     "no categories": (lambda d: drop(d, "categories"), "missing the 'categories' list"),
     "no segmentation": (lambda d: drop(d["annotations"][5], "segmentation"), "has no 'segmentation'"),
     "bbox of 3": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "bbox must be 4 numbers"),
-    "segmentation a string": (lambda d: d["annotations"][0].update(segmentation="x"),
-                              "'segmentation' must be list or dict"),
-    "polygon not a list": (lambda d: d["annotations"][0].update(segmentation=[1, 2, 3]),
-                           "segmentation must be a list of polygons"),
+    "segmentation a string": (
+        lambda d: d["annotations"][0].update(segmentation="x"),
+        "'segmentation' must be list or dict",
+    ),
+    "polygon not a list": (
+        lambda d: d["annotations"][0].update(segmentation=[1, 2, 3]),
+        "segmentation must be a list of polygons",
+    ),
     "RLE without counts": (lambda d: d["annotations"][0].update(segmentation={"size": [2, 2]}), "'counts'"),
     "unknown category": (lambda d: d["annotations"][0].update(category_id=12), "refers to category 12"),
     "iscrowd a bool": (lambda d: d["annotations"][0].update(iscrowd=True), "'iscrowd' must be int"),
@@ -293,19 +296,21 @@ GEOMETRY_CASES = {
     "integer beyond float": (lambda w, h: polygon(10, 10, 10**400, 50, 60, 70), "not a finite number"),
     "coordinate 1e6": (lambda w, h: polygon(10, 10, 1e6, 50, 60, 70), r"reaches \(1e\+06, 50\), more than"),
     "coordinate -1e12": (lambda w, h: polygon(10, 10, 50, -1e12, 60, 70), r"reaches \(50, -1e\+12\), more than"),
-    "second polygon bad": (lambda w, h: {"segmentation": [[10, 10, 90, 10, 90, 90], [1, 2, 3, 4]]},
-                           "polygon 1 has 2 points"),
+    "second polygon bad": (
+        lambda w, h: {"segmentation": [[10, 10, 90, 10, 90, 90], [1, 2, 3, 4]]},
+        "polygon 1 has 2 points",
+    ),
     "outline too long": (lambda w, h: polygon(*zigzag(w, h)), r"outline of \d+ pixels, more than"),
     "polygon outside the image": (lambda w, h: polygon(w + 10, 10, w + 90, 10, w + 90, 90), "covers no pixel"),
     "zero-area polygon": (lambda w, h: polygon(10, 10, 100, 10, 200, 10), "covers no pixel"),
-    "RLE of another size": (lambda w, h: {"segmentation": compressed_rle(np.ones((5, 5)))},
-                            r"RLE has size \[5, 5\]"),
+    "RLE of another size": (lambda w, h: {"segmentation": compressed_rle(np.ones((5, 5)))}, r"RLE has size \[5, 5\]"),
     "RLE runs short": (lambda w, h: {"segmentation": {"size": [h, w], "counts": [1, 2]}}, "runs cover 3 pixels"),
     # pycocotools would write the extra runs past its buffer.
-    "RLE runs past the image": (lambda w, h: {"segmentation": {**compressed_rle(np.ones((h + 5, w))), "size": [h, w]}},
-                                r"runs cover \d+ pixels, the \d+x\d+ image \d+"),
-    "RLE negative run": (lambda w, h: {"segmentation": {"size": [h, w], "counts": [-1, h * w + 1]}},
-                         "not run lengths"),
+    "RLE runs past the image": (
+        lambda w, h: {"segmentation": {**compressed_rle(np.ones((h + 5, w))), "size": [h, w]}},
+        r"runs cover \d+ pixels, the \d+x\d+ image \d+",
+    ),
+    "RLE negative run": (lambda w, h: {"segmentation": {"size": [h, w], "counts": [-1, h * w + 1]}}, "not run lengths"),
     # A last character that announces more: pycocotools would read past the string's end.
     "RLE text cut mid-run": (lambda w, h: {"segmentation": {"size": [h, w], "counts": "P"}}, "not run lengths"),
     "empty RLE": (lambda w, h: {"segmentation": compressed_rle(np.zeros((h, w)))}, "covers no pixel"),
@@ -354,7 +359,7 @@ def test_huge_coordinates_are_refused_before_pycocotools_allocates(tmp_path, ins
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     kept, skipped, peak_mib = json.loads(proc.stdout)
-    assert skipped == list(poisoned) and kept == [a["id"] for a in anns[len(poisoned):]]
+    assert skipped == list(poisoned) and kept == [a["id"] for a in anns[len(poisoned) :]]
     assert peak_mib < 1024
 
 
@@ -397,6 +402,7 @@ def test_masks_beyond_the_pixel_bound_are_an_error_not_an_allocation(small, crow
 
 def png_declaring(path: Path, width: int, height: int) -> Path:
     """A PNG whose header declares width x height 8-bit gray pixels, with no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -84,8 +84,9 @@ def word_rows(db: Path, at: AppTest, **where) -> pd.DataFrame:
     clauses = "".join(f" AND {column} = ${column}" for column in where)
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(
-            "SELECT * EXCLUDE (map) FROM words WHERE run_id = $run AND method = $method AND layer = $layer"
-            + clauses, {"run": run_id, "method": method, "layer": layer, **where}).df()
+            "SELECT * EXCLUDE (map) FROM words WHERE run_id = $run AND method = $method AND layer = $layer" + clauses,
+            {"run": run_id, "method": method, "layer": layer, **where},
+        ).df()
 
 
 def shown_rows(at: AppTest, db: Path) -> pd.DataFrame:
@@ -143,7 +144,8 @@ def test_pages_continue_the_ranking(open_app, db):
     assert len(pages[0]) == len(pages[1]) == 24
     assert pages[0]["entropy"].min() >= pages[1]["entropy"].max()
     assert not set(pages[0]["caption_id"] * 100 + pages[0]["word_index"]) & set(
-        pages[1]["caption_id"] * 100 + pages[1]["word_index"])
+        pages[1]["caption_id"] * 100 + pages[1]["word_index"]
+    )
 
 
 def median_and_up(metric: str):
@@ -151,13 +153,16 @@ def median_and_up(metric: str):
     return lambda rows: (round(float(rows[metric].median()), 3), 1.0)
 
 
-@pytest.mark.parametrize(("key", "value", "keeps"), [
-    ("range_entropy", median_and_up("entropy"), lambda r, v: r["entropy"].between(*v)),
-    ("range_mask_mass", median_and_up("mask_mass"), lambda r, v: r["mask_mass"].between(*v)),
-    ("object", lambda rows: "labelled", lambda r, v: r["mask_mass"].notna()),
-    ("object", lambda rows: "not labelled", lambda r, v: r["mask_mass"].isna() & r["category_id"].notna()),
-    ("hit", lambda rows: "hit", lambda r, v: r["pointing_hit"].fillna(False).astype(bool)),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "keeps"),
+    [
+        ("range_entropy", median_and_up("entropy"), lambda r, v: r["entropy"].between(*v)),
+        ("range_mask_mass", median_and_up("mask_mass"), lambda r, v: r["mask_mass"].between(*v)),
+        ("object", lambda rows: "labelled", lambda r, v: r["mask_mass"].notna()),
+        ("object", lambda rows: "not labelled", lambda r, v: r["mask_mass"].isna() & r["category_id"].notna()),
+        ("hit", lambda rows: "hit", lambda r, v: r["pointing_hit"].fillna(False).astype(bool)),
+    ],
+)
 def test_filters_narrow_the_results(open_app, db, key, value, keeps):
     at = open_page(open_app, db, None, by="category", category="person")
     expected = word_rows(db, at, category_id=1)
@@ -174,8 +179,7 @@ def test_filters_narrow_the_results(open_app, db, key, value, keeps):
 
 
 def test_filters_can_leave_nothing(open_app, db):
-    at = open_page(open_app, db, None, word="man", range_entropy=["0.999", "1"],
-                   range_mask_mass=["0", "0.001"])
+    at = open_page(open_app, db, None, word="man", range_entropy=["0.999", "1"], range_mask_mass=["0", "0.001"])
     assert_clean(at)
     assert "No occurrences match these filters" in messages(at)
     assert not card_links(at)
@@ -198,8 +202,7 @@ def test_word_list_offers_the_vocabulary_with_counts(open_app, db):
 
 
 def test_overlay_controls_and_masks_render(open_app, db):
-    at = open_page(open_app, db, None, word="dog", cmap="viridis", scale="per map", mask="true",
-                   box="true")
+    at = open_page(open_app, db, None, word="dog", cmap="viridis", scale="per map", mask="true", box="true")
     assert_clean(at)
     assert at.selectbox(key="cmap").value == "viridis"
     assert at.radio(key="scale").value == "per map"
@@ -239,8 +242,9 @@ def test_image_page_shows_every_word_of_every_caption(open_app, db):
     assert_clean(at)
     assert not at.warning and not at.error
     with duckdb.connect(str(db), read_only=True) as con:
-        texts = [t for (t,) in con.execute("SELECT text FROM captions WHERE image_id = 139 ORDER BY caption_id")
-                 .fetchall()]
+        texts = [
+            t for (t,) in con.execute("SELECT text FROM captions WHERE image_id = 139 ORDER BY caption_id").fetchall()
+        ]
     labels = [b.label for b in at.button if b.key.startswith("pick_")]
     expected = [label for text in texts for label in ["whole caption", *text.split(" ")]]
     assert labels == expected
@@ -276,10 +280,13 @@ def test_image_page_compares_slices_and_ranks_region_words(open_app, db):
     assert region["region_mass"].iloc[0] > region["region_mass"].iloc[-1]
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ({}, "Choose an image"),
-    ({"image": "1"}, "Image 1 is not in this database"),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, "Choose an image"),
+        ({"image": "1"}, "Image 1 is not in this database"),
+    ],
+)
 def test_image_page_without_a_known_image_explains(open_app, db, query, expected):
     at = open_page(open_app, db, "image", **query)
     assert_clean(at)
@@ -289,8 +296,9 @@ def test_image_page_without_a_known_image_explains(open_app, db, query, expected
 # ---------------------------------------------------------------- statistics and runs
 
 
-@pytest.mark.parametrize("view", ["distributions", "frequency vs alignment", "word x category", "leaderboards",
-                                  "layers and methods"])
+@pytest.mark.parametrize(
+    "view", ["distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods"]
+)
 def test_statistics_views_draw_their_charts(open_app, db, view):
     at = open_page(open_app, db, "statistics", view=view)
     assert_clean(at)
@@ -333,8 +341,18 @@ def test_runs_page_describes_the_run(open_app, db):
 
 def test_search_deep_link_restores_every_control(open_app, db):
     layer = str(run_row(db)["gradcam_layer"])
-    query = {"by": "word", "word": "a", "sort": "entropy", "order": "ascending", "object": "any",
-             "range_entropy": ["0.4", "0.9"], "p": "2", "cmap": "magma", "method": "gradcam", "layer": layer}
+    query = {
+        "by": "word",
+        "word": "a",
+        "sort": "entropy",
+        "order": "ascending",
+        "object": "any",
+        "range_entropy": ["0.4", "0.9"],
+        "p": "2",
+        "cmap": "magma",
+        "method": "gradcam",
+        "layer": layer,
+    }
     at = open_page(open_app, db, None, **query)
     assert_clean(at)
     assert at.selectbox(key="word_choice").value == "a"
@@ -363,8 +381,9 @@ def test_missing_image_files_are_drawn_grey_with_a_note(open_app, db, tmp_path):
     at = open_page(open_app, db, None, "--images", str(tmp_path / "nowhere"), word="dog")
     assert_clean(at)
     assert "image files were not found" in messages(at)
-    assert card_links(at) and all("(file missing)" in link.label for link in at.get("page_link")
-                                  if link.proto.page == "image")
+    assert card_links(at) and all(
+        "(file missing)" in link.label for link in at.get("page_link") if link.proto.page == "image"
+    )
 
 
 def _empty_db(path: Path) -> Path:
@@ -384,12 +403,15 @@ def _not_a_db(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("make", "expected"), [
-    (_empty_db, "no extraction runs yet"),
-    (_old_schema_db, "v0, this code needs schema"),
-    (_not_a_db, "not a readable DuckDB extraction database"),
-    (lambda path: path, "No database file"),
-])
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_empty_db, "no extraction runs yet"),
+        (_old_schema_db, "v0, this code needs schema"),
+        (_not_a_db, "not a readable DuckDB extraction database"),
+        (lambda path: path, "No database file"),
+    ],
+)
 @pytest.mark.parametrize("page", [None, "image", "statistics", "runs"])
 def test_bad_databases_show_a_message_not_a_traceback(open_app, tmp_path, make, expected, page):
     db = make(tmp_path / "bad.duckdb")
@@ -401,8 +423,15 @@ def test_bad_databases_show_a_message_not_a_traceback(open_app, tmp_path, make, 
 def test_database_being_built_says_so(open_app, tmp_path):
     db = _empty_db(tmp_path / "busy.duckdb")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', "
-         "flush=True)\ntime.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('ready', flush=True)\ntime.sleep(60)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         at = open_app("--db", str(db)).run()

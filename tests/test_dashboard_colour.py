@@ -19,8 +19,11 @@ PER_MAP_CAPTION = "per map (stretched)"
 
 def colour_bars(at: AppTest) -> list[str]:
     """The axis titles of the page's colour bars."""
-    return [json.loads(chart.proto.spec)["layout"]["xaxis"]["title"]["text"] for chart in at.get("plotly_chart")
-            if chart.proto.id.endswith("colour_bar")]
+    return [
+        json.loads(chart.proto.spec)["layout"]["xaxis"]["title"]["text"]
+        for chart in at.get("plotly_chart")
+        if chart.proto.id.endswith("colour_bar")
+    ]
 
 
 def test_search_draws_one_shared_colour_bar_by_default(open_app, db):

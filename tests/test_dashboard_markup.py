@@ -35,7 +35,7 @@ def test_code_fence_outlasts_any_backtick_run_inside(text):
     shown = markup.code(text)
     fence = shown[: len(shown) - len(shown.lstrip("`"))]
     assert shown == f"{fence} {' '.join(text.splitlines())} {fence}"
-    assert fence not in shown[len(fence):-len(fence)] and "\n" not in shown
+    assert fence not in shown[len(fence) : -len(fence)] and "\n" not in shown
 
 
 def test_marked_caption_highlights_one_literal_word():

@@ -39,7 +39,12 @@ def test_categories_with_synonyms_bring_their_own_vocabulary(tmp_path):
     _, captions, instances = write_split(tmp_path, "val", 3, seed=0, res=64)
     ds = load_coco(captions, instances)
     assert ds.match(["two", "red", "discs", "and", "a", "box"]) == [
-        None, None, CATEGORY_ID["circle"], None, None, CATEGORY_ID["square"]
+        None,
+        None,
+        CATEGORY_ID["circle"],
+        None,
+        None,
+        CATEGORY_ID["square"],
     ]
     assert ds.match(["a", "dog"]) == [None, None]  # COCO's words do not apply to the demo shapes
 

@@ -55,8 +55,9 @@ def test_runs_and_summary_count_the_sample(con, coco):
 @pytest.mark.parametrize("sort", ["mask_mass", "entropy", "pointing_hit", "iou_top60"])
 @pytest.mark.parametrize("descending", [True, False])
 def test_ranking_follows_the_metric_with_nulls_last_both_ways(con, sort, descending):
-    ranked = queries.search_words(con, WordFilter(run_id=RUN), sort=sort, descending=descending, limit=None,
-                                  with_maps=False)
+    ranked = queries.search_words(
+        con, WordFilter(run_id=RUN), sort=sort, descending=descending, limit=None, with_maps=False
+    )
     values = ranked[sort]
     n_null = int(values.isna().sum())
     assert values.iloc[len(values) - n_null :].isna().all()
@@ -104,7 +105,8 @@ def test_unfinalized_run_answers_the_same(dbs):
     for call in (
         lambda c: queries.search_words(c, WordFilter(word="dog"), sort="iou_top60"),
         lambda c: queries.search_words(
-            c, WordFilter(category_id=82, has_object=True, ranges={"entropy": (None, 0.95)})),
+            c, WordFilter(category_id=82, has_object=True, ranges={"entropy": (None, 0.95)})
+        ),
         lambda c: queries.word_stats(c, **SLICE),
         lambda c: queries.category_stats(c, **SLICE),
         lambda c: queries.layer_comparison(c, RUN),

@@ -136,7 +136,8 @@ def test_finish_run_counts_and_finalize_writes_sorted_lookup_and_summary(con, da
     writer.record_error(con, RUN, "image", 999, "missing.jpg", "cannot decode")
     writer.finish_run(con, RUN, 12.5, "complete")
     run = con.execute(
-        "SELECT status, seconds, n_images, n_captions, n_words, n_errors, finalized_at FROM runs").fetchone()
+        "SELECT status, seconds, n_images, n_captions, n_words, n_errors, finalized_at FROM runs"
+    ).fetchone()
     n_words = dataset["captions"].set_index("image_id").loc[_image_ids(dataset)[:4], "n_words"].sum()
     assert run[:6] == ("complete", 12.5, 4, 20, n_words, 1) and run[6] is not None
     stored = con.execute("SELECT * FROM word_lookup").df()
@@ -164,13 +165,20 @@ def _dump(path):
     """Every table's rows in a canonical order; run timing columns dropped (they differ by design)."""
     con = writer.connect(path)
     out = {}
-    for table in ("categories", "images", "instances", "captions", "errors", *RESULT_TABLES, "word_lookup",
-                  "word_summary"):
+    for table in (
+        "categories",
+        "images",
+        "instances",
+        "captions",
+        "errors",
+        *RESULT_TABLES,
+        "word_lookup",
+        "word_summary",
+    ):
         frame = con.execute(f"SELECT * FROM {table}").df()
         keys = [c for c in frame.columns if c not in ("map", "cls_map")]
         out[table] = frame.sort_values(keys).reset_index(drop=True)
-    out["runs"] = con.execute(
-        "SELECT * EXCLUDE (started_at, finished_at, seconds, finalized_at) FROM runs").df()
+    out["runs"] = con.execute("SELECT * EXCLUDE (started_at, finished_at, seconds, finalized_at) FROM runs").df()
     con.close()
     return out
 

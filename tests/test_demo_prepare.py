@@ -28,8 +28,11 @@ def test_demo_database_is_built_once_and_then_reused(tmp_path):
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT status, n_images FROM runs").fetchall() == [("complete", 12)]
         methods = con.execute("SELECT DISTINCT method, layer FROM words ORDER BY ALL").fetchall()
-        named = dict(con.execute("SELECT word, any_value(category_id) FROM words "
-                                 "WHERE category_id IS NOT NULL GROUP BY word").fetchall())
+        named = dict(
+            con.execute(
+                "SELECT word, any_value(category_id) FROM words WHERE category_id IS NOT NULL GROUP BY word"
+            ).fetchall()
+        )
         n_rows = con.execute("SELECT count(*) FROM words").fetchone()[0]
     assert methods == [("attention", 2), ("attention", 3), ("gradcam", 2)]
     assert named and set(named.values()) <= set(CATEGORY_ID.values())
@@ -62,11 +65,14 @@ def test_a_ready_demo_answers_without_importing_torch(ready_demo):
     # `make run` makes this call on every start: it must neither rebuild nor pay for torch's import.
     db = ready_demo / "demo.duckdb"
     mtime = db.stat().st_mtime_ns
-    code = ("import sys; from extractor.__main__ import main; status = main(['demo', '--out', sys.argv[1]]); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm'))); "
-            "sys.exit(status)")
-    done = subprocess.run([sys.executable, "-c", code, str(ready_demo)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys; from extractor.__main__ import main; status = main(['demo', '--out', sys.argv[1]]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm'))); "
+        "sys.exit(status)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(ready_demo)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"demo database: {db}", "[]"]
     assert "is ready" in done.stderr

@@ -10,7 +10,7 @@ import torch
 
 from extractor.checkpoint import load_checkpoint
 from extractor.config import ALBEFConfig
-from extractor.demo import train
+from extractor.demo import sampling, train
 from extractor.demo.captions import caption_is_true, make_captions
 from extractor.demo.scene import coverage, render_scene, sample_scene
 from extractor.demo.world import write_world
@@ -32,7 +32,7 @@ def _batch(n: int, seed: int = 0):
 
 def test_truth_matrix_is_caption_truth() -> None:
     scenes, captions = _batch(24)
-    truth = train.truth_matrix(captions, scenes)
+    truth = sampling.truth_matrix(captions, scenes)
     assert truth.diagonal().all()
     expected = [[caption_is_true(c, s) for c in captions] for s in scenes]
     assert np.array_equal(truth, expected)
@@ -42,15 +42,15 @@ def test_truth_matrix_is_caption_truth() -> None:
 @pytest.mark.parametrize("hard", [False, True])
 def test_negatives_are_never_true_pairs(hard: bool) -> None:
     scenes, captions = _batch(32, seed=1)
-    truth = train.truth_matrix(captions, scenes)
+    truth = sampling.truth_matrix(captions, scenes)
     rng = np.random.default_rng(0)
     scores = torch.randn(32, 32) * 5
     for _ in range(20):
-        picked = train.sample_negatives(scores, ~truth, hard, rng)
+        picked = sampling.sample_negatives(scores, ~truth, hard, rng)
         assert not truth[np.arange(32), picked].any()
     # Hard sampling follows the scores: the most similar allowed column is picked most often.
     scores = torch.where(torch.from_numpy(~truth), torch.arange(32.0).expand(32, 32), -1e9)
-    picks = np.stack([train.sample_negatives(scores, ~truth, hard, rng) for _ in range(50)])
+    picks = np.stack([sampling.sample_negatives(scores, ~truth, hard, rng) for _ in range(50)])
     best = np.where(~truth, np.arange(32), -1).argmax(1)
     share = (picks == best).mean()
     assert share > 0.5 if hard else share < 0.3
@@ -58,7 +58,7 @@ def test_negatives_are_never_true_pairs(hard: bool) -> None:
 
 def test_swapped_captions_are_false() -> None:
     scenes, captions = _batch(40, seed=2)
-    swaps = train.swapped_captions(captions, scenes, np.random.default_rng(0))
+    swaps = sampling.swapped_captions(captions, scenes, np.random.default_rng(0))
     assert sum(s is not None for s in swaps) >= 35
     for scene, swap in zip(scenes, swaps, strict=True):
         assert swap is None or not caption_is_true(swap, scene)
@@ -70,8 +70,9 @@ def test_mlm_masks_whole_words_and_favours_attributes(tokenizer: Tokenizer) -> N
     ids, _ = batch_tensors(tokens)
     cfg = train.TrainConfig()
     pool = torch.tensor([1000, 2000])
-    masked, labels = train.mask_tokens(ids, captions, [t.word_of_token for t in tokens], cfg,
-                                       np.random.default_rng(0), pool)
+    masked, labels = sampling.mask_tokens(
+        ids, captions, [t.word_of_token for t in tokens], cfg, np.random.default_rng(0), pool
+    )
     picked = labels != -100
     assert torch.equal(labels[picked], ids[picked]) and not picked[:, 0].any()  # never [CLS]
     assert (picked.sum(1) >= 1).all()
@@ -90,7 +91,7 @@ def test_mlm_masks_whole_words_and_favours_attributes(tokenizer: Tokenizer) -> N
     for word in ("a", "small", "of"):
         assert rate[word] == pytest.approx(cfg.other_mask_prob, abs=0.05), word
     replaced = masked[picked]
-    assert (replaced == train.MASK_ID).float().mean().item() == pytest.approx(0.8, abs=0.05)
+    assert (replaced == sampling.MASK_ID).float().mean().item() == pytest.approx(0.8, abs=0.05)
     assert torch.isin(replaced, pool).float().mean().item() == pytest.approx(0.1, abs=0.04)
     assert torch.equal(masked[~picked], ids[~picked])
 
@@ -133,10 +134,31 @@ def test_curriculum_adds_one_object_per_stage() -> None:
 def _train_demo(world: Path, out: Path, shared: Path) -> Path:
     parser = argparse.ArgumentParser()
     train.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["train-demo", "--world", str(world), "--out", str(out), "--steps", "4",
-                              "--batch-size", "8", "--easy-steps", "2", "--stage-steps", "1", "--eval-every", "2",
-                              "--n-eval", "2", "--threads", "1",
-                              "--vocab", str(shared / "bert-base-uncased" / "vocab.txt")])
+    args = parser.parse_args(
+        [
+            "train-demo",
+            "--world",
+            str(world),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--easy-steps",
+            "2",
+            "--stage-steps",
+            "1",
+            "--eval-every",
+            "2",
+            "--n-eval",
+            "2",
+            "--threads",
+            "1",
+            "--vocab",
+            str(shared / "bert-base-uncased" / "vocab.txt"),
+        ]
+    )
     assert args.func(args) == 0
     return out
 
@@ -176,7 +198,7 @@ def test_train_step_losses_finite_and_weights_move(tokenizer: Tokenizer, step: i
 def test_grammar_vocab_covers_captions(tokenizer: Tokenizer) -> None:
     scenes, _ = _batch(300, seed=4)
     vocab = set(train.grammar_vocab(tokenizer, scenes[:200], np.random.default_rng(0)).tolist())
-    assert 60 < len(vocab) < 300 and train.MASK_ID not in vocab
+    assert 60 < len(vocab) < 300 and sampling.MASK_ID not in vocab
     captions = [pre_caption(c, 30) for s in scenes[200:] for c in make_captions(s, np.random.default_rng(1))]
     unseen = {i for t in tokenizer(captions) for i in t.input_ids[1:]} - vocab
     assert not unseen  # captions of other scenes bring no token outside it

@@ -182,7 +182,7 @@ def test_captions_true_and_relations_geometric(val) -> None:
 def test_captions_are_varied(val) -> None:
     _, _, captions = val
     texts = [c["caption"].lower().rstrip(".") for c in captions]
-    assert all(len(set(texts[i:i + 5])) == 5 for i in range(0, len(texts), 5))  # 5 distinct per image
+    assert all(len(set(texts[i : i + 5])) == 5 for i in range(0, len(texts), 5))  # 5 distinct per image
     assert len(set(texts)) > 0.9 * len(texts)
     words = {w for t in texts for *_, w in caption_words(t)}
     for expected in ("left", "right", "above", "below", "picture", "image", "small", "large", "box", "disc"):
@@ -192,31 +192,40 @@ def test_captions_are_varied(val) -> None:
 def _scene(*objs: tuple[str, str, str, float, float]) -> Scene:
     """A handmade scene: (shape, colour, size, centre x, centre y) squares of side 20 on a 128 image."""
     corners = np.array([(-10, -10), (10, -10), (10, 10), (-10, 10)], float)
-    return Scene(128, "stripes", False, 0,
-                 tuple(Obj(shape, colour, size, corners + (x, y)) for shape, colour, size, x, y in objs))
+    return Scene(
+        128,
+        "stripes",
+        False,
+        0,
+        tuple(Obj(shape, colour, size, corners + (x, y)) for shape, colour, size, x, y in objs),
+    )
 
 
-HANDMADE = _scene(("circle", "red", "small", 30, 60), ("square", "blue", "large", 90, 64),
-                  ("star", "green", "small", 60, 20))
+HANDMADE = _scene(
+    ("circle", "red", "small", 30, 60), ("square", "blue", "large", 90, 64), ("star", "green", "small", 60, 20)
+)
 
 
-@pytest.mark.parametrize(("caption", "truth"), [
-    ("A red circle left of a blue square.", True),
-    ("a red circle to the right of a blue square", False),
-    ("a blue circle left of a red square", False),
-    ("a green star above a big blue box", True),
-    ("a green star below the blue box", False),
-    ("a tiny red disc and a large blue square", True),
-    ("a large red circle", False),
-    ("a red square", False),
-    ("a red shape and a green object", True),
-    ("three shapes", True),
-    ("two objects", False),
-    ("a red circle on a striped background", True),
-    ("a red circle on a checkered background", False),
-    ("a star, a circle and a square", True),
-    ("a star, a circle and a heart", False),
-])
+@pytest.mark.parametrize(
+    ("caption", "truth"),
+    [
+        ("A red circle left of a blue square.", True),
+        ("a red circle to the right of a blue square", False),
+        ("a blue circle left of a red square", False),
+        ("a green star above a big blue box", True),
+        ("a green star below the blue box", False),
+        ("a tiny red disc and a large blue square", True),
+        ("a large red circle", False),
+        ("a red square", False),
+        ("a red shape and a green object", True),
+        ("three shapes", True),
+        ("two objects", False),
+        ("a red circle on a striped background", True),
+        ("a red circle on a checkered background", False),
+        ("a star, a circle and a square", True),
+        ("a star, a circle and a heart", False),
+    ],
+)
 def test_truth_of_handmade_captions(caption: str, truth: bool) -> None:
     assert caption_is_true(caption, HANDMADE) is truth
 
@@ -261,7 +270,14 @@ def test_demo_category_table() -> None:
     assert set(SHAPE_NOUNS) == set(SHAPES) and set(BACKGROUND_WORDS) == set(BACKGROUNDS)
     by_name = {c["name"]: c["id"] for c in DEMO_CATEGORIES}
     assert match_demo_words(["a", "red", "box", "and", "two", "discs", "Hexagon"]) == [
-        None, None, by_name["square"], None, None, by_name["circle"], by_name["hexagon"]]
+        None,
+        None,
+        by_name["square"],
+        None,
+        None,
+        by_name["circle"],
+        by_name["hexagon"],
+    ]
     words = [w for ws in DEMO_CATEGORY_WORDS.values() for w in ws]
     assert len(words) == len(set(words))  # no word names two shapes
     assert all(" " not in w for w in words)

@@ -33,9 +33,7 @@ def dino_top_cells(m: np.ndarray, fraction: float = 0.6) -> np.ndarray:
     return keep.reshape(m.shape)
 
 
-@pytest.mark.parametrize(
-    "H, W, g", [(8, 8, 4), (5, 7, 2), (13, 11, 4), (43, 61, 24), (24, 24, 24), (3, 5, 4)]
-)
+@pytest.mark.parametrize("H, W, g", [(8, 8, 4), (5, 7, 2), (13, 11, 4), (43, 61, 24), (24, 24, 24), (3, 5, 4)])
 def test_grid_coverage_matches_exact_subpixel_reference(H, W, g):
     mask = RNG.random((H, W)) > 0.6
     np.testing.assert_allclose(metrics.grid_coverage(mask, g), upsampled_coverage(mask, g), atol=1e-12)
@@ -76,9 +74,10 @@ def test_box_coverage_equals_grid_coverage_of_the_rasterised_boxes():
     boxes = np.c_[RNG.integers(0, 40, (5, 2)), RNG.integers(1, 20, (5, 2))]
     mask = np.zeros((H, W), dtype=bool)
     for x, y, w, h in boxes:
-        mask[y:y + h, x:x + w] = True
-    np.testing.assert_allclose(metrics.box_coverage(boxes.tolist(), H, W, g), metrics.grid_coverage(mask, g),
-                               atol=1e-12)
+        mask[y : y + h, x : x + w] = True
+    np.testing.assert_allclose(
+        metrics.box_coverage(boxes.tolist(), H, W, g), metrics.grid_coverage(mask, g), atol=1e-12
+    )
 
 
 def test_peak_is_argmax_and_share_of_mass():
@@ -179,7 +178,12 @@ def test_object_metrics_are_null_without_an_object_and_background_without_instan
     m = RNG.random((4, 4))
     out = metrics.word_metrics(m, None, None, None)
     assert {k for k, v in out.items() if v is None} == {
-        "mask_mass", "box_mass", "iou_top60", "pointing_hit", "background_mass"}
+        "mask_mass",
+        "box_mass",
+        "iou_top60",
+        "pointing_hit",
+        "background_mass",
+    }
     assert out["entropy"] is not None and out["peak_value"] is not None
 
 

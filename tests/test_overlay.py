@@ -42,12 +42,15 @@ def peaked_map(row: int, col: int, background: float = 0.02) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize(("size", "max_side", "expected"), [
-    ((640, 426), 320, (320, 213)),
-    ((424, 640), 320, (212, 320)),
-    ((300, 200), 480, (300, 200)),
-    ((640, 426), None, (640, 426)),
-])
+@pytest.mark.parametrize(
+    ("size", "max_side", "expected"),
+    [
+        ((640, 426), 320, (320, 213)),
+        ((424, 640), 320, (212, 320)),
+        ((300, 200), 480, (300, 200)),
+        ((640, 426), None, (640, 426)),
+    ],
+)
 def test_overlay_keeps_aspect_ratio_and_limits_size(size, max_side, expected):
     image = Image.new("RGB", size, (10, 20, 30))
     out = attention_overlay(image, peaked_map(3, 3), OverlayStyle(max_side=max_side))
@@ -94,8 +97,9 @@ def test_fixed_range_compares_maps_while_per_map_range_stretches_each(photo):
     assert change_at_peak(sharp, (0, 20)) > 3 * change_at_peak(flat, (0, 20))
     # The fixed scale does not depend on the map's units: 10x the map renders the same.
     style = OverlayStyle(max_side=160, value_range=(0, 20))
-    assert np.array_equal(np.asarray(attention_overlay(photo, sharp * 10, style)),
-                          np.asarray(attention_overlay(photo, sharp, style)))
+    assert np.array_equal(
+        np.asarray(attention_overlay(photo, sharp * 10, style)), np.asarray(attention_overlay(photo, sharp, style))
+    )
 
 
 def near_uniform_map(wobble: float = 0.05) -> np.ndarray:
@@ -109,12 +113,15 @@ def colour_spread(m: np.ndarray, style: OverlayStyle) -> float:
     return float(np.ptp(np.asarray(out, np.float64).reshape(-1, 3), axis=0).max())
 
 
-@pytest.mark.parametrize(("kind", "scale", "flat"), [
-    ("near uniform", "shared", True),
-    ("near uniform", "per map", False),
-    ("sharp", "shared", False),
-    ("sharp", "per map", False),
-])
+@pytest.mark.parametrize(
+    ("kind", "scale", "flat"),
+    [
+        ("near uniform", "shared", True),
+        ("near uniform", "per map", False),
+        ("sharp", "shared", False),
+        ("sharp", "per map", False),
+    ],
+)
 def test_only_the_shared_scale_draws_a_flat_map_flat(kind, scale, flat):
     m = near_uniform_map() if kind == "near uniform" else peaked_map(12, 7, background=0.01)
     style = OverlayStyle(max_side=320) if scale == "shared" else OverlayStyle(max_side=320, value_range=None)
@@ -132,8 +139,15 @@ def test_shared_scale_is_the_default_and_its_colour_strip_fades_in_like_an_overl
     assert not colour_strip(OverlayStyle(opacity=0.0)).astype(int).std(axis=0).any()
 
 
-@pytest.mark.parametrize(("top", "expected"), [(8.0, [0, 1, 2, 3, 4, 5, 6, 7, 8]), (10.0, [0, 2, 4, 6, 8, 10]),
-                                               (50.0, [0, 10, 20, 30, 40, 50]), (3.0, [0, 0.5, 1, 1.5, 2, 2.5, 3])])
+@pytest.mark.parametrize(
+    ("top", "expected"),
+    [
+        (8.0, [0, 1, 2, 3, 4, 5, 6, 7, 8]),
+        (10.0, [0, 2, 4, 6, 8, 10]),
+        (50.0, [0, 10, 20, 30, 40, 50]),
+        (3.0, [0, 0.5, 1, 1.5, 2, 2.5, 3]),
+    ],
+)
 def test_scale_ticks_are_round_and_end_at_the_top(top, expected):
     assert scale_ticks(top).tolist() == expected
 
@@ -174,8 +188,7 @@ def test_draw_instances_outlines_the_box_and_fills_the_mask(coco, photo):
     _, images, annotations = coco
     ann = max((a for a in annotations if a["image_id"] == 139), key=lambda a: a["area"])
     x, y, w, h = ann["bbox"]
-    row = {"segmentation": json.dumps(ann["segmentation"]),
-           "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
+    row = {"segmentation": json.dumps(ann["segmentation"]), "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
     box_only = np.asarray(draw_instances(photo, [row], photo.size, show_mask=False), np.int16)
     base = np.asarray(photo, np.int16)
     assert (box_only[int(y) + 1, int(x + w / 2)] == 255).all()  # top edge, drawn white

@@ -38,8 +38,12 @@ def test_building_again_changes_nothing(shared, small_db, tmp_path):
     run_extraction(shared, copy, SMALL, "--limit", "4")
     assert writer.build(copy) == []  # up to date
     before = rows(copy, "SELECT count(*), sum(hash(word)) FROM words")
-    parts.write_session(parts.parts_dir(copy), parts.run_ids(parts.parts_dir(copy))[0], "extra",
-                        {"shard": [0, 1], "started_at": 0, "complete": True})  # same chunks: same signature
+    parts.write_session(
+        parts.parts_dir(copy),
+        parts.run_ids(parts.parts_dir(copy))[0],
+        "extra",
+        {"shard": [0, 1], "started_at": 0, "complete": True},
+    )  # same chunks: same signature
     assert writer.build(copy) == []
     assert rows(copy, "SELECT count(*), sum(hash(word)) FROM words") == before
 

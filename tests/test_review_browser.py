@@ -23,8 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ROLES = {"alice": "reviewer", "bob": "reviewer", "carol": "admin"}
 TIMEOUT_MS = 30_000
 
@@ -47,8 +53,12 @@ def free_port() -> int:
 def secrets_toml(path: Path) -> Path:
     lines = ["[auth]", "public_read = false", ""]
     for name, role in ROLES.items():
-        lines += [f"[auth.users.{name}]", f'password_hash = "{auth.hash_password(f"{name}-pw", rounds=4)}"',
-                  f'role = "{role}"', ""]
+        lines += [
+            f"[auth.users.{name}]",
+            f'password_hash = "{auth.hash_password(f"{name}-pw", rounds=4)}"',
+            f'role = "{role}"',
+            "",
+        ]
     path.write_text("\n".join(lines))
     return path
 
@@ -58,14 +68,16 @@ def queue(small_db, tmp_path) -> tuple[Path, list[Item]]:
     """A review store with a queue of four 'dog' words assigned to alice and bob."""
     con = queries.connect_readonly(small_db)
     try:
-        rows = queries.search_words(con, WordFilter(word="dog", method="gradcam"), sort="background_mass", limit=4,
-                                    with_maps=False)
+        rows = queries.search_words(
+            con, WordFilter(word="dog", method="gradcam"), sort="background_mass", limit=4, with_maps=False
+        )
     finally:
         con.close()
     items = [Item.from_row(r) for r in rows.to_dict("records")]
     store = tmp_path / "review.sqlite"
-    review.create_queue(review.connect(store), Actor("carol", "admin"), "dogs on sofas", {"word": "dog"}, items,
-                        ["alice", "bob"])
+    review.create_queue(
+        review.connect(store), Actor("carol", "admin"), "dogs on sofas", {"word": "dog"}, items, ["alice", "bob"]
+    )
     return store, items
 
 
@@ -170,7 +182,9 @@ def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
 
     con = review.connect(store)
     assert {(v.reviewer, v.verdict) for v in review.item_review(con, items[0]).verdicts} == {
-        ("alice", "noisy"), ("bob", "aligned")}
+        ("alice", "noisy"),
+        ("bob", "aligned"),
+    }
     second = review.item_review(con, items[1]).verdicts
     assert [(v.reviewer, v.verdict, v.note) for v in second] == [("bob", "background-heavy", "3 dogs, 1 sofa")]
     assert (SHOTS / "review_alice_sees_bob.png").stat().st_size > 10_000

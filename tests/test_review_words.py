@@ -27,8 +27,9 @@ def test_rows_come_back_in_the_items_order_with_search_columns(con, dogs):
     assert rows[list(review.ITEM_COLUMNS)].values.tolist() == picked[list(review.ITEM_COLUMNS)].values.tolist()
     shared = [c for c in dogs.columns if c in rows.columns]
     assert set(dogs.columns) - set(shared) == set()  # everything a search row has, so cards draw both alike
-    pd.testing.assert_frame_equal(rows[shared].reset_index(drop=True), picked[shared].reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        rows[shared].reset_index(drop=True), picked[shared].reset_index(drop=True), check_dtype=False
+    )
     assert "map" not in item_words(con, picked).columns
 
 

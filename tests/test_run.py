@@ -38,8 +38,11 @@ def test_every_caption_word_has_its_rows(shared, request, which):
     expected = {cid: tokenizer([pre_caption(raw, 30)])[0].words for cid, raw in captions}
     kinds = rows(db, "SELECT DISTINCT method, layer FROM words ORDER BY ALL")
     assert kinds == [("attention", 2), ("attention", 3), ("gradcam", 2)]
-    got = rows(db, "SELECT caption_id, method, layer, list(word ORDER BY word_index), count(*), "
-                   "count(DISTINCT word_index) FROM words GROUP BY ALL")
+    got = rows(
+        db,
+        "SELECT caption_id, method, layer, list(word ORDER BY word_index), count(*), "
+        "count(DISTINCT word_index) FROM words GROUP BY ALL",
+    )
     assert len(got) == 3 * len(expected)
     for cid, _method, _layer, words, n, n_distinct in got:
         assert words == expected[cid] and n == n_distinct == len(expected[cid])
@@ -123,11 +126,14 @@ def assert_same_results(db, reference):
         assert len(got) == len(want), table
         blobs = [c for c in got.columns if c in ("map", "cls_map")]
         for c in blobs:
-            steps = [np.abs(np.frombuffer(x, np.uint8).astype(int) - np.frombuffer(y, np.uint8)).max()
-                     for x, y in zip(got[c], want[c], strict=True)]
+            steps = [
+                np.abs(np.frombuffer(x, np.uint8).astype(int) - np.frombuffer(y, np.uint8)).max()
+                for x, y in zip(got[c], want[c], strict=True)
+            ]
             assert max(steps) <= 1, (table, c)
-        pd.testing.assert_frame_equal(got.drop(columns=blobs), want.drop(columns=blobs), check_exact=False,
-                                      atol=1e-5, rtol=0)
+        pd.testing.assert_frame_equal(
+            got.drop(columns=blobs), want.drop(columns=blobs), check_exact=False, atol=1e-5, rtol=0
+        )
 
 
 # Enough images that a signal sent after the third one always lands before the run ends.
@@ -299,8 +305,20 @@ def test_malformed_coco_file_is_a_clear_error(shared, tmp_path, content, message
 
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "extractor", "run", "--help"], cwd=REPO, capture_output=True, text=True)
-    for flag in ("--images", "--captions", "--instances", "--checkpoint", "--config", "--vocab", "--db",
-                 "--method", "--device", "--batch-size", "--limit", "--shard"):
+    for flag in (
+        "--images",
+        "--captions",
+        "--instances",
+        "--checkpoint",
+        "--config",
+        "--vocab",
+        "--db",
+        "--method",
+        "--device",
+        "--batch-size",
+        "--limit",
+        "--shard",
+    ):
         assert flag in out.stdout
 
 

@@ -93,8 +93,9 @@ def test_invisible_characters_inside_a_word_are_removed(tokenizer, char):
     assert tokenizer([pre_caption(raw, 30)])[0].input_ids == tokenizer([albef_pre_caption(raw, 30)])[0].input_ids
 
 
-@pytest.mark.parametrize("space", ["\t", "\n", "\r", "\u00a0", "\u3000"],
-                         ids=["tab", "newline", "CR", "no-break", "ideographic"])
+@pytest.mark.parametrize(
+    "space", ["\t", "\n", "\r", "\u00a0", "\u3000"], ids=["tab", "newline", "CR", "no-break", "ideographic"]
+)
 def test_any_space_between_words_separates_them(tokenizer, space):
     raw = f"A{space}dog on a mat\n"
     assert pre_caption(raw, 30) == "a dog on a mat"

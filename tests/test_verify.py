@@ -52,8 +52,15 @@ def test_verify_reference_fails_on_a_wrong_expectation(shared, tmp_path):
     arrays["itm_0_0"] = arrays["itm_0_0"] + 1e-3
     np.savez(tmp_path / "expected.npz", **arrays)
     proc = subprocess.run(
-        [sys.executable, "-m", "extractor", "verify-reference", str(tmp_path),
-         "--vocab", str(shared / "bert-base-uncased" / "vocab.txt")],
+        [
+            sys.executable,
+            "-m",
+            "extractor",
+            "verify-reference",
+            str(tmp_path),
+            "--vocab",
+            str(shared / "bert-base-uncased" / "vocab.txt"),
+        ],
         capture_output=True,
         text=True,
     )

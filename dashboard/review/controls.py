@@ -56,12 +56,28 @@ def queue_form(
     matches `total` rows); creates it on submit."""
     with st.form(f"{key}_form"):
         st.text_input("Queue name", value=default_name, key=f"{key}_name", max_chars=review.MAX_NAME_CHARS)
-        st.number_input("Items (the top of the ranking)", min_value=1, max_value=max(1, total),
-                        value=min(QUEUE_LIMIT, max(1, total)), key=f"{key}_limit")
-        st.multiselect("Assign to", session.reviewer_names(), key=f"{key}_reviewers",
-                       accept_new_options=True, placeholder="Reviewers (type an e-mail for OIDC users)")
-        st.form_submit_button("Create queue", icon=":material/playlist_add:", type="primary",
-                              on_click=_create_queue, args=(db, search, key), disabled=total == 0)
+        st.number_input(
+            "Items (the top of the ranking)",
+            min_value=1,
+            max_value=max(1, total),
+            value=min(QUEUE_LIMIT, max(1, total)),
+            key=f"{key}_limit",
+        )
+        st.multiselect(
+            "Assign to",
+            session.reviewer_names(),
+            key=f"{key}_reviewers",
+            accept_new_options=True,
+            placeholder="Reviewers (type an e-mail for OIDC users)",
+        )
+        st.form_submit_button(
+            "Create queue",
+            icon=":material/playlist_add:",
+            type="primary",
+            on_click=_create_queue,
+            args=(db, search, key),
+            disabled=total == 0,
+        )
     level, message = st.session_state.pop(f"{key}_outcome", (None, None))
     if level == "success":
         st.success(message)
@@ -75,14 +91,26 @@ def queue_form(
 def filter_controls(con: sqlite3.Connection, left: Any, right: Any, on_change: Any = None) -> ReviewFilter:
     """Verdict, tag and status filters and a review sort key (bound to the URL), drawn in two columns."""
     tags = review.all_tags(con)["tag"].tolist()
-    verdict = left.selectbox("Verdict", [ANY, UNREVIEWED, *review.VERDICTS], key="rv_verdict", bind=state.BIND,
-                             on_change=on_change, help="Words with this verdict by any reviewer.")
+    verdict = left.selectbox(
+        "Verdict",
+        [ANY, UNREVIEWED, *review.VERDICTS],
+        key="rv_verdict",
+        bind=state.BIND,
+        on_change=on_change,
+        help="Words with this verdict by any reviewer.",
+    )
     tag = right.selectbox("Tag", [ANY, *tags], key="rv_tag", bind=state.BIND, on_change=on_change)
     status = left.selectbox("Review status", [ANY, *STATUSES], key="rv_status", bind=state.BIND, on_change=on_change)
-    sort = right.selectbox("Sort by review first", [None, *REVIEW_SORTS], key="rv_sort", bind=state.BIND,
-                           on_change=on_change, format_func=lambda s: "no" if s is None else s.replace("_", " "),
-                           help="verdict: majority verdict in the order aligned … other, then unjudged; "
-                                "n verdicts / n comments: most first. Ties keep the metric ranking.")
+    sort = right.selectbox(
+        "Sort by review first",
+        [None, *REVIEW_SORTS],
+        key="rv_sort",
+        bind=state.BIND,
+        on_change=on_change,
+        format_func=lambda s: "no" if s is None else s.replace("_", " "),
+        help="verdict: majority verdict in the order aligned … other, then unjudged; "
+        "n verdicts / n comments: most first. Ties keep the metric ranking.",
+    )
     return ReviewFilter(verdict, tag, status, sort)
 
 
@@ -98,10 +126,16 @@ def statistics_view(ctx: data.Context, words: pd.DataFrame, mean_column: str) ->
     verdict = left.selectbox("With verdict", [ANY, *review.VERDICTS], key="st_verdict", bind=state.BIND)
     tag = middle.selectbox("With tag", [ANY, *review.all_tags(con)["tag"]], key="st_tag", bind=state.BIND)
     shares = {f"share_{v}": v for v in review.VERDICTS}
-    sort = right.selectbox("Sort by", ["n_reviewed", "n_disputed", *shares], key="st_sort", bind=state.BIND,
-                           format_func=lambda c: f"share {shares[c]}" if c in shares else c.replace("_", " "))
-    table = per_word.merge(words[["word", "category_id", "category", "n", mean_column]], how="left",
-                           on=["word", "category_id"])
+    sort = right.selectbox(
+        "Sort by",
+        ["n_reviewed", "n_disputed", *shares],
+        key="st_sort",
+        bind=state.BIND,
+        format_func=lambda c: f"share {shares[c]}" if c in shares else c.replace("_", " "),
+    )
+    table = per_word.merge(
+        words[["word", "category_id", "category", "n", mean_column]], how="left", on=["word", "category_id"]
+    )
     table = table.assign(**{c: table[f"n_{v}"] / table["n_reviewed"] for c, v in shares.items()})
     if verdict != ANY:
         table = table[table[f"n_{verdict}"] > 0]
@@ -116,13 +150,27 @@ def statistics_view(ctx: data.Context, words: pd.DataFrame, mean_column: str) ->
         for w in table["word"]
     ]
     shown = plotly_labels(table.head(STATISTICS_WORDS), "word")
-    top = shown.melt(id_vars="word", value_vars=[f"n_{v}" for v in review.VERDICTS], var_name="verdict",
-                     value_name="items")
+    top = shown.melt(
+        id_vars="word", value_vars=[f"n_{v}" for v in review.VERDICTS], var_name="verdict", value_name="items"
+    )
     top["verdict"] = top["verdict"].str.removeprefix("n_")
-    fig = px.bar(top, x="items", y="word", color="verdict", orientation="h", title="Majority verdict per word",
-                 category_orders={"word": shown["word"].tolist(), "verdict": list(review.VERDICTS)})
+    fig = px.bar(
+        top,
+        x="items",
+        y="word",
+        color="verdict",
+        orientation="h",
+        title="Majority verdict per word",
+        category_orders={"word": shown["word"].tolist(), "verdict": list(review.VERDICTS)},
+    )
     st.plotly_chart(fig, key="review_verdicts")
-    st.dataframe(table.drop(columns=list(shares)), hide_index=True, width="stretch", column_config={
-        "search": st.column_config.LinkColumn("search", display_text="open"),
-        "tags": st.column_config.ListColumn("tags"),
-        mean_column: st.column_config.NumberColumn(mean_column, format="%.3f")})
+    st.dataframe(
+        table.drop(columns=list(shares)),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "search": st.column_config.LinkColumn("search", display_text="open"),
+            "tags": st.column_config.ListColumn("tags"),
+            mean_column: st.column_config.NumberColumn(mean_column, format="%.3f"),
+        },
+    )

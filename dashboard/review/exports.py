@@ -24,8 +24,11 @@ def export_reviews(db: data.Database, store: str, run_id: str | None, fmt: str, 
     """The reviews (joined with word metrics, or every reviewed item as is) of a run."""
     con = review.connect(store)
     try:
-        frame = (joined.reviews_with_metrics(db.connection(), con, run_id) if with_metrics
-                 else review.review_summary(con, run_id))
+        frame = (
+            joined.reviews_with_metrics(db.connection(), con, run_id)
+            if with_metrics
+            else review.review_summary(con, run_id)
+        )
     finally:
         con.close()
     return data.frame_bytes(frame, fmt)

@@ -32,8 +32,13 @@ VERDICT_ICONS = {
     "wrong object": ":material/wrong_location:",
     "other": ":material/help:",
 }
-VERDICT_COLOURS = {"aligned": "green", "noisy": "orange", "background-heavy": "violet", "wrong object": "red",
-                   "other": "gray"}
+VERDICT_COLOURS = {
+    "aligned": "green",
+    "noisy": "orange",
+    "background-heavy": "violet",
+    "wrong object": "red",
+    "other": "gray",
+}
 _FLASH_KEY = "_review_flash"  # (level, message) left by a write callback for the next run to show
 
 
@@ -51,8 +56,10 @@ def describe(item: Item) -> str:
     """A one-line name of an item, e.g. 'word 3 of caption 4021 · image 139 · gradcam layer 8'."""
     if item.kind == "image":
         return f"image {item.image_id} · run {item.run_id}"
-    return (f"word {item.word_index} of caption {item.caption_id} · image {item.image_id} · "
-            f"{item.method} layer {item.layer}")
+    return (
+        f"word {item.word_index} of caption {item.caption_id} · image {item.image_id} · "
+        f"{item.method} layer {item.layer}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the item
@@ -90,22 +97,36 @@ def item_view(ctx: data.Context, item: Item, style: OverlayStyle, show_mask: boo
     big = dataclasses.replace(style, max_side=ITEM_SIDE)
     instances = detail["instances"]
     if item.kind == "image":
-        png, found = data.render_overlay(path, width, height, None, 0.0, big, data.instance_tuples(instances),
-                                         show_mask, show_box)
+        png, found = data.render_overlay(
+            path, width, height, None, 0.0, big, data.instance_tuples(instances), show_mask, show_box
+        )
         st.image(png, width="stretch")
         for text in detail["captions"]["raw"]:
             st.text(text)
     else:
         words = detail["words"]
-        rows = words[(words["caption_id"] == item.caption_id) & (words["word_index"] == item.word_index)
-                     & (words["method"] == item.method) & (words["layer"] == item.layer)]
+        rows = words[
+            (words["caption_id"] == item.caption_id)
+            & (words["word_index"] == item.word_index)
+            & (words["method"] == item.method)
+            & (words["layer"] == item.layer)
+        ]
         if rows.empty:
             st.warning(f"This run has no {item.method} layer {item.layer} map for that word.")
             return False
         row = rows.iloc[0]
         named = instances[instances["category_id"] == row["category_id"]]
-        png, found = data.render_overlay(path, width, height, row["map"], float(row["map_max"]), big,
-                                         data.instance_tuples(named), show_mask, show_box)
+        png, found = data.render_overlay(
+            path,
+            width,
+            height,
+            row["map"],
+            float(row["map_max"]),
+            big,
+            data.instance_tuples(named),
+            show_mask,
+            show_box,
+        )
         st.image(png, width="stretch")
         caption = detail["captions"].set_index("caption_id").loc[item.caption_id, "text"]
         st.markdown(marked_caption(caption, item.word_index))
@@ -114,9 +135,12 @@ def item_view(ctx: data.Context, item: Item, style: OverlayStyle, show_mask: boo
         ui.image_missing_note(ctx)
     # The item's own run, map and layer, which may differ from the sidebar's.
     where = {"run": item.run_id} | ({"method": item.method, "layer": item.layer} if item.kind == "word" else {})
-    st.page_link("views/image.py", label=f"Open image {item.image_id}", icon=":material/open_in_new:",
-                 query_params=state.link_params(image=item.image_id, caption=item.caption_id, w=item.word_index,
-                                                **where))
+    st.page_link(
+        "views/image.py",
+        label=f"Open image {item.image_id}",
+        icon=":material/open_in_new:",
+        query_params=state.link_params(image=item.image_id, caption=item.caption_id, w=item.word_index, **where),
+    )
     return True
 
 
@@ -193,41 +217,67 @@ def review_panel(
         note_key = f"{key}_note"
         with st.container(horizontal=True, wrap=True, gap="small"):
             for number, verdict in enumerate(review.VERDICTS, start=1):
-                st.button(verdict, key=f"{key}_verdict_{verdict}", icon=VERDICT_ICONS[verdict],
-                          type="primary" if mine and mine.verdict == verdict else "secondary",
-                          shortcut=str(number) if shortcuts else None, on_click=_set_verdict,
-                          args=(item, verdict, note_key, after_verdict),
-                          help=f"My verdict: {verdict} (with the note below, if any)")
-        st.text_input("Note with my verdict (optional)", key=note_key, max_chars=review.MAX_TEXT_CHARS,
-                      placeholder=mine.note if mine and mine.note else "why, in a few words")
+                st.button(
+                    verdict,
+                    key=f"{key}_verdict_{verdict}",
+                    icon=VERDICT_ICONS[verdict],
+                    type="primary" if mine and mine.verdict == verdict else "secondary",
+                    shortcut=str(number) if shortcuts else None,
+                    on_click=_set_verdict,
+                    args=(item, verdict, note_key, after_verdict),
+                    help=f"My verdict: {verdict} (with the note below, if any)",
+                )
+        st.text_input(
+            "Note with my verdict (optional)",
+            key=note_key,
+            max_chars=review.MAX_TEXT_CHARS,
+            placeholder=mine.note if mine and mine.note else "why, in a few words",
+        )
     for v in about.verdicts:
-        st.markdown(f":{VERDICT_COLOURS[v.verdict]}-badge[{v.verdict}] **{literal(v.reviewer)}** · "
-                    f"{when(v.at)}")
+        st.markdown(f":{VERDICT_COLOURS[v.verdict]}-badge[{v.verdict}] **{literal(v.reviewer)}** · {when(v.at)}")
         if v.note:
             st.text(v.note)
     if not about.verdicts:
         st.caption("No verdict yet.")
     if mine is not None:
-        st.button("Withdraw my verdict", key=f"{key}_clear", type="tertiary", icon=":material/undo:",
-                  on_click=write, args=(review.clear_verdict, item), kwargs={"done": "Verdict withdrawn"})
+        st.button(
+            "Withdraw my verdict",
+            key=f"{key}_clear",
+            type="tertiary",
+            icon=":material/undo:",
+            on_click=write,
+            args=(review.clear_verdict, item),
+            kwargs={"done": "Verdict withdrawn"},
+        )
 
     st.markdown("**Tags**")
     if about.tags:
-        st.dataframe(pd.DataFrame([{"tag": t.tag, "added by": t.added_by, "when": when(t.at)} for t in about.tags]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame([{"tag": t.tag, "added by": t.added_by, "when": when(t.at)} for t in about.tags]),
+            hide_index=True,
+            width="stretch",
+        )
     else:
         st.caption("No tags.")
     if actor.can_review:
         add, remove = st.columns(2)
         with add.form(f"{key}_tag_form", clear_on_submit=True, border=False):
             st.text_input("Add a tag", key=f"{key}_tag", max_chars=review.MAX_TAG_CHARS)
-            st.form_submit_button("Add tag", icon=":material/sell:", on_click=_write_text,
-                                  args=(review.add_tag, item, f"{key}_tag", "Tag added"))
+            st.form_submit_button(
+                "Add tag",
+                icon=":material/sell:",
+                on_click=_write_text,
+                args=(review.add_tag, item, f"{key}_tag", "Tag added"),
+            )
         if about.tags:
             with remove.form(f"{key}_untag_form", border=False):
                 st.selectbox("Remove a tag", [t.tag for t in about.tags], key=f"{key}_untag")
-                st.form_submit_button("Remove tag", icon=":material/delete:", on_click=_write_text,
-                                      args=(review.remove_tag, item, f"{key}_untag", "Tag removed"))
+                st.form_submit_button(
+                    "Remove tag",
+                    icon=":material/delete:",
+                    on_click=_write_text,
+                    args=(review.remove_tag, item, f"{key}_untag", "Tag removed"),
+                )
 
     st.markdown(f"**Comments** ({len(about.comments)})")
     for comment in about.comments:
@@ -237,14 +287,30 @@ def review_panel(
     if actor.can_review:
         with st.form(f"{key}_comment_form", clear_on_submit=True, border=False):
             st.text_area("Add a comment", key=f"{key}_comment", max_chars=review.MAX_TEXT_CHARS, height=90)
-            st.form_submit_button("Comment", icon=":material/send:", on_click=_write_text,
-                                  args=(review.add_comment, item, f"{key}_comment", "Comment added"))
+            st.form_submit_button(
+                "Comment",
+                icon=":material/send:",
+                on_click=_write_text,
+                args=(review.add_comment, item, f"{key}_comment", "Comment added"),
+            )
         if status == "open":
-            st.button("Resolve", key=f"{key}_resolve", icon=":material/task_alt:",
-                      on_click=write, args=(review.resolve, item), kwargs={"done": "Resolved"})
+            st.button(
+                "Resolve",
+                key=f"{key}_resolve",
+                icon=":material/task_alt:",
+                on_click=write,
+                args=(review.resolve, item),
+                kwargs={"done": "Resolved"},
+            )
         else:
-            st.button("Reopen", key=f"{key}_reopen", icon=":material/undo:",
-                      on_click=write, args=(review.reopen, item), kwargs={"done": "Reopened"})
+            st.button(
+                "Reopen",
+                key=f"{key}_reopen",
+                icon=":material/undo:",
+                on_click=write,
+                args=(review.reopen, item),
+                kwargs={"done": "Reopened"},
+            )
     else:
         st.caption("Read-only: sign in as a reviewer to judge, tag and comment.")
 

@@ -82,14 +82,20 @@ def start(store_path: str | Path) -> Actor | None:
 def pages(actor: Actor | None) -> list[st.Page]:
     """The Review pages this actor may open (all of them before sign-in, so deep links survive it)."""
     everyone = actor is None
-    listed = [st.Page(VIEWS / "items.py", title="Reviews", icon=":material/rate_review:",
-                      url_path="reviews")]
+    listed = [st.Page(VIEWS / "items.py", title="Reviews", icon=":material/rate_review:", url_path="reviews")]
     if everyone or actor.can_review:
-        listed.append(st.Page(VIEWS / "queue.py", title="My queues", icon=":material/checklist:",
-                              url_path="review-queue"))
+        listed.append(
+            st.Page(VIEWS / "queue.py", title="My queues", icon=":material/checklist:", url_path="review-queue")
+        )
     if everyone or actor.can_manage:
-        listed.append(st.Page(VIEWS / "admin.py", title="Review admin", icon=":material/admin_panel_settings:",
-                              url_path="review-admin"))
+        listed.append(
+            st.Page(
+                VIEWS / "admin.py",
+                title="Review admin",
+                icon=":material/admin_panel_settings:",
+                url_path="review-admin",
+            )
+        )
     return listed
 
 

@@ -33,46 +33,85 @@ def slice_label(method: str, layer: int) -> str:
     return f"{method} · layer {layer}"
 
 
-def map_of(rows: pd.DataFrame, caption_id: int, word_index: int, method: str, layer: int,
-           caption_maps: pd.DataFrame) -> tuple[bytes, float] | None:
+def map_of(
+    rows: pd.DataFrame, caption_id: int, word_index: int, method: str, layer: int, caption_maps: pd.DataFrame
+) -> tuple[bytes, float] | None:
     """(blob, max) of a word's map, or of the whole-caption map for WHOLE; None when not extracted."""
     if word_index == WHOLE:
-        hit = caption_maps[(caption_maps["caption_id"] == caption_id) & (caption_maps["method"] == method)
-                           & (caption_maps["layer"] == layer)]
+        hit = caption_maps[
+            (caption_maps["caption_id"] == caption_id)
+            & (caption_maps["method"] == method)
+            & (caption_maps["layer"] == layer)
+        ]
     else:
-        hit = rows[(rows["caption_id"] == caption_id) & (rows["word_index"] == word_index)
-                   & (rows["method"] == method) & (rows["layer"] == layer)]
+        hit = rows[
+            (rows["caption_id"] == caption_id)
+            & (rows["word_index"] == word_index)
+            & (rows["method"] == method)
+            & (rows["layer"] == layer)
+        ]
     if hit.empty:
         return None
     return hit["map"].iloc[0], float(hit["map_max"].iloc[0])
 
 
-def region_figure(picture: bytes, width: int, height: int, grid: int, instances: pd.DataFrame,
-                  show_box: bool) -> go.Figure:
+def region_figure(
+    picture: bytes, width: int, height: int, grid: int, instances: pd.DataFrame, show_box: bool
+) -> go.Figure:
     """The image as a plotly figure with one invisible point per grid cell, for click and box selection."""
     scale = width / display_size(width, height, MAIN_SIDE)[0]  # the PNG is drawn at most MAIN_SIDE wide
-    fig = go.Figure(go.Image(source="data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii"),
-                             dx=scale, dy=scale, hoverinfo="skip"))
+    fig = go.Figure(
+        go.Image(
+            source="data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii"),
+            dx=scale,
+            dy=scale,
+            hoverinfo="skip",
+        )
+    )
     rows, cols = np.mgrid[0:grid, 0:grid]
-    fig.add_trace(go.Scatter(
-        x=((cols + 0.5) * width / grid).ravel(), y=((rows + 0.5) * height / grid).ravel(), mode="markers",
-        marker={"size": max(6, 600 // grid), "opacity": 0.0, "symbol": "square"},
-        customdata=np.stack([rows.ravel(), cols.ravel()], axis=1),
-        hovertemplate="grid cell (%{customdata[0]}, %{customdata[1]})<extra></extra>", showlegend=False))
+    fig.add_trace(
+        go.Scatter(
+            x=((cols + 0.5) * width / grid).ravel(),
+            y=((rows + 0.5) * height / grid).ravel(),
+            mode="markers",
+            marker={"size": max(6, 600 // grid), "opacity": 0.0, "symbol": "square"},
+            customdata=np.stack([rows.ravel(), cols.ravel()], axis=1),
+            hovertemplate="grid cell (%{customdata[0]}, %{customdata[1]})<extra></extra>",
+            showlegend=False,
+        )
+    )
     if show_box:
         for inst in instances.itertuples():
-            fig.add_shape(type="rect", x0=inst.bbox_x, y0=inst.bbox_y, x1=inst.bbox_x + inst.bbox_w,
-                          y1=inst.bbox_y + inst.bbox_h, line={"color": "white", "width": 2})
-            fig.add_annotation(x=inst.bbox_x, y=inst.bbox_y, text=plotly_literal(inst.category), showarrow=False,
-                               xanchor="left", yanchor="bottom", font={"color": "white", "size": 11},
-                               bgcolor="rgba(0,0,0,0.55)")
+            fig.add_shape(
+                type="rect",
+                x0=inst.bbox_x,
+                y0=inst.bbox_y,
+                x1=inst.bbox_x + inst.bbox_w,
+                y1=inst.bbox_y + inst.bbox_h,
+                line={"color": "white", "width": 2},
+            )
+            fig.add_annotation(
+                x=inst.bbox_x,
+                y=inst.bbox_y,
+                text=plotly_literal(inst.category),
+                showarrow=False,
+                xanchor="left",
+                yanchor="bottom",
+                font={"color": "white", "size": 11},
+                bgcolor="rgba(0,0,0,0.55)",
+            )
     fig.update_xaxes(visible=False, range=[0, width])
     fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x")
     # hoverdistance -1: a click anywhere picks the nearest cell centre, whatever the grid size. Dragging
     # pans (plotly ignores clicks while the box tool is active); the toolbar's box tool selects a region.
-    fig.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode="pan", clickmode="event+select",
-                      hovermode="closest", hoverdistance=-1,
-                      height=int(MAIN_SIDE * height / max(width, height)))
+    fig.update_layout(
+        margin={"l": 0, "r": 0, "t": 0, "b": 0},
+        dragmode="pan",
+        clickmode="event+select",
+        hovermode="closest",
+        hoverdistance=-1,
+        height=int(MAIN_SIDE * height / max(width, height)),
+    )
     return fig
 
 
@@ -92,8 +131,15 @@ run_id = ctx.run["run_id"]
 grid = int(ctx.run["grid_size"])
 st.title("Image")
 
-image_id = st.number_input("COCO image id", value=None, step=1, min_value=0, key="image", bind=state.BIND,
-                           placeholder="Open an image from Search, or type its id")
+image_id = st.number_input(
+    "COCO image id",
+    value=None,
+    step=1,
+    min_value=0,
+    key="image",
+    bind=state.BIND,
+    placeholder="Open an image from Search, or type its id",
+)
 if image_id is None:
     st.info("Choose an image: open one from the Search page, or type a COCO image id above.")
     st.stop()
@@ -108,8 +154,10 @@ words = detail["words"]
 instances = detail["instances"]
 here = words[(words["method"] == ctx.method) & (words["layer"] == ctx.layer)]
 if here.empty:
-    st.warning(f"Run {run_id} has no {slice_label(ctx.method, ctx.layer)} maps for image {image_id} "
-               "(not extracted yet, or it failed: see the Runs page).")
+    st.warning(
+        f"Run {run_id} has no {slice_label(ctx.method, ctx.layer)} maps for image {image_id} "
+        "(not extracted yet, or it failed: see the Runs page)."
+    )
     st.stop()
 
 caption_id = state.query_int("caption")
@@ -125,8 +173,12 @@ path_text = str(path) if path else None
 
 with st.expander("Display", icon=":material/palette:"):
     style, show_mask, show_box = ui.overlay_controls()
-    show_all = st.toggle("All labelled objects", key="objects", bind=state.BIND,
-                         help="Masks and boxes of every labelled object, not only the one the word names.")
+    show_all = st.toggle(
+        "All labelled objects",
+        key="objects",
+        bind=state.BIND,
+        help="Masks and boxes of every labelled object, not only the one the word names.",
+    )
 
 selected_word = None if word_index == WHOLE else chosen_rows.iloc[0]
 if show_all:
@@ -140,19 +192,26 @@ st.subheader(f"{literal(image['file_name'])} · {width} x {height}")
 ui.colour_key(style)
 main_map = map_of(words, caption_id, word_index, ctx.method, ctx.layer, detail["caption_maps"])
 big_style = replace(style, max_side=MAIN_SIDE)
-picture, found = data.render_overlay(path_text, width, height, *(main_map or (None, 0.0)), big_style,
-                                 data.instance_tuples(shown), show_mask, False)
+picture, found = data.render_overlay(
+    path_text, width, height, *(main_map or (None, 0.0)), big_style, data.instance_tuples(shown), show_mask, False
+)
 if not found:
     ui.image_missing_note(ctx)
 
 left, right = st.columns([3, 2])
 with left:
     what = "whole caption" if selected_word is None else f"“{literal(selected_word['word'])}”"
-    st.markdown(f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell, or take the box tool in "
-                "the chart's toolbar and drag a box, to see which words look there")
-    event = st.plotly_chart(region_figure(picture, width, height, grid, shown, show_box), key="region",
-                            on_select="rerun", selection_mode=("points", "box"),
-                            config={"displayModeBar": True, "modeBarButtonsToRemove": ["lasso2d"]})
+    st.markdown(
+        f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell, or take the box tool in "
+        "the chart's toolbar and drag a box, to see which words look there"
+    )
+    event = st.plotly_chart(
+        region_figure(picture, width, height, grid, shown, show_box),
+        key="region",
+        on_select="rerun",
+        selection_mode=("points", "box"),
+        config={"displayModeBar": True, "modeBarButtonsToRemove": ["lasso2d"]},
+    )
 with right:
     st.markdown("**Captions** (ITM = ALBEF's match probability)")
     for cap in captions.itertuples():
@@ -171,20 +230,29 @@ with right:
         # The whole grid holds all of every map's mass: nothing to rank until a region is chosen.
         region = (r0, c0, r1, c1) if 0 < (r1 - r0) * (c1 - c0) < grid * grid else None
         if region is None:
-            st.caption("Click a cell or drag a box on the image, or narrow the sliders, to rank the words "
-                       "by the share of their map inside that region.")
+            st.caption(
+                "Click a cell or drag a box on the image, or narrow the sliders, to rank the words "
+                "by the share of their map inside that region."
+            )
     else:
-        st.caption(f"Selected cells rows {region[0]}..{region[2] - 1}, columns {region[1]}..{region[3] - 1} "
-                   "(clear the selection to use the sliders).")
+        st.caption(
+            f"Selected cells rows {region[0]}..{region[2] - 1}, columns {region[1]}..{region[3] - 1} "
+            "(clear the selection to use the sliders)."
+        )
     if region is not None:
-        hits = questions.words_at_region(ctx.db, int(image_id), run_id, ctx.method, ctx.layer, region,
-                                       REGION_WORDS)
-        st.dataframe(hits[["word", "region_mass", "caption"]], hide_index=True, width="stretch",
-                     column_config={"region_mass": st.column_config.ProgressColumn(
-                         "mass in region", min_value=0.0, max_value=1.0, format="%.2f")})
+        hits = questions.words_at_region(ctx.db, int(image_id), run_id, ctx.method, ctx.layer, region, REGION_WORDS)
+        st.dataframe(
+            hits[["word", "region_mass", "caption"]],
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "region_mass": st.column_config.ProgressColumn(
+                    "mass in region", min_value=0.0, max_value=1.0, format="%.2f"
+                )
+            },
+        )
 
-with st.expander("Review" + ("" if selected_word is None else f" · {what}"),
-                 icon=":material/rate_review:"):
+with st.expander("Review" + ("" if selected_word is None else f" · {what}"), icon=":material/rate_review:"):
     if selected_word is None:
         item = Item(run_id, int(image_id))
     else:
@@ -195,8 +263,13 @@ st.subheader("Side by side")
 slices = sorted({(m, int(la)) for m, la in zip(words["method"], words["layer"], strict=True)})
 others = [s for s in slices if s != (ctx.method, ctx.layer)] or slices
 labels = [slice_label(*s) for s in others]
-versus = st.selectbox("Compare with", labels, key="versus", bind=state.BIND,
-                      help="The same map from another layer, or raw attention against Grad-CAM.")
+versus = st.selectbox(
+    "Compare with",
+    labels,
+    key="versus",
+    bind=state.BIND,
+    help="The same map from another layer, or raw attention against Grad-CAM.",
+)
 other = others[labels.index(versus)]
 for column, (method, layer) in zip(st.columns(2), [(ctx.method, ctx.layer), other], strict=True):
     pair_map = map_of(words, caption_id, word_index, method, layer, detail["caption_maps"])
@@ -205,8 +278,9 @@ for column, (method, layer) in zip(st.columns(2), [(ctx.method, ctx.layer), othe
         if pair_map is None:
             st.info("Not extracted for this slice.")
         else:
-            side_jpeg, _ = data.render_overlay(path_text, width, height, *pair_map, big_style,
-                                              data.instance_tuples(shown), show_mask, show_box)
+            side_jpeg, _ = data.render_overlay(
+                path_text, width, height, *pair_map, big_style, data.instance_tuples(shown), show_mask, show_box
+            )
             st.image(side_jpeg, width="stretch")
 
 st.subheader("Every word")
@@ -219,8 +293,9 @@ for cap in captions.itertuples():
     st.markdown(f"*{literal(cap.raw.strip())}*")
     entries = [(WHOLE, "whole caption")] + list(zip(cap_words["word_index"], cap_words["word"], strict=True))
     for start in range(0, len(entries), THUMBS_PER_ROW):
-        for column, (index, label) in zip(st.columns(THUMBS_PER_ROW), entries[start:start + THUMBS_PER_ROW],
-                                          strict=False):
+        for column, (index, label) in zip(
+            st.columns(THUMBS_PER_ROW), entries[start : start + THUMBS_PER_ROW], strict=False
+        ):
             thumb = map_of(words, cap.caption_id, int(index), ctx.method, ctx.layer, detail["caption_maps"])
             if thumb is None:
                 continue
@@ -228,16 +303,30 @@ for cap in captions.itertuples():
                 thumb_jpeg, _ = data.render_overlay(path_text, width, height, *thumb, small_style)
                 st.image(thumb_jpeg, width="stretch")
                 chosen = cap.caption_id == caption_id and index == word_index
-                st.button(literal(label), key=f"pick_{cap.caption_id}_{index}", on_click=select,
-                          args=(int(cap.caption_id), int(index)), type="primary" if chosen else "secondary",
-                          width="stretch")
+                st.button(
+                    literal(label),
+                    key=f"pick_{cap.caption_id}_{index}",
+                    on_click=select,
+                    args=(int(cap.caption_id), int(index)),
+                    type="primary" if chosen else "secondary",
+                    width="stretch",
+                )
 
 st.subheader("Metrics")
 table = here.drop(columns=["map", "map_max", "image_id", "method", "layer"]).merge(
-    captions[["caption_id", "text"]], on="caption_id")
+    captions[["caption_id", "text"]], on="caption_id"
+)
 names = questions.list_categories(ctx.db)
 table["category"] = table["category_id"].map(dict(zip(names["category_id"], names["name"], strict=True)))
-st.dataframe(table, hide_index=True, width="stretch", column_config={
-    m: st.column_config.NumberColumn(m, format="%.3f", help=ui.metric_help(m)) for m in ui.RANGE_METRICS})
-st.caption(f"{len(instances)} labelled objects: "
-           + (literal(", ".join(sorted(set(instances["category"])))) if len(instances) else "none in this image"))
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        m: st.column_config.NumberColumn(m, format="%.3f", help=ui.metric_help(m)) for m in ui.RANGE_METRICS
+    },
+)
+st.caption(
+    f"{len(instances)} labelled objects: "
+    + (literal(", ".join(sorted(set(instances["category"])))) if len(instances) else "none in this image")
+)

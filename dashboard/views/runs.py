@@ -9,15 +9,34 @@ import streamlit as st
 from dashboard import data, questions
 from dashboard.markup import code, literal
 
-RUN_COLUMNS = ["run_id", "status", "method", "layers", "gradcam_layer", "image_res", "grid_size", "n_images",
-               "n_captions", "n_words", "n_errors", "seconds", "started_at", "finished_at", "device",
-               "checkpoint_path"]
+RUN_COLUMNS = [
+    "run_id",
+    "status",
+    "method",
+    "layers",
+    "gradcam_layer",
+    "image_res",
+    "grid_size",
+    "n_images",
+    "n_captions",
+    "n_words",
+    "n_errors",
+    "seconds",
+    "started_at",
+    "finished_at",
+    "device",
+    "checkpoint_path",
+]
 
 ctx = data.context()
 st.title("Runs")
 runs = questions.list_runs(ctx.db)
-st.dataframe(runs[[c for c in RUN_COLUMNS if c in runs.columns]], hide_index=True, width="stretch",
-             column_config={"seconds": st.column_config.NumberColumn("seconds", format="%.1f")})
+st.dataframe(
+    runs[[c for c in RUN_COLUMNS if c in runs.columns]],
+    hide_index=True,
+    width="stretch",
+    column_config={"seconds": st.column_config.NumberColumn("seconds", format="%.1f")},
+)
 st.caption(f"Database {code(ctx.db.path)}. Choose the run the other pages show in the sidebar.")
 
 run_id = ctx.run["run_id"]
@@ -25,13 +44,17 @@ summary = questions.run_summary(ctx.db, run_id)
 st.subheader(f"Run {run_id}")
 cells = st.columns(5)
 speed = summary["images_per_second"]
-for cell, (label, value) in zip(cells, [
-    ("status", summary["status"]),
-    ("images done", f"{summary['images_done']:,}"),
-    ("captions", f"{summary['captions']:,}"),
-    ("errors", f"{summary['errors']:,}"),
-    ("images / s", "–" if speed is None else f"{speed:.2f}"),
-], strict=True):
+for cell, (label, value) in zip(
+    cells,
+    [
+        ("status", summary["status"]),
+        ("images done", f"{summary['images_done']:,}"),
+        ("captions", f"{summary['captions']:,}"),
+        ("errors", f"{summary['errors']:,}"),
+        ("images / s", "–" if speed is None else f"{speed:.2f}"),
+    ],
+    strict=True,
+):
     cell.metric(label, value)
 
 left, right = st.columns(2)
@@ -46,8 +69,12 @@ with left:
         f"{summary['grid_size']} x {summary['grid_size']}\n"
         f"- code {literal(str(summary['code_version']))} on {literal(str(summary['device']))}\n"
         f"- images: {code(str(summary['images_dir']))}"
-        + ("" if ctx.images_dir is None or str(ctx.images_dir) == summary["images_dir"]
-           else f" (shown from {code(str(ctx.images_dir))})") + "\n"
+        + (
+            ""
+            if ctx.images_dir is None or str(ctx.images_dir) == summary["images_dir"]
+            else f" (shown from {code(str(ctx.images_dir))})"
+        )
+        + "\n"
         f"- captions: {code(str(summary['captions_file']))}; instances: {code(str(summary['instances_file']))}\n"
         f"- started {summary['started_at']}, finished {summary['finished_at'] or '–'}, "
         f"{summary['seconds'] or 0:.1f} s of compute"

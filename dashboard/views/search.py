@@ -34,43 +34,78 @@ ctx = data.context()
 run_id = ctx.run["run_id"]
 st.title("Search")
 
-by = st.radio("Search by", ["word", "category"], key="by", bind=state.BIND, horizontal=True,
-              on_change=first_page, help="A word of the captions, or every word that names a COCO category.")
+by = st.radio(
+    "Search by",
+    ["word", "category"],
+    key="by",
+    bind=state.BIND,
+    horizontal=True,
+    on_change=first_page,
+    help="A word of the captions, or every word that names a COCO category.",
+)
 if by == "word":
     vocabulary = questions.vocabulary(ctx.db, run_id, VOCABULARY_SIZE)
     counts = dict(zip(vocabulary["word"], vocabulary["n"].astype(int), strict=True))
-    word = state.counted_choice("Word", list(counts), counts, param="word", accept_new_options=True,
-                                on_change=first_page, placeholder="Type a word, e.g. dog",
-                                help="Words of this run's captions, most frequent first, with their counts.")
+    word = state.counted_choice(
+        "Word",
+        list(counts),
+        counts,
+        param="word",
+        accept_new_options=True,
+        on_change=first_page,
+        placeholder="Type a word, e.g. dog",
+        help="Words of this run's captions, most frequent first, with their counts.",
+    )
     chosen, target = word, {"word": word} if word else None
 else:
     categories = questions.list_categories(ctx.db, run_id)
     named = categories[categories["n_words"] > 0]
     counts = dict(zip(named["name"], named["n_words"].astype(int), strict=True))
-    category = state.counted_choice("COCO category", list(counts), counts, param="category",
-                                    on_change=first_page, placeholder="Choose a category, e.g. dog",
-                                    help="COCO categories named in the captions, with how many words name them.")
+    category = state.counted_choice(
+        "COCO category",
+        list(counts),
+        counts,
+        param="category",
+        on_change=first_page,
+        placeholder="Choose a category, e.g. dog",
+        help="COCO categories named in the captions, with how many words name them.",
+    )
     ids = dict(zip(categories["name"], categories["category_id"], strict=True))
     chosen, target = category, {"category_id": int(ids[category])} if category else None
 
 with st.expander("Filters and ranking", icon=":material/filter_alt:"):
     left, right = st.columns(2)
-    sort = left.selectbox("Rank by", METRICS, key="sort", bind=state.BIND, on_change=first_page,
-                          help=ui.metrics_help())
-    order = right.radio("Order", ["descending", "ascending"], key="order", bind=state.BIND, horizontal=True,
-                        on_change=first_page)
-    has_object = left.radio("Named object in the image", list(OBJECT_FILTER), key="object", bind=state.BIND,
-                            horizontal=True, on_change=first_page,
-                            help="labelled: the object the word names is labelled in the image (object "
-                                 "metrics defined); not labelled: the word names a category the image lacks.")
-    pointing = right.radio("Pointing game", list(POINTING_FILTER), key="hit", bind=state.BIND,
-                           horizontal=True, on_change=first_page)
+    sort = left.selectbox("Rank by", METRICS, key="sort", bind=state.BIND, on_change=first_page, help=ui.metrics_help())
+    order = right.radio(
+        "Order", ["descending", "ascending"], key="order", bind=state.BIND, horizontal=True, on_change=first_page
+    )
+    has_object = left.radio(
+        "Named object in the image",
+        list(OBJECT_FILTER),
+        key="object",
+        bind=state.BIND,
+        horizontal=True,
+        on_change=first_page,
+        help="labelled: the object the word names is labelled in the image (object "
+        "metrics defined); not labelled: the word names a category the image lacks.",
+    )
+    pointing = right.radio(
+        "Pointing game", list(POINTING_FILTER), key="hit", bind=state.BIND, horizontal=True, on_change=first_page
+    )
     ranges = {}
     for i, metric in enumerate(ui.RANGE_METRICS):
         low, high = (left, right)[i % 2].slider(
-            ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, RANGE_STEP, format="%.3f", key=f"range_{metric}",
+            ui.metric_label(metric),
+            0.0,
+            1.0,
+            FULL_RANGE,
+            RANGE_STEP,
+            format="%.3f",
+            key=f"range_{metric}",
             bind=state.BIND,
-            on_change=first_page, help=ui.metric_help(metric))
+            on_change=first_page,
+            help=ui.metric_help(metric),
+        )
         if (low, high) != FULL_RANGE:
             ranges[metric] = (low, high)
     if POINTING_FILTER[pointing]:
@@ -84,12 +119,21 @@ if target is None:
     st.info("Choose a word or a COCO category to see where ALBEF looks when it reads it.")
     st.stop()
 
-where = WordFilter(run_id=run_id, method=ctx.method, layer=ctx.layer, ranges=ranges or None,
-                   has_object=OBJECT_FILTER[has_object], **target)
+where = WordFilter(
+    run_id=run_id,
+    method=ctx.method,
+    layer=ctx.layer,
+    ranges=ranges or None,
+    has_object=OBJECT_FILTER[has_object],
+    **target,
+)
 descending = order == "descending"
 # Verdict, tag and review-status filters and review sort keys join the whole result with the reviews.
-reviewed = (joined.reviewed_search(ctx.db.connection(), review_session.connection(), where, sort, descending,
-                                   review_filter) if review_filter.active else None)
+reviewed = (
+    joined.reviewed_search(ctx.db.connection(), review_session.connection(), where, sort, descending, review_filter)
+    if review_filter.active
+    else None
+)
 total = questions.count_words(ctx.db, where) if reviewed is None else len(reviewed)
 if total == 0:
     if by == "word" and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
@@ -100,31 +144,46 @@ if total == 0:
 
 n_pages = math.ceil(total / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
-header.markdown(f"**{total:,}** occurrences · {ctx.method} layer {ctx.layer} · ranked by **{sort}** "
-                f"({order})")
+header.markdown(f"**{total:,}** occurrences · {ctx.method} layer {ctx.layer} · ranked by **{sort}** ({order})")
 ui.colour_key(style)
 stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
 csv_col, parquet_col = downloads.columns(2)
-csv_col.download_button("CSV", lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
-                        f"{stem}.csv", "text/csv",
-                        icon=":material/download:", on_click="ignore", width="stretch",
-                        help="Every matching row with its metrics (no maps).")
-parquet_col.download_button("Parquet", lambda: review_exports.search_export(ctx.db, "parquet", where, sort, descending,
-                                                                        reviewed),
-                            f"{stem}.parquet", "application/vnd.apache.parquet", icon=":material/download:",
-                            on_click="ignore", width="stretch")
+csv_col.download_button(
+    "CSV",
+    lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
+    f"{stem}.csv",
+    "text/csv",
+    icon=":material/download:",
+    on_click="ignore",
+    width="stretch",
+    help="Every matching row with its metrics (no maps).",
+)
+parquet_col.download_button(
+    "Parquet",
+    lambda: review_exports.search_export(ctx.db, "parquet", where, sort, descending, reviewed),
+    f"{stem}.parquet",
+    "application/vnd.apache.parquet",
+    icon=":material/download:",
+    on_click="ignore",
+    width="stretch",
+)
 
 page = st.pagination(n_pages, key="p", bind=state.BIND) if n_pages > 1 else 1
 offset = (page - 1) * ui.PAGE_SIZE
-rows = (questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset) if reviewed is None
-        else joined.item_words(ctx.db.connection(), reviewed.iloc[offset:offset + ui.PAGE_SIZE], with_maps=True))
+rows = (
+    questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
+    if reviewed is None
+    else joined.item_words(ctx.db.connection(), reviewed.iloc[offset : offset + ui.PAGE_SIZE], with_maps=True)
+)
 instances = questions.image_instances(ctx.db, tuple(int(i) for i in rows["image_id"].unique()))
 missing = False
 for start in range(0, len(rows), ui.GRID_COLUMNS):
-    for column, row in zip(st.columns(ui.GRID_COLUMNS), rows.iloc[start:start + ui.GRID_COLUMNS].to_dict("records"),
-                           strict=False):
-        matched = instances[(instances["image_id"] == row["image_id"])
-                            & (instances["category_id"] == row["category_id"])]
+    for column, row in zip(
+        st.columns(ui.GRID_COLUMNS), rows.iloc[start : start + ui.GRID_COLUMNS].to_dict("records"), strict=False
+    ):
+        matched = instances[
+            (instances["image_id"] == row["image_id"]) & (instances["category_id"] == row["category_id"])
+        ]
         with column.container(border=True):
             missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort)
 if missing:

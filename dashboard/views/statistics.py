@@ -17,11 +17,14 @@ from dashboard.markup import plotly_labels
 from dashboard.review import controls as review_controls
 from db.metrics import METRICS
 
-VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods",
-         "reviews")
+VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods", "reviews")
 # word_frequency_alignment column -> (label, the metric a click ranks the search by)
-ALIGNMENT = {"mean_mask_mass": ("mask mass", "mask_mass"), "hit_rate": ("pointing hit rate", "pointing_hit"),
-             "mean_iou_top60": ("IoU top-60%", "iou_top60"), "mean_box_mass": ("box mass", "box_mass")}
+ALIGNMENT = {
+    "mean_mask_mass": ("mask mass", "mask_mass"),
+    "hit_rate": ("pointing hit rate", "pointing_hit"),
+    "mean_iou_top60": ("IoU top-60%", "iou_top60"),
+    "mean_box_mass": ("box mass", "box_mass"),
+}
 DISTRIBUTION_WORDS = 12
 LEADERBOARD_SIZE = 15
 MATRIX_WORDS = 40
@@ -54,10 +57,16 @@ st.caption(f"Run {run_id} · {ctx.method} · layer {ctx.layer}. Click a word or 
 
 left, middle, right = st.columns([2, 2, 1])
 view = left.selectbox("View", VIEWS, key="view", bind=state.BIND)
-metric = middle.selectbox("Metric", METRICS, key="metric", bind=state.BIND,
-                          help=ui.metrics_help())
-min_count = right.number_input("Min. occurrences", 1, 100_000, 3, key="min_n", bind=state.BIND,
-                               help="Words (or categories) seen fewer times are left out.")
+metric = middle.selectbox("Metric", METRICS, key="metric", bind=state.BIND, help=ui.metrics_help())
+min_count = right.number_input(
+    "Min. occurrences",
+    1,
+    100_000,
+    3,
+    key="min_n",
+    bind=state.BIND,
+    help="Words (or categories) seen fewer times are left out.",
+)
 words = questions.word_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)
 if words.empty:
     st.info(f"No word occurs {min_count} times or more in this slice. Lower the minimum.")
@@ -67,31 +76,57 @@ search = {"sort": metric}
 
 if view == "distributions":
     default = words.loc[words["category_id"].notna()].head(DISTRIBUTION_WORDS)["word"].tolist()
-    chosen = st.multiselect("Words", words["word"].tolist(), default=default or None, key="words",
-                            bind=state.BIND, help="Defaults to the most frequent words that name a COCO category.")
+    chosen = st.multiselect(
+        "Words",
+        words["word"].tolist(),
+        default=default or None,
+        key="words",
+        bind=state.BIND,
+        help="Defaults to the most frequent words that name a COCO category.",
+    )
     values = questions.metric_values(ctx.db, metric, run_id, ctx.method, ctx.layer, tuple(chosen))
     if values.empty:
         st.info(f"No {metric} values for these words (object metrics need a labelled object).")
     else:
         values = plotly_labels(values, "word")
         order = values.groupby("word")["value"].median().sort_values(ascending=False).index.tolist()
-        fig = px.box(values, x="word", y="value", points="all", custom_data=["word"],
-                     category_orders={"word": order}, labels={"value": ui.metric_label(metric)},
-                     title=f"{ui.metric_label(metric)} per occurrence")
+        fig = px.box(
+            values,
+            x="word",
+            y="value",
+            points="all",
+            custom_data=["word"],
+            category_orders={"word": order},
+            labels={"value": ui.metric_label(metric)},
+            title=f"{ui.metric_label(metric)} per occurrence",
+        )
         fig.update_traces(marker={"size": 3, "opacity": 0.4}, jitter=0.4)
         open_search(chart(fig, "distribution"), "word", **search)
 
 elif view == "frequency vs alignment":
     frequency = questions.word_frequency_alignment(ctx.db, run_id, ctx.method, ctx.layer, min_count)
-    y = st.radio("Alignment", list(ALIGNMENT), format_func=lambda c: ALIGNMENT[c][0], key="align",
-                 bind=state.BIND, horizontal=True)
+    y = st.radio(
+        "Alignment",
+        list(ALIGNMENT),
+        format_func=lambda c: ALIGNMENT[c][0],
+        key="align",
+        bind=state.BIND,
+        horizontal=True,
+    )
     if frequency.empty:
         st.info("No word that names a labelled object occurs often enough. Lower the minimum.")
     else:
-        fig = px.scatter(plotly_labels(frequency, "word"), x="n", y=y, log_x=True, text="word", custom_data=["word"],
-                         hover_data={"n": True, "n_object": True, y: ":.3f"},
-                         labels={"n": "occurrences in captions", y: ALIGNMENT[y][0]},
-                         title="Do frequent words ground better?")
+        fig = px.scatter(
+            plotly_labels(frequency, "word"),
+            x="n",
+            y=y,
+            log_x=True,
+            text="word",
+            custom_data=["word"],
+            hover_data={"n": True, "n_object": True, y: ":.3f"},
+            labels={"n": "occurrences in captions", y: ALIGNMENT[y][0]},
+            title="Do frequent words ground better?",
+        )
         fig.update_traces(textposition="top center", marker={"size": 8})
         open_search(chart(fig, "frequency"), "word", sort=ALIGNMENT[y][1])
 
@@ -103,10 +138,19 @@ elif view == "word x category":
         top = matrix.groupby("word")["n"].sum().nlargest(MATRIX_WORDS).index
         matrix = matrix[matrix["word"].isin(top)]
         # Square markers rather than a heatmap: plotly reports clicks on scatter points reliably.
-        fig = px.scatter(plotly_labels(matrix, "word", "category"), x="category", y="word", color="value", size="n",
-                         size_max=18, custom_data=["word", "category"], color_continuous_scale="Viridis",
-                         hover_data={"n": True, "value": ":.3f"}, labels={"value": ui.metric_label(metric)},
-                         title=f"Mean {ui.metric_label(metric)} of each word per category it names")
+        fig = px.scatter(
+            plotly_labels(matrix, "word", "category"),
+            x="category",
+            y="word",
+            color="value",
+            size="n",
+            size_max=18,
+            custom_data=["word", "category"],
+            color_continuous_scale="Viridis",
+            hover_data={"n": True, "value": ":.3f"},
+            labels={"value": ui.metric_label(metric)},
+            title=f"Mean {ui.metric_label(metric)} of each word per category it names",
+        )
         fig.update_traces(marker={"symbol": "square"})
         fig.update_layout(height=max(400, 22 * matrix["word"].nunique()))
         open_search(chart(fig, "matrix"), "word", **search)
@@ -115,20 +159,37 @@ elif view == "leaderboards":
     categories = questions.category_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)
     boards = (("entropy", "Noisiest", "H"), ("background_mass", "Most background-heavy", "bg"))
     for board_metric, title, short in boards:
-        threshold = st.slider(f"{title}: mean {ui.metric_label(board_metric)} at least", 0.0, 1.0, 0.0, 0.001,
-                              format="%.3f", key=f"min_{short}", bind=state.BIND)
+        threshold = st.slider(
+            f"{title}: mean {ui.metric_label(board_metric)} at least",
+            0.0,
+            1.0,
+            0.0,
+            0.001,
+            format="%.3f",
+            key=f"min_{short}",
+            bind=state.BIND,
+        )
         word_col, category_col = st.columns(2)
-        for label, plural, frame, col in (("word", "words", words, word_col),
-                                          ("category", "categories", categories, category_col)):
+        for label, plural, frame, col in (
+            ("word", "words", words, word_col),
+            ("category", "categories", categories, category_col),
+        ):
             mean = mean_column(board_metric)
             top = frame[frame[mean] >= threshold].nlargest(LEADERBOARD_SIZE, mean)
             with col:
                 if top.empty:
                     st.info(f"No {label} has mean {ui.metric_label(board_metric)} ≥ {threshold:.2f}.")
                     continue
-                fig = px.bar(plotly_labels(top, label), x=mean, y=label, orientation="h", custom_data=[label],
-                             hover_data={"n": True}, labels={mean: f"mean {ui.metric_label(board_metric)}"},
-                             title=f"{title} {plural}")
+                fig = px.bar(
+                    plotly_labels(top, label),
+                    x=mean,
+                    y=label,
+                    orientation="h",
+                    custom_data=[label],
+                    hover_data={"n": True},
+                    labels={mean: f"mean {ui.metric_label(board_metric)}"},
+                    title=f"{title} {plural}",
+                )
                 fig.update_yaxes(categoryorder="total ascending")
                 # Start the axis near the smallest bar: near-uniform maps differ only in the third decimal.
                 low, high = float(top[mean].min()), float(top[mean].max())
@@ -141,9 +202,16 @@ elif view == "reviews":  # team review: verdicts and tags per word (dashboard/re
 
 else:
     layers = questions.layer_comparison(ctx.db, run_id)
-    fig = px.line(layers, x="layer", y=column, color="method", markers=True, hover_data={"n": True},
-                  labels={column: f"mean {ui.metric_label(metric)}"},
-                  title=f"Mean {ui.metric_label(metric)} by fusion layer and method")
+    fig = px.line(
+        layers,
+        x="layer",
+        y=column,
+        color="method",
+        markers=True,
+        hover_data={"n": True},
+        labels={column: f"mean {ui.metric_label(metric)}"},
+        title=f"Mean {ui.metric_label(metric)} by fusion layer and method",
+    )
     fig.update_xaxes(dtick=1)
     st.plotly_chart(fig, key="layers")
     st.dataframe(layers, hide_index=True, width="stretch")

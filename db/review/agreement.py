@@ -17,7 +17,6 @@ WHERE {_IN_QUEUE}
 ORDER BY i.item_key, v.reviewer"""
 
 
-
 def cohen_kappa(a: list[str], b: list[str]) -> float:
     """Cohen's kappa of two raters' labels on the same items: (p_o - p_e) / (1 - p_e), where p_o is the
     observed agreement and p_e the agreement expected from each rater's label frequencies.
@@ -63,4 +62,3 @@ def disagreements(con: sqlite3.Connection, queue_id: int | None = None) -> pd.Da
     """Every verdict on items where reviewers differ (within a queue when given), one row per
     (item, reviewer): item_key, kind, ITEM_COLUMNS, reviewer, verdict, note, at."""
     return typed_items(frame(con, _DISAGREEMENTS, {"queue_id": queue_id}))
-

@@ -53,7 +53,6 @@ class ChainCheck:
         return self.first_broken is None
 
 
-
 def audit_row_hash(previous: str, row: tuple) -> str:
     """The row_hash of an audit row: sha256 (hex) of the previous row's row_hash and this row's values
     (audit_id, at, actor, role, action, target, value_before, value_after) as a JSON list."""
@@ -70,7 +69,6 @@ def append_audit(
     audit_id, previous = (1, CHAIN_START) if last is None else (last["audit_id"] + 1, last["row_hash"])
     row = (audit_id, at, actor.user, actor.role, action, target, json_text(before), json_text(after))
     con.execute(_AUDIT, (*row, audit_row_hash(previous, row)))
-
 
 
 def audit_log(
@@ -108,4 +106,3 @@ def verify_audit_chain(con: sqlite3.Connection, actor: Actor) -> ChainCheck:
                 first_broken = row["audit_id"]
             previous = row["row_hash"]
     return ChainCheck(n_rows, first_broken, previous)
-

@@ -81,8 +81,16 @@ def item_words(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, *, with_maps
     coco_url: the columns of db.queries.search_words, so a page draws them the same way.
     """
     keys = items.loc[:, list(ITEM_COLUMNS)].dropna().drop_duplicates()
-    keys = keys.astype({"run_id": str, "image_id": "int64", "caption_id": "int64", "word_index": "int64",
-                        "method": str, "layer": "int64"})
+    keys = keys.astype(
+        {
+            "run_id": str,
+            "image_id": "int64",
+            "caption_id": "int64",
+            "word_index": "int64",
+            "method": str,
+            "layer": "int64",
+        }
+    )
     keys.insert(0, "position", range(len(keys)))
     # A cursor per call: one cached connection serves several Streamlit threads (see db.queries).
     with con.cursor() as cur:
@@ -104,7 +112,6 @@ def join_metrics(metrics: pd.DataFrame, reviews: pd.DataFrame) -> pd.DataFrame:
     words = words.astype({c: metrics[c].dtype for c in ITEM_COLUMNS})
     images = images.astype({c: metrics[c].dtype for c in IMAGE_COLUMNS})
     return metrics.merge(words, on=list(ITEM_COLUMNS), how="left").merge(images, on=list(IMAGE_COLUMNS), how="left")
-
 
 
 def reviews_with_metrics(con: duckdb.DuckDBPyConnection, store: sqlite3.Connection, run_id: str | None) -> pd.DataFrame:
@@ -135,14 +142,19 @@ class ReviewFilter:
 
     def params(self) -> dict:
         """The bound parameters of the filter's WHERE clause."""
-        return {"unreviewed": self.verdict == UNREVIEWED, "matched_only": self._by_store is not None,
-                "status": None if self.status == ANY else self.status}
+        return {
+            "unreviewed": self.verdict == UNREVIEWED,
+            "matched_only": self._by_store is not None,
+            "status": None if self.status == ANY else self.status,
+        }
 
     @property
     def _by_store(self) -> dict | None:
         """The find_items filters (a verdict by anyone, a tag), None when there are none."""
-        found = {"verdict": self.verdict if self.verdict not in (ANY, UNREVIEWED) else None,
-                 "tag": None if self.tag == ANY else self.tag}
+        found = {
+            "verdict": self.verdict if self.verdict not in (ANY, UNREVIEWED) else None,
+            "tag": None if self.tag == ANY else self.tag,
+        }
         return found if any(v is not None for v in found.values()) else None
 
     def order(self) -> str:
@@ -160,8 +172,11 @@ class ReviewFilter:
         filters, read in SQLite) and `position` (the summary's order)."""
         summary = review_summary(store, run_id)
         found = self._by_store
-        matched = (summary["item_key"].isin(find_items(store, run_id=run_id, **found)["item_key"]) if found
-                   else pd.Series(True, index=summary.index))
+        matched = (
+            summary["item_key"].isin(find_items(store, run_id=run_id, **found)["item_key"])
+            if found
+            else pd.Series(True, index=summary.index)
+        )
         return summary.assign(matched=matched, position=range(len(summary)))
 
 
@@ -213,8 +228,12 @@ def verdicts_by_word(
     joined = joined.assign(**per_verdict, tag_list=joined["tags"].map(tag_list))
     return (
         joined.groupby(["word", "category_id"], dropna=False)
-        .agg(n_reviewed=("item_key", "size"), **{c: (c, "sum") for c in per_verdict},
-             n_disputed=("disputed", "sum"), tags=("tag_list", lambda lists: sorted({t for x in lists for t in x})))
+        .agg(
+            n_reviewed=("item_key", "size"),
+            **{c: (c, "sum") for c in per_verdict},
+            n_disputed=("disputed", "sum"),
+            tags=("tag_list", lambda lists: sorted({t for x in lists for t in x})),
+        )
         .reset_index()
         .astype({"n_disputed": int})
     )

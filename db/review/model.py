@@ -172,8 +172,6 @@ class QueueEntry:
     item: Item
 
 
-
 def require(actor: Actor, role: str, what: str) -> None:
     if ROLES.index(actor.role) < ROLES.index(role):
         raise PermissionError(f"{actor.user or 'anonymous'} ({actor.role}) may not {what}")
-

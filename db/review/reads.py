@@ -240,4 +240,3 @@ def queue_progress(con: sqlite3.Connection, queue_id: int) -> pd.DataFrame:
     df["assigned"] = df["assigned"].astype(bool)
     df["fraction"] = (df["reviewed"] / df["total"]).astype(float)
     return df
-

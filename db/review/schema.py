@@ -206,8 +206,10 @@ def init_db(con: sqlite3.Connection) -> None:
     with write(con):
         version = schema_version(con) if one(con, _HAS_META) else SCHEMA_VERSION
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"review store has schema version {version}, newer than this code's "
-                               f"{SCHEMA_VERSION}: update the dashboard")
+            raise RuntimeError(
+                f"review store has schema version {version}, newer than this code's "
+                f"{SCHEMA_VERSION}: update the dashboard"
+            )
         if version == 1:
             _migrate_from_1(con)
         for statement in _statements(SCHEMA):  # executescript would commit the transaction first
@@ -244,4 +246,3 @@ def _statements(script: str) -> Iterator[str]:
 def schema_version(con: sqlite3.Connection) -> int:
     """The schema version stored in the review database."""
     return int(one(con, _SCHEMA_VERSION_SQL)[0])
-

@@ -40,7 +40,6 @@ class ThrottlePolicy:
         return min(self.max_delay_s, self.base_delay_s * 2.0 ** min(extra, 64))
 
 
-
 # ---------------------------------------------------------------------------------------------- sign-in
 
 
@@ -102,4 +101,3 @@ def sign_in_succeeded(con: sqlite3.Connection, username: str, address: str | Non
         con.execute(_CLEAR_USER_FAILURES, (username,))
         if address is not None:
             con.execute(_UNCOUNT_ADDRESS_FAILURE, (address,))
-

@@ -45,10 +45,8 @@ def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-
 def json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
-
 
 
 def one(con: sqlite3.Connection, sql: str, params: Mapping[str, Any] | tuple = ()) -> sqlite3.Row | None:
@@ -67,4 +65,3 @@ def typed_items(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("image_id", "caption_id", "word_index", "layer"):
         df[col] = df[col].astype("Int64")
     return df
-

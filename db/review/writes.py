@@ -49,14 +49,12 @@ def _text(value: str, what: str, max_chars: int, *, allow_empty: bool = False) -
     return value
 
 
-
 def _item_row(item: Item) -> tuple:
     return (item.key, item.kind, *(getattr(item, c) for c in ITEM_COLUMNS))
 
 
 def _ensure_item(con: sqlite3.Connection, item: Item) -> None:
     con.execute(_ENSURE_ITEM, _item_row(item))
-
 
 
 # ---------------------------------------------------------------------------------------------- writes
@@ -213,4 +211,3 @@ def unassign_queue(con: sqlite3.Connection, actor: Actor, queue_id: int, reviewe
         con.execute(_UNASSIGN, (queue_id, reviewer))
         append_audit(con, at, actor, "unassign_queue", f"queue:{queue_id}", {"reviewer": reviewer}, None)
     return True
-

@@ -42,16 +42,39 @@ SHAPE_NOUNS: dict[str, tuple[str, ...]] = {
 PLURAL_EXCEPTIONS = {"box": "boxes", "cross": "crosses", "plus": "pluses", "rhombus": "rhombuses"}
 GENERIC_NOUNS = ("shape", "object")
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-RELATION_WORDS = {"left": ("left",), "right": ("right",), "above": ("above", "over"),
-                  "below": ("below", "under", "beneath")}
-RELATION_PHRASES = {"left": ("left of", "to the left of", "on the left of"),
-                    "right": ("right of", "to the right of", "on the right of"),
-                    "above": ("above", "over"), "below": ("below", "under", "beneath")}
-BACKGROUND_WORDS = {"noise": ("noisy", "speckled"), "stripes": ("striped",), "gradient": ("shaded",),
-                    "checker": ("checkered",), "clutter": ("cluttered", "busy")}
+RELATION_WORDS = {
+    "left": ("left",),
+    "right": ("right",),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+}
+RELATION_PHRASES = {
+    "left": ("left of", "to the left of", "on the left of"),
+    "right": ("right of", "to the right of", "on the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+}
+BACKGROUND_WORDS = {
+    "noise": ("noisy", "speckled"),
+    "stripes": ("striped",),
+    "gradient": ("shaded",),
+    "checker": ("checkered",),
+    "clutter": ("cluttered", "busy"),
+}
 NUMBERS = ("zero", "one", "two", "three", "four")
-PREFIXES = ("", "", "", "a picture of ", "an image showing ", "a photo of ", "an image of ",
-            "there is ", "this image contains ", "we can see ", "in this picture there is ")
+PREFIXES = (
+    "",
+    "",
+    "",
+    "a picture of ",
+    "an image showing ",
+    "a photo of ",
+    "an image of ",
+    "there is ",
+    "this image contains ",
+    "we can see ",
+    "in this picture there is ",
+)
 
 
 def plural(noun: str) -> str:
@@ -79,8 +102,10 @@ class Phrase:
     words: dict[str, int] = field(default_factory=dict)  # role ('size'|'colour'|'shape') -> word index
 
     def matches(self, obj: Obj) -> bool:
-        return all(v is None or v == getattr(obj, k) for k, v in
-                   (("size", self.size), ("colour", self.colour), ("shape", self.shape)))
+        return all(
+            v is None or v == getattr(obj, k)
+            for k, v in (("size", self.size), ("colour", self.colour), ("shape", self.shape))
+        )
 
 
 @dataclass
@@ -167,12 +192,17 @@ def ground_caption(caption: str, scene: Scene) -> dict[int, int]:
 
 def _phrase(obj: Obj, rng: np.random.Generator, article: str | None = None) -> str:
     """A noun phrase naming `obj`; colour and shape together in most of them."""
-    form = rng.choice(["size colour shape", "colour shape", "shape", "size shape", "colour generic"],
-                      p=[0.2, 0.55, 0.1, 0.05, 0.1])
+    form = rng.choice(
+        ["size colour shape", "colour shape", "shape", "size shape", "colour generic"], p=[0.2, 0.55, 0.1, 0.05, 0.1]
+    )
     nouns = SHAPE_NOUNS[obj.shape]
     noun = nouns[0] if len(nouns) == 1 or rng.random() < 0.75 else str(rng.choice(nouns[1:]))
-    slot = {"size": str(rng.choice(SIZE_WORDS[obj.size])), "colour": obj.colour, "shape": noun,
-            "generic": str(rng.choice(GENERIC_NOUNS))}
+    slot = {
+        "size": str(rng.choice(SIZE_WORDS[obj.size])),
+        "colour": obj.colour,
+        "shape": noun,
+        "generic": str(rng.choice(GENERIC_NOUNS)),
+    }
     if article is None:
         article = "the" if rng.random() < 0.15 else "a"
     return " ".join([article] + [slot[s] for s in str(form).split()])
@@ -198,8 +228,11 @@ def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
     objs = [scene.objects[k] for k in rng.permutation(len(scene.objects))]
     prefix = str(rng.choice(PREFIXES))
     bg = _background_suffix(scene, rng)
-    kind = "single" if len(objs) == 1 else str(rng.choice(
-        ["relation", "pair", "single", "count", "triple"], p=[0.45, 0.2, 0.15, 0.1, 0.1]))
+    kind = (
+        "single"
+        if len(objs) == 1
+        else str(rng.choice(["relation", "pair", "single", "count", "triple"], p=[0.45, 0.2, 0.15, 0.1, 0.1]))
+    )
     if kind == "relation":
         found = _relation_pair(scene, rng)
         if found is not None:
@@ -266,8 +299,11 @@ def _replacements(kind: str, word: str, rng: np.random.Generator, scene: Scene |
     if kind == "colour":
         options = [c for c in COLOURS if c != word]
     else:
-        options = [SHAPE_NOUNS[s][0] if rng.random() < 0.75 else str(rng.choice(SHAPE_NOUNS[s]))
-                   for s in SHAPES if s != _WORD_TO["shape"][word]]
+        options = [
+            SHAPE_NOUNS[s][0] if rng.random() < 0.75 else str(rng.choice(SHAPE_NOUNS[s]))
+            for s in SHAPES
+            if s != _WORD_TO["shape"][word]
+        ]
     options = [options[k] for k in rng.permutation(len(options))]
     # Half the time try attributes seen elsewhere in the scene first: the harder negatives.
     if scene is not None and rng.random() < 0.5:
@@ -276,9 +312,7 @@ def _replacements(kind: str, word: str, rng: np.random.Generator, scene: Scene |
     return options
 
 
-def swap_caption(
-    caption: str, kind: str, rng: np.random.Generator, scene: Scene | None = None
-) -> Swap | None:
+def swap_caption(caption: str, kind: str, rng: np.random.Generator, scene: Scene | None = None) -> Swap | None:
     """Replace one colour word, shape noun or relation word so that the caption becomes false.
 
     Args:

@@ -64,8 +64,14 @@ def _covers(scene: Scene, g: int) -> np.ndarray:
     return np.stack([grid_coverage(coverage(o.polygon, scene.res) >= 0.5, g) for o in scene.objects])
 
 
-def _score_caption(tally: Tally, maps: dict[str, np.ndarray], words: list[str], grounded: dict[int, int],
-                   covers: np.ndarray, n_objects: int) -> None:
+def _score_caption(
+    tally: Tally,
+    maps: dict[str, np.ndarray],
+    words: list[str],
+    grounded: dict[int, int],
+    covers: np.ndarray,
+    n_objects: int,
+) -> None:
     named = sorted(set(grounded.values()))
     shape_ids = match_demo_words(words)
     touches = covers.reshape(len(covers), -1) > 0  # (objects, cells)
@@ -149,4 +155,3 @@ def format_rates(rates: dict[str, float]) -> str:
     """Rates as aligned lines, one per method/kind/measure."""
     width = max(map(len, rates))
     return "\n".join(f"{k:<{width}}  {v:.3f}" for k, v in rates.items())
-

@@ -82,8 +82,12 @@ def prepare(out: Path, n_images: int, seed: int, res: int, device: str = "auto")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="prepare the embedded demo database (make run)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "demo",
+        help="prepare the embedded demo database (make run)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, default=REPO / "data" / "demo", help="folder for the world and demo.duckdb")
     p.add_argument("--n-images", type=int, default=300, help="held-out scenes to generate and extract")
     p.add_argument("--seed", type=int, default=0, help="world seed (0: the world the demo model was trained on)")

@@ -55,8 +55,10 @@ def _star() -> np.ndarray:
 
 def _cross() -> np.ndarray:
     a = 0.34  # arm half-width
-    return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a),
-                     (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)], float)
+    return np.array(
+        [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)],
+        float,
+    )
 
 
 def _heart() -> np.ndarray:
@@ -217,12 +219,18 @@ def sample_scene(rng: np.random.Generator, res: int, n_objects: int | None = Non
         rgb = tuple(int(v) for v in np.clip(np.array(COLOURS[str(colours[k])]) + jitter, 0, 255))
         objects.append(Obj(str(shapes[k]), str(colours[k]), size, polygon, rgb))
     order = rng.permutation(len(objects))
-    return Scene(res, str(rng.choice(BACKGROUNDS)), bool(rng.random() < 0.3),
-                 int(rng.integers(2**31)), tuple(objects[i] for i in order))
+    return Scene(
+        res,
+        str(rng.choice(BACKGROUNDS)),
+        bool(rng.random() < 0.3),
+        int(rng.integers(2**31)),
+        tuple(objects[i] for i in order),
+    )
 
 
-def _place(shape: str, size: str, rng: np.random.Generator, res: int, occupied: np.ndarray,
-           boxes: list[np.ndarray]) -> tuple[np.ndarray | None, str]:
+def _place(
+    shape: str, size: str, rng: np.random.Generator, res: int, occupied: np.ndarray, boxes: list[np.ndarray]
+) -> tuple[np.ndarray | None, str]:
     """A polygon for the shape clear of the occupied pixels, shrunk to small if large does not fit."""
     for attempt_size in (size, "small") if size == "large" else (size,):
         radius = SIZE_RADIUS[attempt_size] * res * rng.uniform(0.92, 1.08)
@@ -295,8 +303,7 @@ def _draw_distractors(image: np.ndarray, scene: Scene, rng: np.random.Generator)
         centre = rng.uniform(0, scene.res, 2)
         polygon = _polygon(str(rng.choice(SHAPES)), *centre, radius, rng.uniform(0, 360))
         grey = int(rng.uniform(*BG_RANGE))
-        draw.polygon([tuple(p) for p in polygon], outline=(grey, grey, grey),
-                     width=max(1, scene.res // 64))
+        draw.polygon([tuple(p) for p in polygon], outline=(grey, grey, grey), width=max(1, scene.res // 64))
     return np.asarray(canvas, np.float32)
 
 
@@ -318,6 +325,7 @@ def mirrored(scene: Scene) -> Scene:
 
     Only the geometry is mirrored; rendering the result would not mirror the background.
     """
+
     def flip(obj: Obj) -> Obj:
         polygon = obj.polygon * (-1, 1) + (scene.res, 0)
         return Obj(obj.shape, obj.colour, obj.size, polygon, obj.rgb)

@@ -41,14 +41,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from extractor.config import ALBEFConfig, BertConfig, VisionConfig
-from extractor.demo.captions import (
-    SWAP_KINDS,
-    assignments,
-    make_captions,
-    parse_caption,
-    swap_caption,
-)
+from extractor.demo.captions import make_captions, parse_caption
 from extractor.demo.evaluate import ValScene, evaluate, format_rates, val_scenes
+from extractor.demo.sampling import MASK_ID, mask_tokens, sample_negatives, swapped_captions, truth_matrix
 from extractor.demo.scene import Scene, mirrored
 from extractor.demo.world import load_scenes, write_world
 from extractor.image import CLIP_MEAN, CLIP_STD
@@ -59,7 +54,6 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VOCAB = REPO.parent / "shared" / "bert-base-uncased" / "vocab.txt"
-MASK_ID = 103  # bert-base-uncased [MASK]
 
 DEMO_CONFIG = ALBEFConfig(
     image_res=96,
@@ -171,83 +165,6 @@ class TrainWorld:
         return (pixels.float() / 255 - self.mean) / self.std, scenes
 
 
-def truth_matrix(captions: list[str], scenes: list[Scene]) -> np.ndarray:
-    """(images, captions) bool: whether caption j is true of scene i."""
-    parsed = [parse_caption(c) for c in captions]
-    return np.array([[bool(assignments(p, s)) for p in parsed] for s in scenes])
-
-
-def words_to_mask(caption: str, n_words: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Which words of a caption MLM predicts, (n_words,) bool.
-
-    In a phrase that states both colour and shape, one of the two (the shape with probability
-    `shape_share`) is masked with probability `attribute_mask_prob` and the other never, so the
-    phrase still points at its object: "a [MASK] circle" is answered by looking at the circle, "a red
-    [MASK]" by looking at the red object. Relation words are masked at the same high rate, every other
-    word at BERT's rate; at least one word always.
-    """
-    rate = np.full(n_words, cfg.other_mask_prob)
-    parsed = parse_caption(caption)
-    for phrase in parsed.phrases:
-        if "colour" in phrase.words and "shape" in phrase.words:
-            target, keep = ("shape", "colour") if rng.random() < cfg.shape_share else ("colour", "shape")
-            rate[phrase.words[target]], rate[phrase.words[keep]] = cfg.attribute_mask_prob, 0.0
-    for *_, word in parsed.relations:
-        rate[word] = cfg.attribute_mask_prob
-    chosen = rng.random(n_words) < rate
-    if not chosen.any():
-        chosen[rng.choice(n_words, p=rate / rate.sum())] = True
-    return chosen
-
-
-def mask_tokens(ids: Tensor, captions: list[str], word_of_token: list[list[int]], cfg: TrainConfig,
-                rng: np.random.Generator, random_pool: Tensor) -> tuple[Tensor, Tensor]:
-    """BERT masking of whole words (`words_to_mask`): (masked ids, labels with -100 where not masked).
-
-    Masked tokens become [MASK] (80%), a random token of `random_pool` (10%) or stay (10%), as BERT.
-    """
-    B, T = ids.shape
-    masked = torch.zeros(B, T, dtype=torch.bool)
-    for b, (caption, owners) in enumerate(zip(captions, word_of_token, strict=True)):
-        words = np.array(owners[1:])  # token 0 is [CLS]
-        chosen = words_to_mask(caption, int(words.max()) + 1, cfg, rng)
-        masked[b, 1:len(owners)] = torch.from_numpy(chosen[words])
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    labels = torch.where(masked, ids, -100)
-    roll = torch.rand(B, T, generator=gen)
-    out = torch.where(masked & (roll < 0.8), MASK_ID, ids)
-    random_ids = random_pool[torch.randint(len(random_pool), (B, T), generator=gen)]
-    out = torch.where(masked & (roll >= 0.8) & (roll < 0.9), random_ids, out)
-    return out, labels
-
-
-def sample_negatives(scores: Tensor, allowed: np.ndarray, hard: bool, rng: np.random.Generator) -> np.ndarray:
-    """Per row, one column where `allowed`: uniformly, or with probability softmax(scores) if hard.
-
-    A row with no allowed column (its caption is true of every image) falls back to any other column.
-    """
-    allowed = allowed.copy()
-    empty = ~allowed.any(1)
-    allowed[empty] = ~np.eye(*allowed.shape, dtype=bool)[empty]
-    logits = scores.detach().double().numpy() if hard else np.zeros(allowed.shape)
-    weights = np.where(allowed, np.exp(logits - logits.max(1, keepdims=True)), 0.0)
-    weights /= weights.sum(1, keepdims=True)
-    return np.array([rng.choice(len(w), p=w) for w in weights])
-
-
-def swapped_captions(captions: list[str], scenes: list[Scene], rng: np.random.Generator) -> list[str | None]:
-    """Per caption a false twin with one colour, shape or relation word swapped (None if it has none)."""
-    out = []
-    for caption, scene in zip(captions, scenes, strict=True):
-        swap = None
-        for kind in rng.permutation(SWAP_KINDS):
-            swap = swap_caption(caption, str(kind), rng, scene)
-            if swap is not None:
-                break
-        out.append(swap.text if swap else None)
-    return out
-
-
 class Trainer:
     def __init__(self, model: ALBEF, tcfg: TrainConfig, tokenizer: Tokenizer, vocab_ids: Tensor):
         self.model, self.tcfg, self.tokenizer = model, tcfg, tokenizer
@@ -257,8 +174,10 @@ class Trainer:
         params = list(dict.fromkeys([*model.parameters(), *self.mlm.parameters()]))
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tcfg.lr,
+        )
 
     def lr_at(self, step: int) -> float:
         t = self.tcfg
@@ -342,8 +261,9 @@ class Trainer:
         # MLM on the positives and on fresh captions of the same images.
         extra = [make_captions(s, rng, 1)[0] for _ in range(self.tcfg.mlm_captions - 1) for s in scenes]
         mlm_tokens, mlm_ids, mlm_mask = self._tokens(captions + extra)
-        masked_ids, mlm_labels = mask_tokens(mlm_ids, captions + extra, [t.word_of_token for t in mlm_tokens],
-                                             self.tcfg, rng, self.mlm.vocab_ids)
+        masked_ids, mlm_labels = mask_tokens(
+            mlm_ids, captions + extra, [t.word_of_token for t in mlm_tokens], self.tcfg, rng, self.mlm.vocab_ids
+        )
         mlm_text = model.encode_text(masked_ids, mlm_mask)
         mlm_image = torch.arange(len(mlm_tokens)) % B
         mlm_hidden = model.fuse(mlm_text, mlm_mask, image, mlm_image).hidden
@@ -357,8 +277,13 @@ class Trainer:
         loss.backward()
         self.opt.step()
         accept = (logits.argmax(1) == labels).float()
-        return {"itc": loss_itc.item(), "itm": loss_itm.item(), "mlm": loss_mlm.item(),
-                "itm_pos_acc": accept[:B].mean().item(), "itm_neg_acc": accept[B:].mean().item()}
+        return {
+            "itc": loss_itc.item(),
+            "itm": loss_itm.item(),
+            "mlm": loss_mlm.item(),
+            "itm_pos_acc": accept[:B].mean().item(),
+            "itm_neg_acc": accept[B:].mean().item(),
+        }
 
 
 def demo_model(seed: int) -> ALBEF:
@@ -413,8 +338,10 @@ def train(world: Path, out: Path, tcfg: TrainConfig, vocab: Path, eval_every: in
     trainer = Trainer(model, tcfg, tokenizer, grammar_vocab(tokenizer, data.scenes[:2000], rng))
     n_params = sum(p.numel() for p in model.parameters())
     record(f"config {json.dumps(DEMO_CONFIG.to_dict())}")
-    record(f"train {json.dumps(dataclasses.asdict(tcfg))}; {n_params:,} parameters; {len(data.ids)} scenes; "
-           f"{torch.get_num_threads()} threads; MLM vocabulary {len(trainer.mlm.vocab_ids)} tokens")
+    record(
+        f"train {json.dumps(dataclasses.asdict(tcfg))}; {n_params:,} parameters; {len(data.ids)} scenes; "
+        f"{torch.get_num_threads()} threads; MLM vocabulary {len(trainer.mlm.vocab_ids)} tokens"
+    )
     start = time.perf_counter()
     running: dict[str, list[float]] = {}
     for step in range(tcfg.steps):
@@ -446,29 +373,61 @@ def save_checkpoint(model: ALBEF, out: Path) -> list[Path]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train-demo", help="train the demo's tiny ALBEF on the synthetic world (CPU)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train-demo",
+        help="train the demo's tiny ALBEF on the synthetic world (CPU)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     defaults = TrainConfig()
-    p.add_argument("--out", type=Path, default=REPO / "extractor" / "demo" / "checkpoint",
-                   help="folder for checkpoint.pth, config.json and train_log.txt")
-    p.add_argument("--world", type=Path, default=REPO / "data" / "demo-world",
-                   help="demo world folder (generated there if it has no training split)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "extractor" / "demo" / "checkpoint",
+        help="folder for checkpoint.pth, config.json and train_log.txt",
+    )
+    p.add_argument(
+        "--world",
+        type=Path,
+        default=REPO / "data" / "demo-world",
+        help="demo world folder (generated there if it has no training split)",
+    )
     p.add_argument("--n-train", type=int, default=40000, help="training scenes when the world is generated")
     p.add_argument("--n-val", type=int, default=500, help="held-out scenes when the world is generated")
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW, cosine decay)")
-    p.add_argument("--easy-steps", type=int, default=defaults.easy_steps,
-                   help="steps of the first phase (uniform negatives, no swapped captions)")
-    p.add_argument("--stage-steps", type=int, default=defaults.stage_steps,
-                   help="curriculum: steps per stage of 1, 2, 3 objects at most (then up to 4)")
-    p.add_argument("--shape-share", type=float, default=defaults.shape_share,
-                   help="of the MLM-masked phrases, the share that loses its shape word (the rest: colour)")
-    p.add_argument("--mlm-captions", type=int, default=defaults.mlm_captions,
-                   help="captions per image for MLM (the ITM positive and fresh ones)")
+    p.add_argument(
+        "--easy-steps",
+        type=int,
+        default=defaults.easy_steps,
+        help="steps of the first phase (uniform negatives, no swapped captions)",
+    )
+    p.add_argument(
+        "--stage-steps",
+        type=int,
+        default=defaults.stage_steps,
+        help="curriculum: steps per stage of 1, 2, 3 objects at most (then up to 4)",
+    )
+    p.add_argument(
+        "--shape-share",
+        type=float,
+        default=defaults.shape_share,
+        help="of the MLM-masked phrases, the share that loses its shape word (the rest: colour)",
+    )
+    p.add_argument(
+        "--mlm-captions",
+        type=int,
+        default=defaults.mlm_captions,
+        help="captions per image for MLM (the ITM positive and fresh ones)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the model and the batches")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (the committed checkpoint used 1; results are bit-exact per count)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (the committed checkpoint used 1; results are bit-exact per count)",
+    )
     p.add_argument("--eval-every", type=int, default=1000, help="evaluate on val scenes every N steps (0: never)")
     p.add_argument("--n-eval", type=int, default=200, help="val scenes per evaluation")
     p.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB, help="bert-base-uncased vocab.txt")
@@ -479,9 +438,16 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if not (args.world / "annotations" / "instances_train.json").is_file():
         write_world(args.world, args.n_train, args.n_val, seed=0)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, easy_steps=args.easy_steps,
-                       stage_steps=args.stage_steps, shape_share=args.shape_share,
-                       mlm_captions=args.mlm_captions, seed=args.seed)
+    tcfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        easy_steps=args.easy_steps,
+        stage_steps=args.stage_steps,
+        shape_share=args.shape_share,
+        mlm_captions=args.mlm_captions,
+        seed=args.seed,
+    )
     for path in train(args.world, args.out, tcfg, args.vocab, args.eval_every, args.n_eval):
         print(path)
     return 0

@@ -100,14 +100,22 @@ def write_split(out: Path, split: str, n: int, seed: int, res: int, fmt: str = "
         image_id = IMAGE_ID_BASE[split] + index
         file_name = f"{image_id:012d}.{fmt}"
         (image_dir / file_name).write_bytes(_encode(render_scene(scene), fmt))
-        images.append({
-            "id": image_id, "file_name": file_name, "width": res, "height": res, "license": 1,
-            "scene": {"background": scene.background, "distractors": scene.distractors, "seed": scene.seed},
-        })
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": res,
+                "height": res,
+                "license": 1,
+                "scene": {"background": scene.background, "distractors": scene.distractors, "seed": scene.seed},
+            }
+        )
         # Ids: image_id * 10 + position, unique because a scene has <= 4 objects and 5 captions.
         instances += [_annotation(o, image_id * 10 + k, image_id) for k, o in enumerate(scene.objects)]
-        captions += [{"id": image_id * 10 + j, "image_id": image_id, "caption": c}
-                     for j, c in enumerate(make_captions(scene, rng))]
+        captions += [
+            {"id": image_id * 10 + j, "image_id": image_id, "caption": c}
+            for j, c in enumerate(make_captions(scene, rng))
+        ]
     head = {"info": _INFO, "licenses": _LICENSES, "images": images}
     captions_path = ann_dir / f"captions_{split}.json"
     instances_path = ann_dir / f"instances_{split}.json"
@@ -116,8 +124,7 @@ def write_split(out: Path, split: str, n: int, seed: int, res: int, fmt: str = "
     return [image_dir, captions_path, instances_path]
 
 
-def write_world(out: Path, n_train: int, n_val: int, seed: int = 0, res: int = 128,
-                fmt: str = "jpg") -> list[Path]:
+def write_world(out: Path, n_train: int, n_val: int, seed: int = 0, res: int = 128, fmt: str = "jpg") -> list[Path]:
     """Generate both splits under `out`; returns every folder and file written."""
     sizes = {"train": n_train, "val": n_val}
     return [path for split in SPLITS for path in write_split(out, split, sizes[split], seed, res, fmt)]
@@ -130,25 +137,40 @@ def load_scenes(instances_path: Path) -> dict[int, Scene]:
     objects: dict[int, list[Obj]] = {img["id"]: [] for img in data["images"]}
     for ann in sorted(data["annotations"], key=lambda a: a["id"]):
         polygon = np.array(ann["segmentation"][0], np.float64).reshape(-1, 2)
-        objects[ann["image_id"]].append(Obj(shape_of[ann["category_id"]], ann["colour"], ann["size"],
-                                            polygon, tuple(ann["rgb"]) or None))
+        objects[ann["image_id"]].append(
+            Obj(shape_of[ann["category_id"]], ann["colour"], ann["size"], polygon, tuple(ann["rgb"]) or None)
+        )
     return {
-        img["id"]: Scene(img["width"], img["scene"]["background"], img["scene"]["distractors"],
-                         img["scene"]["seed"], tuple(objects[img["id"]]))
+        img["id"]: Scene(
+            img["width"],
+            img["scene"]["background"],
+            img["scene"]["distractors"],
+            img["scene"]["seed"],
+            tuple(objects[img["id"]]),
+        )
         for img in data["images"]
     }
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("make-demo-world", help="write the synthetic demo world (COCO format)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "make-demo-world",
+        help="write the synthetic demo world (COCO format)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (created; files are overwritten)")
     p.add_argument("--n-train", type=int, default=1000, help="number of training images")
     p.add_argument("--n-val", type=int, default=500, help="number of held-out validation images")
     p.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives identical files")
     p.add_argument("--res", type=int, default=128, help="image side in pixels (images are square)")
-    p.add_argument("--format", choices=("jpg", "png"), default="jpg", dest="fmt",
-                   help="image file format (jpg: quality 90; png: lossless)")
+    p.add_argument(
+        "--format",
+        choices=("jpg", "png"),
+        default="jpg",
+        dest="fmt",
+        help="image file format (jpg: quality 90; png: lossless)",
+    )
     p.set_defaults(func=main)
 
 

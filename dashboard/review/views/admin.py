@@ -45,16 +45,23 @@ def new_queue() -> None:
     run_id = left.selectbox("Run", runs, index=runs.index(ctx.run["run_id"]), key="nq_run")
     slices = questions.run_summary(ctx.db, run_id)["slices"]
     methods = sorted(slices["method"].unique())
-    method = right.radio("Map", methods, index=methods.index(ctx.method) if ctx.method in methods else 0,
-                         key="nq_method", horizontal=True)
+    method = right.radio(
+        "Map",
+        methods,
+        index=methods.index(ctx.method) if ctx.method in methods else 0,
+        key="nq_method",
+        horizontal=True,
+    )
     layers = sorted(int(x) for x in slices.loc[slices["method"] == method, "layer"])
-    layer = left.selectbox("Layer", layers, index=layers.index(ctx.layer) if ctx.layer in layers else len(layers) - 1,
-                           key="nq_layer")
+    layer = left.selectbox(
+        "Layer", layers, index=layers.index(ctx.layer) if ctx.layer in layers else len(layers) - 1, key="nq_layer"
+    )
     by = right.radio("Search by", ["word", "category"], key="nq_by", horizontal=True)
     if by == "word":
         vocabulary = questions.vocabulary(ctx.db, run_id, VOCABULARY_SIZE)["word"].tolist()
-        target = left.selectbox("Word", vocabulary, index=None, key="nq_word", accept_new_options=True,
-                                placeholder="Type a word, e.g. dog")
+        target = left.selectbox(
+            "Word", vocabulary, index=None, key="nq_word", accept_new_options=True, placeholder="Type a word, e.g. dog"
+        )
         spec = {"word": target}
     else:
         categories = questions.list_categories(ctx.db, run_id)
@@ -70,8 +77,9 @@ def new_queue() -> None:
     with st.expander("Metric ranges", icon=":material/tune:"):
         columns = st.columns(2)
         for i, metric in enumerate(ui.RANGE_METRICS):
-            low, high = columns[i % 2].slider(ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, 0.01, key=f"nq_{metric}",
-                                              help=ui.metric_help(metric))
+            low, high = columns[i % 2].slider(
+                ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, 0.01, key=f"nq_{metric}", help=ui.metric_help(metric)
+            )
             if (low, high) != FULL_RANGE:
                 ranges[metric] = (low, high)
     if POINTING_FILTER[pointing]:
@@ -79,8 +87,9 @@ def new_queue() -> None:
     if target is None:
         st.info("Choose a word or a category: a queue is made from the top of a search's ranking.")
         return
-    where = WordFilter(run_id=run_id, method=method, layer=layer, ranges=ranges or None,
-                       has_object=OBJECT_FILTER[has_object], **spec)
+    where = WordFilter(
+        run_id=run_id, method=method, layer=layer, ranges=ranges or None, has_object=OBJECT_FILTER[has_object], **spec
+    )
     total = questions.count_words(ctx.db, where)
     st.markdown(f"**{total:,}** matching words, ranked by **{sort}** ({order}).")
     name = f"{sort.replace('_', ' ')} {'high' if order == 'descending' else 'low'} · {target} · {method} layer {layer}"
@@ -101,20 +110,40 @@ def unassign(queue_id: int) -> None:
 def queues_and_progress(queues: pd.DataFrame) -> None:
     """Every queue with its progress; one queue's progress per reviewer and its assignments."""
     panel.flash()
-    table = queues.assign(at=queues["at"].map(panel.when), progress=queues["n_judged"] / queues["n_items"],
-                          search_spec=queues["search_spec"].map(json.dumps))
-    st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "progress": st.column_config.ProgressColumn("judged", min_value=0.0, max_value=1.0, format="percent"),
-        "reviewers": st.column_config.ListColumn("reviewers")})
+    table = queues.assign(
+        at=queues["at"].map(panel.when),
+        progress=queues["n_judged"] / queues["n_items"],
+        search_spec=queues["search_spec"].map(json.dumps),
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn("judged", min_value=0.0, max_value=1.0, format="percent"),
+            "reviewers": st.column_config.ListColumn("reviewers"),
+        },
+    )
     by_name = dict(zip(queues["name"], queues["queue_id"].astype(int), strict=True))
     queue_id = by_name[st.selectbox("Queue", list(by_name), key="qa_queue")]
     progress = review.queue_progress(con, queue_id)
-    st.dataframe(progress, hide_index=True, width="stretch", column_config={
-        "fraction": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
+    st.dataframe(
+        progress,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "fraction": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
+        },
+    )
     assigned = progress.loc[progress["assigned"], "reviewer"].tolist()
     left, right = st.columns(2, vertical_alignment="bottom")
-    left.multiselect("Assign reviewers", [n for n in session.reviewer_names() if n not in assigned],
-                     key="qa_add", accept_new_options=True, placeholder="Reviewers (or type an OIDC e-mail)")
+    left.multiselect(
+        "Assign reviewers",
+        [n for n in session.reviewer_names() if n not in assigned],
+        key="qa_add",
+        accept_new_options=True,
+        placeholder="Reviewers (or type an OIDC e-mail)",
+    )
     right.button("Assign", icon=":material/person_add:", on_click=assign, args=(queue_id,))
     if assigned:
         left.selectbox("Unassign a reviewer (their verdicts stay)", assigned, key="qa_remove")
@@ -132,12 +161,21 @@ def agreement(queues: pd.DataFrame) -> None:
     shared, agreed = int(pairs["n_shared"].sum()), int(pairs["n_agree"].sum())
     first, second, third = st.columns(3)
     first.metric("Agreement", f"{100 * agreed / shared:.0f}%", help="Share of (pair, item) judgements that agree.")
-    second.metric("Mean Cohen's kappa", "n/a" if pairs["kappa"].isna().all() else f"{pairs['kappa'].mean():.2f}",
-                  help="Agreement beyond chance per reviewer pair, averaged; n/a where undefined.")
+    second.metric(
+        "Mean Cohen's kappa",
+        "n/a" if pairs["kappa"].isna().all() else f"{pairs['kappa'].mean():.2f}",
+        help="Agreement beyond chance per reviewer pair, averaged; n/a where undefined.",
+    )
     third.metric("Judgements compared", f"{shared:,}")
-    st.dataframe(pairs, hide_index=True, width="stretch", column_config={
-        "percent_agreement": st.column_config.NumberColumn("agreement %", format="%.1f"),
-        "kappa": st.column_config.NumberColumn("Cohen's kappa", format="%.2f")})
+    st.dataframe(
+        pairs,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "percent_agreement": st.column_config.NumberColumn("agreement %", format="%.1f"),
+            "kappa": st.column_config.NumberColumn("Cohen's kappa", format="%.2f"),
+        },
+    )
     st.markdown("**Disagreements**")
     split = review.disagreements(con, queue_id)
     if split.empty:
@@ -146,8 +184,12 @@ def agreement(queues: pd.DataFrame) -> None:
     wide = split.pivot(index="item_key", columns="reviewer", values="verdict").reset_index()
     wide.insert(0, "open", wide["item_key"].map(item_link))
     wide.insert(1, "item", wide["item_key"].map(lambda k: panel.describe(Item.from_key(k))))
-    st.dataframe(wide.drop(columns="item_key"), hide_index=True, width="stretch", column_config={
-        "open": st.column_config.LinkColumn("open", display_text="review")})
+    st.dataframe(
+        wide.drop(columns="item_key"),
+        hide_index=True,
+        width="stretch",
+        column_config={"open": st.column_config.LinkColumn("open", display_text="review")},
+    )
 
 
 def audit_filters() -> dict:
@@ -161,22 +203,30 @@ def audit_filters() -> dict:
     def day_start(day: date) -> datetime:
         return datetime.combine(day, time(), tzinfo=UTC)
 
-    return {"user": user or None, "action": None if action == "any" else action, "target": target or None,
-            "since": day_start(days[0]) if len(days) > 0 else None,
-            "until": day_start(days[-1]) + timedelta(days=1) if len(days) > 1 else None}
+    return {
+        "user": user or None,
+        "action": None if action == "any" else action,
+        "target": target or None,
+        "since": day_start(days[0]) if len(days) > 0 else None,
+        "until": day_start(days[-1]) + timedelta(days=1) if len(days) > 1 else None,
+    }
 
 
 def audit_chain() -> None:
     """Whether every audit row's hash still follows from the rows before it, and the chain head to copy."""
     check = review.verify_audit_chain(con, actor)
     if check.ok:
-        st.success(f"Hash chain intact: {check.n_rows:,} rows. Head `{check.head}`: keep a dated copy "
-                   "elsewhere; a log rewritten from an earlier row on will not end in it.",
-                   icon=":material/verified:")
+        st.success(
+            f"Hash chain intact: {check.n_rows:,} rows. Head `{check.head}`: keep a dated copy "
+            "elsewhere; a log rewritten from an earlier row on will not end in it.",
+            icon=":material/verified:",
+        )
     else:
-        st.error(f"Hash chain broken at row {check.first_broken} ({check.n_rows:,} rows): it or the row before "
-                 "it was edited, or a row was inserted or removed there, outside the dashboard.",
-                 icon=":material/gpp_bad:")
+        st.error(
+            f"Hash chain broken at row {check.first_broken} ({check.n_rows:,} rows): it or the row before "
+            "it was edited, or a row was inserted or removed there, outside the dashboard.",
+            icon=":material/gpp_bad:",
+        )
 
 
 def audit_log() -> None:
@@ -185,15 +235,24 @@ def audit_log() -> None:
     audit_chain()
     filters = audit_filters()
     log = review.audit_log(con, actor, **filters, limit=AUDIT_ROWS)
-    st.caption(f"Newest {len(log)} rows shown; the downloads hold every matching row. Append-only: "
-               "the database refuses updates, deletes and replacements.")
+    st.caption(
+        f"Newest {len(log)} rows shown; the downloads hold every matching row. Append-only: "
+        "the database refuses updates, deletes and replacements."
+    )
     st.dataframe(log, hide_index=True, width="stretch")
     store = session.store_path()
     columns = st.columns(4)
     for column, fmt in zip(columns, exports.EXPORT_FORMATS, strict=False):
-        column.download_button(f"Audit log {fmt}", lambda fmt=fmt: exports.export_audit(store, actor, filters, fmt),
-                               f"audit_log.{fmt}", exports.EXPORT_FORMATS[fmt], key=f"audit_{fmt}",
-                               icon=":material/download:", on_click="ignore", width="stretch")
+        column.download_button(
+            f"Audit log {fmt}",
+            lambda fmt=fmt: exports.export_audit(store, actor, filters, fmt),
+            f"audit_log.{fmt}",
+            exports.EXPORT_FORMATS[fmt],
+            key=f"audit_{fmt}",
+            icon=":material/download:",
+            on_click="ignore",
+            width="stretch",
+        )
 
 
 new_tab, queues_tab, agreement_tab, audit_tab = st.tabs(["New queue", "Queues and progress", "Agreement", "Audit log"])

@@ -24,9 +24,12 @@ if not actor.can_review:
 
 queues = review.list_queues(con, reviewer=actor.user)
 if queues.empty:
-    st.info("No queue is assigned to you yet. An admin makes queues from a search and assigns them on the "
-            "Review admin page.")
+    st.info(
+        "No queue is assigned to you yet. An admin makes queues from a search and assigns them on the "
+        "Review admin page."
+    )
     st.stop()
+
 
 def restart() -> None:
     """Another queue starts at its first item."""
@@ -38,10 +41,15 @@ top, toggles = st.columns([3, 2], vertical_alignment="bottom")
 name = top.selectbox("Queue", list(by_name), key="queue", bind=state.BIND, on_change=restart)
 queue = by_name[name]
 queue_id = int(queue["queue_id"])
-unreviewed_only = toggles.toggle("Unreviewed only", key="todo", bind=state.BIND,
-                                 help="Next and previous skip the items you already judged.")
-advance = toggles.toggle("Advance after a verdict", value=True, key="advance",
-                         help="A verdict (buttons or keys 1-5) moves on to the next item.")
+unreviewed_only = toggles.toggle(
+    "Unreviewed only", key="todo", bind=state.BIND, help="Next and previous skip the items you already judged."
+)
+advance = toggles.toggle(
+    "Advance after a verdict",
+    value=True,
+    key="advance",
+    help="A verdict (buttons or keys 1-5) moves on to the next item.",
+)
 
 
 def go(direction: str, position: int | None) -> None:
@@ -49,8 +57,9 @@ def go(direction: str, position: int | None) -> None:
     step = review.next_item if direction == "next" else review.previous_item
     entry = step(con, queue_id, actor.user, position, unreviewed_only=st.session_state.get("todo", False))
     if entry is None:
-        st.toast("That was the last item." if direction == "next" else "This is the first item.",
-                 icon=":material/flag:")
+        st.toast(
+            "That was the last item." if direction == "next" else "This is the first item.", icon=":material/flag:"
+        )
     else:
         state.set_query(pos=entry.position)
 
@@ -58,26 +67,48 @@ def go(direction: str, position: int | None) -> None:
 items = review.queue_items(con, queue_id, reviewer=actor.user)
 done = int(items["reviewer_verdict"].notna().sum())
 reviewers = literal(", ".join(queue["reviewers"])) or "none"
-st.progress(done / len(items), text=f"You judged {done} of {len(items)} · {int(queue['n_judged'])} judged by "
-                                    f"anyone · reviewers: {reviewers}")
+st.progress(
+    done / len(items),
+    text=f"You judged {done} of {len(items)} · {int(queue['n_judged'])} judged by anyone · reviewers: {reviewers}",
+)
 
 position = state.query_int("pos")
 if position is None or not 0 <= position < len(items):
     entry = review.next_item(con, queue_id, actor.user, None, unreviewed_only=unreviewed_only)
     if entry is None:
-        st.success("You have judged every item of this queue. Turn off “Unreviewed only” to go over them again.",
-                   icon=":material/done_all:")
+        st.success(
+            "You have judged every item of this queue. Turn off “Unreviewed only” to go over them again.",
+            icon=":material/done_all:",
+        )
         st.stop()
     position = entry.position
     state.set_query(pos=position)
 item = review.Item.from_row(items.iloc[position].to_dict())
 
 back, where, forward = st.columns([1, 3, 1], vertical_alignment="center")
-back.button("Previous", key="previous", icon=":material/arrow_back:", shortcut="K", width="stretch",
-            on_click=go, args=("previous", position), help="Previous item (K)")
+back.button(
+    "Previous",
+    key="previous",
+    icon=":material/arrow_back:",
+    shortcut="K",
+    width="stretch",
+    on_click=go,
+    args=("previous", position),
+    help="Previous item (K)",
+)
 where.markdown(f"**Item {position + 1} of {len(items)}** · {panel.describe(item)}")
-forward.button("Next", key="next", icon=":material/arrow_forward:", icon_position="right", shortcut="J",
-               width="stretch", on_click=go, args=("next", position), help="Next item (J)")
+forward.button(
+    "Next",
+    key="next",
+    icon=":material/arrow_forward:",
+    icon_position="right",
+    shortcut="J",
+    width="stretch",
+    on_click=go,
+    args=("next", position),
+    help="Next item (J)",
+)
 
-panel.item_with_review(ctx, item, key="queue_review", shortcuts=True,
-                              after_verdict=(lambda: go("next", position)) if advance else None)
+panel.item_with_review(
+    ctx, item, key="queue_review", shortcuts=True, after_verdict=(lambda: go("next", position)) if advance else None
+)
