@@ -267,16 +267,16 @@ def test_queue_navigation_unreviewed_only_and_progress(con):
     def pos(entry):
         return None if entry is None else entry.position
 
-    assert review.next_item(con, qid, "alice").item == items[0]
-    assert [pos(review.next_item(con, qid, "alice", p)) for p in (0, 3, 4)] == [1, 4, None]
-    assert [pos(review.next_item(con, qid, "alice", p, unreviewed_only=True)) for p in (None, 0, 3)] == [
+    assert review.neighbour_item(con, qid, "alice").item == items[0]
+    assert [pos(review.neighbour_item(con, qid, "alice", p)) for p in (0, 3, 4)] == [1, 4, None]
+    assert [pos(review.neighbour_item(con, qid, "alice", p, unreviewed_only=True)) for p in (None, 0, 3)] == [
         0,
         3,
         4,
     ]
-    assert pos(review.previous_item(con, qid, "alice")) == 4
-    assert pos(review.previous_item(con, qid, "alice", 3, unreviewed_only=True)) == 0
-    assert review.previous_item(con, qid, "alice", 0) is None
+    assert pos(review.neighbour_item(con, qid, "alice", direction="previous")) == 4
+    assert pos(review.neighbour_item(con, qid, "alice", 3, unreviewed_only=True, direction="previous")) == 0
+    assert review.neighbour_item(con, qid, "alice", 0, direction="previous") is None
 
     progress = review.queue_progress(con, qid).set_index("reviewer")
     assert progress.loc[:, ["assigned", "reviewed", "total"]].to_dict("index") == {

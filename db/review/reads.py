@@ -2,7 +2,7 @@
 
 import json
 import sqlite3
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -205,30 +205,19 @@ def _neighbour(
     return None if row is None else QueueEntry(row["position"], Item.from_key(row["item_key"]))
 
 
-def next_item(
+def neighbour_item(
     con: sqlite3.Connection,
     queue_id: int,
     reviewer: str,
     position: int | None = None,
     *,
+    direction: Literal["next", "previous"] = "next",
     unreviewed_only: bool = False,
 ) -> QueueEntry | None:
-    """The entry after `position` (the first when None), skipping items `reviewer` judged if
-    `unreviewed_only`; None at the end."""
-    start = -1 if position is None else position
-    return _neighbour(con, _NEXT_ITEM, queue_id, reviewer, start, unreviewed_only)
-
-
-def previous_item(
-    con: sqlite3.Connection,
-    queue_id: int,
-    reviewer: str,
-    position: int | None = None,
-    *,
-    unreviewed_only: bool = False,
-) -> QueueEntry | None:
-    """The entry before `position` (the last when None), skipping items `reviewer` judged if
-    `unreviewed_only`; None at the start."""
+    """The entry after (`direction` "next") or before `position` (the first or last when None), skipping
+    items `reviewer` judged if `unreviewed_only`; None past the end."""
+    if direction == "next":
+        return _neighbour(con, _NEXT_ITEM, queue_id, reviewer, -1 if position is None else position, unreviewed_only)
     start = 2**62 if position is None else position
     return _neighbour(con, _PREVIOUS_ITEM, queue_id, reviewer, start, unreviewed_only)
 

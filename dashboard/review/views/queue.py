@@ -54,8 +54,10 @@ advance = toggles.toggle(
 
 def go(direction: str, position: int | None) -> None:
     """Move to the next or previous entry (button and verdict callbacks)."""
-    step = review.next_item if direction == "next" else review.previous_item
-    entry = step(con, queue_id, actor.user, position, unreviewed_only=st.session_state.get("todo", False))
+    unreviewed_only = st.session_state.get("todo", False)
+    entry = review.neighbour_item(
+        con, queue_id, actor.user, position, direction=direction, unreviewed_only=unreviewed_only
+    )
     if entry is None:
         st.toast(
             "That was the last item." if direction == "next" else "This is the first item.", icon=":material/flag:"
@@ -74,7 +76,7 @@ st.progress(
 
 position = state.query_int("pos")
 if position is None or not 0 <= position < len(items):
-    entry = review.next_item(con, queue_id, actor.user, None, unreviewed_only=unreviewed_only)
+    entry = review.neighbour_item(con, queue_id, actor.user, None, unreviewed_only=unreviewed_only)
     if entry is None:
         st.success(
             "You have judged every item of this queue. Turn off “Unreviewed only” to go over them again.",
