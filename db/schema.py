@@ -14,7 +14,7 @@ import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words`, `word_lookup` and `word_summary` are made
@@ -48,12 +48,20 @@ _WORD_KEYS = {
     "word_index": "SMALLINT",
     "word": "VARCHAR",
     "n_pieces": "TINYINT",
-    "category_id": "INTEGER",
+    "category_id": "INTEGER",  # the category the word names; NULL for attribute words, even bound ones
+    # extractor.binding: 'object' (names a category), 'attribute' (in its lexicon) or 'other'; an attribute's
+    # noun (its word_index) and that noun's category, against whose objects its object metrics are scored.
+    "word_class": "VARCHAR",
+    "bound_index": "SMALLINT",
+    "bound_category_id": "INTEGER",
     "method": "VARCHAR",
     "layer": "SMALLINT",
 }
 # word_lookup's key columns in its order; every metric follows, in the order of db.metrics.WORD_METRICS.
-_LOOKUP_KEYS = ("run_id", "method", "layer", "category_id", "word", "image_id", "caption_id", "word_index", "n_pieces")
+_LOOKUP_KEYS = (
+    "run_id", "method", "layer", "category_id", "word", "image_id", "caption_id", "word_index", "n_pieces",
+    "word_class", "bound_index", "bound_category_id",
+)  # fmt: skip
 
 
 def _columns(columns: dict[str, str]) -> str:

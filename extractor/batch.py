@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from extractor.binding import WordTags, tag_words
 from extractor.coco import CocoFormatError, ImageError, load_image
 from extractor.covers import GridCovers, load_block, one_thread
 from extractor.dataset import CocoDataset, ErrorRow
@@ -52,7 +53,7 @@ class ImageItem:
     pixels: Tensor | None  # (3, R, R) uint8
     jpeg: Tensor | None  # (file size,) uint8
     covers: GridCovers | None  # None without an instances file
-    captions: list[tuple[int, TokenizedCaption, list[int | None]]]  # (caption id, tokens, category per word)
+    captions: list[tuple[int, TokenizedCaption, WordTags]]  # (caption id, tokens, category and binding per word)
     errors: list[ErrorRow]
 
 
@@ -96,7 +97,7 @@ class ImageFiles(Dataset):
         for cap in self.dataset.captions_of(rec["id"]):
             (tok,) = self.tokenizer([pre_caption(cap["caption"], self.max_words)])
             if tok.words:
-                captions.append((cap["id"], tok, self.dataset.match(tok.words)))
+                captions.append((cap["id"], tok, tag_words(tok.words, self.dataset.match(tok.words))))
             else:
                 errors.append(("caption", str(cap["id"]), rec["file_name"], "caption is empty after ALBEF's cleaning"))
         return ImageItem(rec, path, pixels, jpeg, covers, captions, errors)
@@ -139,6 +140,9 @@ class Batch:
     n_pieces: np.ndarray  # (W,) int8
     category_id: np.ndarray  # (W,) int32, 0 where none
     no_category: np.ndarray  # (W,) bool
+    word_class: np.ndarray  # (W,) str (extractor.binding)
+    bound_index: np.ndarray  # (W,) int16, the bound noun's word index, -1 where none
+    bound_category: np.ndarray  # (W,) int32, the bound noun's category, 0 where none
     failed_ids: list[int] = field(default_factory=list)
     errors: list[ErrorRow] = field(default_factory=list)
     jpegs: list[RawJpeg] = field(default_factory=list)
@@ -217,6 +221,9 @@ class Batch:
             n_pieces=self.n_pieces[words],
             category_id=self.category_id[words],
             no_category=self.no_category[words],
+            word_class=self.word_class[words],
+            bound_index=self.bound_index[words],
+            bound_category=self.bound_category[words],
             failed_ids=[*self.failed_ids, *(int(self.image_ids[row]) for row in failed)],
             errors=[*(e for e in self.errors if not (e[0] == "caption" and e[2] in gone_files)), *failed.values()],
         )
@@ -238,7 +245,8 @@ def collate(items: list[ImageItem]) -> Batch:
         weights[c, : len(tok.words), : len(owner)] = pieces / pieces.sum(1, keepdim=True)
     word_caption = np.repeat(np.arange(len(tokens)), n_words)
     word_index = np.concatenate([np.arange(n) for n in n_words]) if tokens else np.zeros(0, np.int64)
-    categories = [cid for _, (_, _, cats) in caps for cid in cats]
+    tags = [t for _, (_, _, t) in caps]
+    categories = [cid for t in tags for cid in t.category]
     masks, boxes, unions, cover_index = _stack_covers(good, caps)
     return Batch(
         pixels=torch.stack(decoded) if decoded else torch.zeros(0, dtype=torch.uint8),
@@ -259,6 +267,9 @@ def collate(items: list[ImageItem]) -> Batch:
         n_pieces=np.array([n for tok in tokens for n in tok.n_pieces], np.int8),
         category_id=np.array([c or 0 for c in categories], np.int32),
         no_category=np.array([c is None for c in categories], bool),
+        word_class=np.array([c for t in tags for c in t.word_class], str),
+        bound_index=np.array([-1 if b is None else b for t in tags for b in t.bound_index], np.int16),
+        bound_category=np.array([c or 0 for t in tags for c in t.bound_category], np.int32),
         failed_ids=[it.record["id"] for it in items if it.pixels is None and it.jpeg is None],
         errors=[e for it in items for e in it.errors],
         jpegs=[RawJpeg(row, it.record, it.path, it.jpeg) for row, it in enumerate(good) if it.jpeg is not None],
@@ -266,16 +277,17 @@ def collate(items: list[ImageItem]) -> Batch:
 
 
 def _stack_covers(good: list[ImageItem], caps: list) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor]:
-    """The batch's category covers stacked after a zero row, and each word's row in them (0: no object)."""
+    """The batch's category covers stacked after a zero row, and each word's row in them (0: no object),
+    the row of the category it is scored against (its own, or its bound noun's)."""
     rows = [cid for it in good if it.covers for cid in it.covers.category_ids]
     if not good or good[0].covers is None:
-        n_words = sum(len(cats) for _, (_, _, cats) in caps)
+        n_words = sum(len(tags.category) for _, (_, _, tags) in caps)
         return None, None, None, torch.zeros(n_words, dtype=torch.long)
     offsets = np.cumsum([1, *(len(it.covers.category_ids) for it in good)])
     index = []
-    for i, (_, _, cats) in caps:
+    for i, (_, _, tags) in caps:
         row_of = {int(cid): offsets[i] + k for k, cid in enumerate(good[i].covers.category_ids)}
-        index.extend(row_of.get(cid, 0) if cid is not None else 0 for cid in cats)
+        index.extend(row_of.get(cid, 0) if cid is not None else 0 for cid in tags.scored_category)
     n_cells = good[0].covers.union.shape[0]
     zero = np.zeros((1, n_cells))
     masks = np.concatenate([zero, *(it.covers.masks for it in good)]) if rows else zero

@@ -182,7 +182,7 @@ _ORANGE_FRUIT_NEXT = frozenset((
     "slice", "slices", "wedge", "wedges", "peel", "peels", "half", "halves", "segments", "being", "has",
     "cut", "sliced", "to", "by", "beside", "from", "for", "inside", "lying", "laying",
 ))
-_COLOURS = frozenset((
+COLOURS = frozenset((
     "white", "black", "red", "blue", "green", "yellow", "brown", "gray", "grey", "pink", "purple",
     "silver", "gold", "tan", "beige", "teal", "maroon",
 ))
@@ -271,7 +271,7 @@ def _is_fruit_orange(words: Sequence[str], i: int) -> bool:
     nxt = words[i + 1] if i + 1 < len(words) else None
     if nxt is None:
         return True
-    if nxt in ("and", "or") and i + 2 < len(words) and words[i + 2] in _COLOURS:
+    if nxt in ("and", "or") and i + 2 < len(words) and words[i + 2] in COLOURS:
         return False
     return nxt in _ORANGE_FRUIT_NEXT
 

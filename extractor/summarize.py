@@ -109,6 +109,7 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
     methods = np.repeat([m for m, _ in slices], W)
     layers = np.repeat(np.array([la for _, la in slices], np.int16), W)
     no_object = ~out["has_object"]
+    unbound = batch.bound_index < 0
     words = pa.table({
         "run_id": _dictionary(run_id, W * S),
         "image_id": np.tile(image_of_caption[word_caption], S),
@@ -118,6 +119,9 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
                                                pa.array(batch.words, pa.string())),
         "n_pieces": np.tile(batch.n_pieces, S),
         "category_id": pa.array(np.tile(batch.category_id, S), mask=np.tile(batch.no_category, S)),
+        "word_class": pa.array(np.tile(batch.word_class, S), pa.string()).dictionary_encode(),
+        "bound_index": pa.array(np.tile(batch.bound_index, S), mask=np.tile(unbound, S)),
+        "bound_category_id": pa.array(np.tile(batch.bound_category, S), mask=np.tile(unbound, S)),
         "method": pa.array(methods, pa.string()).dictionary_encode(),
         "layer": layers,
         "peak_row": out["peak_row"].astype(np.int16),
