@@ -23,6 +23,7 @@ from extractor.coco import CocoFormatError, ImageError, load_image
 from extractor.covers import GridCovers, load_block, one_thread
 from extractor.dataset import CocoDataset, ErrorRow
 from extractor.image import device_jpeg, resized_pixels
+from extractor.pairs import image_source
 from extractor.suspects import record_attempt
 from extractor.text import TokenizedCaption, Tokenizer, batch_tensors, pre_caption
 
@@ -85,7 +86,7 @@ class ImageFiles(Dataset):
         record_attempt(*self.journal, rec["id"])
         covers = None if self.covers_at is None else load_block(self.covers_at[rec["id"]][0])[rec["id"]]
         errors = list(covers.errors) if covers else []
-        path = self.images_dir / rec["file_name"]
+        path = image_source(self.images_dir, rec)
         try:
             if covers and covers.failure:
                 raise CocoFormatError(covers.failure)

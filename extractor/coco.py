@@ -347,7 +347,9 @@ def image_objects(coco: COCO, image_id: int, height: int, width: int) -> list[Im
 
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[Image.Image]:
-    """The image file opened (only its header read); any failure, then or while decoding, an ImageError."""
+    """The image file opened (only its header read); any failure, then or while decoding, an ImageError.
+
+    `path` may also be an image inside a WebDataset shard (`extractor.pairs.TarMember`), read as bytes."""
     if not path.exists():
         raise ImageError(f"{path}: image file not found")
     if not path.is_file():
@@ -355,7 +357,7 @@ def _opened(path: Path) -> Iterator[Image.Image]:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as image:
+        with Image.open(path if isinstance(path, Path) else path.open()) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise ImageError(
                     f"{path}: {image.width}x{image.height} is more than the {MAX_PIXELS} pixels an image may have"
@@ -374,7 +376,7 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file, from its header alone; raises ImageError as :func:`load_image`."""
-    with _opened(Path(path)) as image:
+    with _opened(Path(path) if isinstance(path, str) else path) as image:
         return image.height, image.width
 
 
@@ -418,6 +420,6 @@ def load_image(path: str | Path) -> Image.Image:
             :data:`MAX_PIXELS` pixels, truncated or corrupt (PIL decodes lazily, so the whole image is
             decoded here to catch it now).
     """
-    with _opened(Path(path)) as image:
+    with _opened(Path(path) if isinstance(path, str) else path) as image:
         image.load()
         return _rgb(image)

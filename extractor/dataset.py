@@ -34,6 +34,11 @@ def _skipped_row(image: dict, skipped: SkippedAnnotation) -> ErrorRow:
     return "annotation", str(skipped.annotation_id), image["file_name"], message
 
 
+INSTANCE_COLUMNS = {"annotation_id": "int64", "image_id": "int64", "category_id": "int32", "bbox_x": "float64",
+                    "bbox_y": "float64", "bbox_w": "float64", "bbox_h": "float64", "area": "float64",
+                    "iscrowd": "bool", "segmentation": "object"}  # fmt: skip
+
+
 @dataclass
 class CocoDataset:
     images: dict[int, dict]  # image id -> COCO image record
@@ -41,9 +46,11 @@ class CocoDataset:
     categories: dict[int, dict]  # category id -> {name, supercategory}
     instances: COCO | None = None
     match: Callable[[list[str]], list[int | None]] = match_words
+    order: list[int] | None = None  # the images' run order (a pairs input's); None: by id (COCO)
 
     def images_with_captions(self) -> list[dict]:
-        return [self.images[i] for i in sorted(self.captions)]
+        ids = sorted(self.captions) if self.order is None else [i for i in self.order if i in self.captions]
+        return [self.images[i] for i in ids]
 
     def captions_of(self, image_id: int) -> list[dict]:
         return self.captions.get(image_id, [])
@@ -122,8 +129,9 @@ class CocoDataset:
                     "segmentation": json.dumps(a["segmentation"]),
                 }
                 for a in anns
-            ]
-        )
+            ],
+            columns=list(INSTANCE_COLUMNS),
+        ).astype(INSTANCE_COLUMNS)  # typed even when empty: a run without instances writes none
         return categories, images, captions, instances
 
 

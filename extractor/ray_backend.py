@@ -92,9 +92,9 @@ class ChunkActor:
 
     def saved(self, records: list[dict]) -> bool:
         """Whether an earlier try of this chunk wrote its parts (it died before Ray heard back): a chunk's
-        parts are named by its first image id."""
+        parts are named by its smallest image id."""
         done = partsdir.run_dir(self.setup.parts, self.setup.run_id) / partsdir.DONE_TABLE
-        return any(done.glob(f"{records[0]['id']:012d}-*.parquet"))
+        return any(done.glob(f"{min(r['id'] for r in records):012d}-*.parquet"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
         """{chunk, image_ids} rows -> {chunk, images, failed} rows, once each chunk's parts are written."""

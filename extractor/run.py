@@ -1,5 +1,8 @@
 """`python -m extractor run`: ALBEF per-word maps and metrics over a COCO dataset, into Parquet parts and DuckDB.
 
+The pairs come from COCO files (--captions, --instances), a table of image paths and captions (--pairs) or
+WebDataset tar shards (--webdataset); see `extractor.pairs`.
+
 Loader workers decode images, tokenize captions and read the cached object covers; the model and all
 the per-word work (maps merged into words, metrics, uint8 encoding) run on the device, a batch at a
 time; each chunk of images becomes one Parquet file per table in X.parts/, renamed into place when
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -40,11 +43,12 @@ from extractor.checkpoint import load_checkpoint
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import cache_dir, fill_cache, grid_covers
-from extractor.dataset import CocoDataset, load_coco
+from extractor.dataset import CocoDataset
 from extractor.digest import file_sha256
 from extractor.image import resized_pixels
 from extractor.maps import batch_maps
 from extractor.model import ALBEF
+from extractor.pairs import add_input_arguments, image_source, input_files, read_inputs
 from extractor.pipeline import STAGES, ChunkWriter, Mapper, StageClock, batch_rows
 from extractor.standin import StandIn
 from extractor.summarize import Slice, failure_tables, run_slices
@@ -59,8 +63,8 @@ METHODS = ("both", "gradcam", "attention")
 class Options:
     """Everything `run` was asked for, resolved (the CLI's arguments as typed values)."""
 
-    images: Path
-    captions: Path
+    images: Path | None  # with --pairs, the root its paths are under; with --webdataset, set by `setup`
+    captions: Path | None  # one of captions (COCO), pairs (a table) and webdataset (shards)
     instances: Path | None
     checkpoint: Path
     config: Path | None
@@ -78,6 +82,10 @@ class Options:
     chunk_images: int = 256
     model: str = "albef"
     wait_db: float = 60.0
+    pairs: Path | None = None
+    webdataset: str | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
 
 
 def resolve_config(opts: Options) -> ALBEFConfig:
@@ -133,7 +141,7 @@ def parallelism(opts: Options, device: torch.device) -> tuple[int, int]:
 
 def dataset_key(opts: Options) -> str:
     """Names the dataset rows a run read in the parts folder: its files, by path and size."""
-    files = [opts.captions, *([opts.instances] if opts.instances else [])]
+    files = input_files(opts)
     return hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size] for f in files]).encode()).hexdigest()[:16]
 
 
@@ -160,7 +168,8 @@ class Setup:
 
 def setup(opts: Options, device: torch.device, with_model: bool = True) -> Setup:
     """Read the dataset, load the model (unless `with_model` is False) and work out the run id."""
-    dataset = load_coco(opts.captions, opts.instances)
+    dataset, images = read_inputs(opts)
+    opts = replace(opts, images=images)
     cfg = resolve_config(opts)
     layers = sorted(opts.layers) if opts.layers else cfg.fusion_layers
     if bad := [la for la in layers if la not in cfg.fusion_layers]:
@@ -185,7 +194,8 @@ def record_run(s: Setup) -> bool:
         "config": json.dumps(cfg.to_dict()), "method": opts.method, "layers": s.attention_layers,
         "gradcam_layer": cfg.gradcam_block if s.gradcam else None, "image_res": cfg.image_res,
         "patch_size": cfg.patch_size, "grid_size": cfg.grid_size, "code_version": extractor.__version__,
-        "images_dir": str(opts.images.resolve()), "captions_file": str(opts.captions.resolve()),
+        "images_dir": str(opts.images.resolve()),
+        "captions_file": opts.webdataset or str((opts.captions or opts.pairs).resolve()),
         "instances_file": str(opts.instances.resolve()) if opts.instances else None, "device": str(s.device),
     })  # fmt: skip
     frames = dict(zip(partsdir.DATASET_TABLES, s.dataset.frames(cfg.max_words), strict=True))
@@ -308,7 +318,7 @@ def prepare_image(opts: Options, dataset: CocoDataset, cfg: ALBEFConfig, record:
     with suppress(Exception):
         if opts.instances:
             grid_covers(dataset, opts.images, record, cfg.grid_size)
-        resized_pixels(load_image(opts.images / record["file_name"]), cfg.image_res)
+        resized_pixels(load_image(image_source(opts.images, record)), cfg.image_res)
 
 
 def set_aside_poisoned(parts: Path, run_id: str, todo: list[dict], prepare: Callable[[dict], None]) -> list[dict]:
@@ -366,7 +376,8 @@ def stop_requests() -> Iterator[threading.Event]:
 
 
 def pending_images(dataset: CocoDataset, done: set[int], limit: int | None, shard: tuple[int, int]) -> list[dict]:
-    """Images with captions, in id order, this shard's share, the first `limit`, minus those done."""
+    """Images with captions in the dataset's order (COCO's: by id), this shard's share, the first `limit`,
+    minus those done."""
     k, n = shard
     images = [im for i, im in enumerate(dataset.images_with_captions()) if i % n == k][:limit]
     return [im for im in images if im["id"] not in done]
@@ -385,13 +396,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run",
-        help="extract per-word maps and metrics from a COCO dataset into DuckDB",
+        help="extract per-word maps and metrics from COCO files, a pairs table or WebDataset shards into DuckDB",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--images", type=Path, required=True, help="folder with the COCO images (e.g. coco/val2017)")
-    p.add_argument("--captions", type=Path, required=True, help="COCO captions JSON (captions_val2017.json)")
-    p.add_argument("--instances", type=Path, help="COCO instances JSON; without it no object metrics")
+    add_input_arguments(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="ALBEF checkpoint (.pth), either release format")
     p.add_argument(
         "--config",
@@ -430,7 +439,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="loader processes: decoding, tokenizing, object covers (default 6 on CUDA, 0 on CPU)",
     )
-    p.add_argument("--limit", type=int, help="only the first N images (by id)")
+    p.add_argument("--limit", type=int, help="only the first N images (COCO: by id; pairs: in input order)")
     p.add_argument(
         "--shard",
         type=parse_shard,
@@ -459,22 +468,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="albef",
         help="null: a stand-in returning random maps of ALBEF's shapes, to measure the pipeline alone",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="run the chunks of images on a Ray cluster: the one at ADDRESS (host:port of a `ray start "
-        "--head`; auto: the one this node is part of, as in `ray job submit`), else a local one started "
-        "for the run. Every actor loads the model once and writes the parts of the chunks it runs; "
-        "chunks already done are skipped, so the same command resumes. Needs `pip install -r "
-        "requirements-ray.txt`",
-    )
-    p.add_argument(
-        "--ray-actors",
-        type=int,
-        help="with --ray: model actors (default: one per GPU of the cluster on CUDA, else one per CPU)",
-    )
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run the chunks of images on a Ray "
+                   "cluster: the one at ADDRESS (host:port of a `ray start --head`; auto: the one this node is part "
+                   "of, as in `ray job submit`), else a local one started for the run. Every actor loads the model "
+                   "once and writes the parts of the chunks it runs; chunks already done are skipped, so the same "
+                   "command resumes. Needs `pip install -r requirements-ray.txt`")  # fmt: skip
+    p.add_argument("--ray-actors", type=int, help="with --ray: model actors (default: one per GPU of the cluster "
+                   "on CUDA, else one per CPU)")  # fmt: skip
     p.set_defaults(func=main)
 
 
