@@ -54,14 +54,16 @@ _COUNT_WORDS = frozenset((
 ))
 _STATE_WORDS = frozenset((
     "empty", "full", "dirty", "clean", "cute", "adorable", "beautiful", "pretty", "wet", "dry", "shiny",
-    "open", "closed", "broken", "round", "fresh", "hot", "cold", "sliced", "half", "whole", "parked",
-    "lone", "busy", "crowded", "fancy", "messy", "cluttered", "toy",
+    "open", "closed", "broken", "round", "fresh", "hot", "cold", "sliced", "half", "whole", "lone", "busy",
+    "crowded", "fancy", "messy", "cluttered", "toy",
     "grassy", "sandy", "snowy", "rusty", "shaggy", "spotty", "wild", "baked", "fried", "cooked", "healthy",
 ))
 # fmt: on
 LEXICON = _COLOUR_WORDS | _SIZE_WORDS | _AGE_WORDS | _MATERIAL_WORDS | _PATTERN_WORDS | _COUNT_WORDS | _STATE_WORDS
 
-_JOINERS = frozenset(("and", "or", "very", "really", "mostly", "all", "completely", "entirely", "partly", "mainly"))
+_JOINERS = frozenset((
+    "and", "or", "very", "really", "mostly", "all", "completely", "entirely", "partly", "mainly", "other",
+))  # fmt: skip
 # Colouring participles join a chain before its noun ("a red colored bus") and predicate after it
 # ("a bus painted red"); the copulas only predicate.
 _PARTICIPLES = frozenset(("painted", "colored", "coloured", "dyed", "toned"))
@@ -69,6 +71,13 @@ _COPULAS = _PARTICIPLES | frozenset((
     "is", "are", "was", "were", "be", "being", "looks", "look", "appears", "appear", "seems", "seem", "stays",
 ))  # fmt: skip
 _RELATIVES = frozenset(("that", "which", "who"))
+_MAX_MODIFIERS = 2
+_FUNCTION_WORDS = _COPULAS | _RELATIVES | _JOINERS | frozenset((
+    "a", "an", "the", "this", "that", "these", "those", "some", "his", "her", "their", "its", "my", "our", "your",
+    "it", "he", "she", "they", "there", "in", "on", "of", "with", "at", "by", "for", "from", "to", "near", "next",
+    "over", "under", "behind", "beside", "inside", "into", "onto", "across", "through", "around", "above", "below",
+    "between", "while", "as", "but", "like", "has", "have", "off", "up", "down", "out", "other", "another",
+))  # fmt: skip
 _NEGATIONS = frozenset(("not", "no", "without", "never", "isnt", "arent", "nor"))
 
 
@@ -92,6 +101,18 @@ def tag_words(words: Sequence[str], categories: Sequence[int | None]) -> WordTag
     classes = [_word_class(w, c) for w, c in zip(words, categories, strict=True)]
     bound = [_bound_noun(words, categories, classes, i) if c == ATTRIBUTE else None for i, c in enumerate(classes)]
     return WordTags(list(categories), classes, bound, [None if b is None else categories[b] for b in bound])
+
+
+def bound_pairs(tags: WordTags) -> set[tuple[int, int]]:
+    """(attribute word index, noun word index) of every binding of a caption."""
+    return {(i, noun) for i, noun in enumerate(tags.bound_index) if noun is not None}
+
+
+def precision_recall(found: Sequence[set], truth: Sequence[set]) -> tuple[float, float]:
+    """Binding precision and recall over captions: per caption the pairs found and the true pairs."""
+    hits = sum(len(f & t) for f, t in zip(found, truth, strict=True))
+    n_found, n_true = sum(map(len, found)), sum(map(len, truth))
+    return hits / max(n_found, 1), hits / max(n_true, 1)
 
 
 def _word_class(word: str, category: int | None) -> str:
@@ -121,13 +142,23 @@ def _bound_noun(words: Sequence[str], categories: Sequence[int | None], classes:
     end = i
     while end + 1 < len(words) and _is_chain(words[end + 1], classes[end + 1], rightward=True):
         end += 1
-    after = end + 1
-    if after < len(words) and words[end] not in ("and", "or"):
-        if classes[after] == OBJECT:
-            return _noun_head(categories, after)
-        if classes[after] == OTHER and after + 1 < len(words) and classes[after + 1] == OBJECT:
-            return _noun_head(categories, after + 1) if words[after] not in _COPULAS | _RELATIVES else None
+    noun = _noun_after(words, categories, classes, end) if words[end] not in ("and", "or") else None
+    if noun is not None:
+        return noun
     return _predicated_noun(words, classes, start)
+
+
+def _noun_after(words: Sequence[str], categories: Sequence[int | None], classes: Sequence[str], end: int) -> int | None:
+    """The object word a chain ending at word `end` stands before: right after it, after "pair of", or after
+    at most two modifiers that are neither function words nor -ing forms ("a red city bus")."""
+    j = end + 1
+    if words[j : j + 2] == ["pair", "of"]:
+        j += 2
+    for _ in range(_MAX_MODIFIERS):
+        if j >= len(words) or classes[j] != OTHER or words[j] in _FUNCTION_WORDS or words[j].endswith("ing"):
+            break
+        j += 1
+    return _noun_head(categories, j) if j < len(words) and classes[j] == OBJECT else None
 
 
 def _predicated_noun(words: Sequence[str], classes: Sequence[str], start: int) -> int | None:

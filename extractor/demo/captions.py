@@ -187,6 +187,19 @@ def ground_caption(caption: str, scene: Scene) -> dict[int, int]:
     return {i: k for phrase, k in zip(parsed.phrases, found[0], strict=True) for i in phrase.words.values()}
 
 
+def attribute_bindings(caption: str) -> set[tuple[int, int]]:
+    """(word index, word index) of every size and colour word with the shape noun of its phrase: the truth
+    of `extractor.binding` on the demo. A phrase with a generic noun ("a red shape") names no category,
+    so its words bind to nothing."""
+    return {
+        (i, phrase.words["shape"])
+        for phrase in parse_caption(caption).phrases
+        if "shape" in phrase.words
+        for role, i in phrase.words.items()
+        if role != "shape"
+    }
+
+
 # ---------------------------------------------------------------- generation
 
 

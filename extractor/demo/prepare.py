@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from db import parts, queries
+from db.schema import SchemaMismatch
 from extractor.digest import file_sha256
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def demo_runs(db: Path) -> pd.DataFrame:
     """The runs recorded in `db` (none if it does not exist), with `by_demo_model`: whether the
-    committed demo model made each."""
+    committed demo model made each; a database of another schema version reads as one run by another model."""
     if not db.is_file():
         return pd.DataFrame(columns=["status", "checkpoint_sha256", "by_demo_model"])
-    with queries.connect_readonly(db) as con:
-        runs = queries.list_runs(con)
+    try:
+        with queries.connect_readonly(db) as con:
+            runs = queries.list_runs(con)
+    except SchemaMismatch:
+        return pd.DataFrame({"status": ["complete"], "checkpoint_sha256": [None], "by_demo_model": [False]})
     return runs.assign(by_demo_model=runs["checkpoint_sha256"] == file_sha256(CHECKPOINT_DIR / "checkpoint.pth"))
 
 
@@ -46,8 +50,8 @@ def _has_complete_demo_run(runs: pd.DataFrame) -> bool:
 def prepare(out: Path, n_images: int, seed: int, res: int, device: str = "auto") -> Path:
     """The demo database under `out`, built if missing or incomplete (an interrupted build resumes).
 
-    A database made by another demo model (an older commit's) is rebuilt, so the demo shows the
-    committed model.
+    A database made by another demo model (an older commit's) or with another schema version is rebuilt,
+    so the demo shows the committed model.
     """
     db = out / "demo.duckdb"
     runs = demo_runs(db)
@@ -55,7 +59,7 @@ def prepare(out: Path, n_images: int, seed: int, res: int, device: str = "auto")
         log.info("demo database %s is ready", db)
         return db
     if not runs["by_demo_model"].all():
-        log.info("demo database %s was made by another demo model: rebuilding it", db)
+        log.info("demo database %s was made by another demo model or schema: rebuilding it", db)
         db.unlink()
         db.with_name(db.name + ".wal").unlink(missing_ok=True)
         shutil.rmtree(parts.parts_dir(db), ignore_errors=True)
