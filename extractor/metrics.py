@@ -103,9 +103,13 @@ def covers_for_words(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack the covers of each word's category for :func:`word_metrics_batch`.
 
+    Args:
+        category_ids: the category each word is scored against: the one it names, or for an attribute
+            word the one its noun names (``extractor.binding.WordTags.scored_category``).
+
     Returns:
         (category_cover (n, g, g), box_cover (n, g, g), has_object (n,) bool): rows are zeros and
-        has_object False where the word names no category or the image has none of it.
+        has_object False where the word is scored against no category or the image has none of it.
     """
     n = len(category_ids)
     category_cover, box_cover = np.zeros((n, g, g)), np.zeros((n, g, g))

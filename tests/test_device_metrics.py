@@ -6,6 +6,7 @@ import torch
 
 from db.codec import encode_maps
 from extractor import device_metrics, metrics
+from extractor.binding import tag_words
 from extractor.categories import match_words
 from extractor.checkpoint import load_checkpoint
 from extractor.coco import image_objects, load_captions, load_image, load_instances
@@ -44,7 +45,9 @@ def real_words(shared, res: int) -> dict[str, np.ndarray]:
                                    im["height"], im["width"], g) for im in images]  # fmt: skip
     parts = []
     for tok, maps, i in zip(tokens, token_maps, index, strict=True):
-        cat, box, has = metrics.covers_for_words(match_words(tok.words), covers[i], g)
+        cat, box, has = metrics.covers_for_words(
+            tag_words(tok.words, match_words(tok.words)).scored_category, covers[i], g
+        )
         for grid in [*(maps.attention_grid(layer) for layer in cfg.fusion_layers), maps.gradcam]:
             word_maps = merge_pieces(grid, tok.word_of_token, len(tok.words)).clip(0)
             union = np.broadcast_to(covers[i].union, word_maps.shape)
