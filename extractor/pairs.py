@@ -225,7 +225,7 @@ def load_webdataset(spec: str, root: Path | None = None) -> tuple[CocoDataset, P
             record = {"file_name": f"{shard_name}/{key}.{ext or 'jpg'}", "shard": str(shard),
                       "member": image.name if image else f"{key}.jpg",
                       "offset": image.offset_data if image else -1, "size": image.size if image else 0}  # fmt: skip
-            pairs.add(key, record, [caption.strip()])
+            pairs.add(key, record, [caption])
     return pairs.dataset, root
 
 
