@@ -27,7 +27,8 @@ class Metric:
         definition: one line, the dashboard's help text and the README's meaning.
         words_position: its place among the metric columns of `words`: that table keeps the column order
             of the files already written (shard merges copy rows by position); a new metric takes the next.
-        needs_object: NULL unless the word names a category labelled in the image.
+        needs_object: NULL unless the word names a category labelled in the image, or is an attribute bound
+            to a noun that does (extractor.binding: "red" in "a red bus" is scored against the buses).
         ranked: searches filter and rank by it (a position on the grid is not ranked).
     """
 
@@ -49,9 +50,9 @@ WORD_METRICS = (
     Metric("peak_row", "SMALLINT", "row", "row of the map's strongest patch (its argmax)", 0, ranked=False),
     Metric("peak_col", "SMALLINT", "col", "column of the map's strongest patch", 1, ranked=False),
     Metric("mask_mass", "FLOAT", "mask", "share of the map's mass on the masks of the category the word names "
-           "(higher = grounded)", 4, needs_object=True),
-    Metric("box_mass", "FLOAT", "box", "share of the map's mass inside the boxes of the category the word names",
-           5, needs_object=True),
+           "(an attribute: its noun's; higher = grounded)", 4, needs_object=True),
+    Metric("box_mass", "FLOAT", "box", "share of the map's mass inside the boxes of the category the word names "
+           "(an attribute: its noun's)", 5, needs_object=True),
     Metric("background_mass", "FLOAT", "bg", "share of the map's mass outside every labelled object of the image "
            "(higher = background)", 6),
     Metric("entropy", "FLOAT", "H", "normalised entropy of the map: 0 = one patch, 1 = uniform (higher = noisier)",
@@ -60,8 +61,8 @@ WORD_METRICS = (
     Metric("iou_top60", "FLOAT", "IoU", "IoU of the object's patches and the fewest patches holding 60% of the mass "
            "(DINO)", 8, needs_object=True),
     Metric("itm_score", "FLOAT", "ITM", "ALBEF's image-text matching probability for the whole caption", 9),
-    Metric("pointing_hit", "BOOLEAN", "hit", "whether the strongest patch touches the named object", 7,
-           needs_object=True),
+    Metric("pointing_hit", "BOOLEAN", "hit", "whether the strongest patch touches the named object "
+           "(an attribute: its noun's)", 7, needs_object=True),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in WORD_METRICS}
 # The metrics searches filter and rank by: the allow-list of metric names spliced into SQL text.

@@ -1,0 +1,150 @@
+"""The whole run at a glance: words, categories and images ranked by a metric, and where a word grounds best.
+
+Words, categories and the best slice read `word_aggregates` (additive counts and sums per run, method,
+layer, word and category), so they cost the same at 616k captions as at 300. Images are ranked from the
+slice's word rows (`word_search`), one aggregate per image. Metric names reach SQL text only through
+db.filters.check_metric; everything else is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+from db.filters import all_of, check_metric, range_expr
+from db.queries import frame, rows_of
+
+# A slice "grounds best" by mean mask mass when enough occurrences have it, else by least background mass.
+_GROUNDING = "coalesce(sum(sum_mask_mass) / nullif(sum(n_mask_mass), 0), 0)"
+
+
+def _mean(metric: str) -> str:
+    """The mean of a metric over a group of word_aggregates rows."""
+    return f"sum(sum_{check_metric(metric)}) / nullif(sum(n_{metric}), 0)"
+
+
+def _direction(descending: bool) -> str:
+    return "DESC" if descending else "ASC"
+
+
+def ranked_words(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    method: str,
+    layer: int,
+    metric: str,
+    *,
+    descending: bool = True,
+    min_count: int = 1,
+    word_class: str | None = None,
+    limit: int = 24,
+) -> pd.DataFrame:
+    """Words of a run slice by their mean `metric` (words that never have it are left out): word, n
+    (occurrences), n_value (occurrences with the metric), value (its mean), category (the COCO category the
+    word names, if any). `word_class` keeps only words of that class ('object', 'attribute', 'other')."""
+    slice_ = ("s.run_id = $run_id AND s.method = $method AND s.layer = $layer", {})
+    of_class = (
+        f"s.word IN (SELECT word FROM {rows_of(con, run_id)} WHERE run_id = $run_id AND method = $method "
+        "AND layer = $layer AND word_class = $word_class)",
+        {"word_class": word_class},
+    )
+    where, params = all_of(slice_, of_class if word_class is not None else ("", {}))
+    return frame(
+        con,
+        f"""
+        SELECT s.word, sum(s.n)::BIGINT AS n, sum(s.n_{check_metric(metric)})::BIGINT AS n_value,
+            {_mean(metric)} AS value, any_value(c.name) AS category
+        FROM word_aggregates AS s LEFT JOIN categories AS c USING (category_id)
+        WHERE {where}
+        GROUP BY s.word HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
+        ORDER BY value {_direction(descending)}, n DESC, s.word LIMIT $limit""",
+        params | {"run_id": run_id, "method": method, "layer": layer, "min_count": min_count, "limit": limit},
+    )
+
+
+def ranked_categories(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    method: str,
+    layer: int,
+    metric: str,
+    *,
+    descending: bool = True,
+    min_count: int = 1,
+    limit: int = 24,
+) -> pd.DataFrame:
+    """COCO categories of a run slice by the mean `metric` of the words naming them: category_id, category,
+    n (words naming it), n_value, value."""
+    return frame(
+        con,
+        f"""
+        SELECT s.category_id, c.name AS category, sum(s.n)::BIGINT AS n,
+            sum(s.n_{check_metric(metric)})::BIGINT AS n_value, {_mean(metric)} AS value
+        FROM word_aggregates AS s JOIN categories AS c USING (category_id)
+        WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer
+        GROUP BY s.category_id, c.name HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
+        ORDER BY value {_direction(descending)}, n DESC, c.name LIMIT $limit""",
+        {"run_id": run_id, "method": method, "layer": layer, "min_count": min_count, "limit": limit},
+    )
+
+
+def ranked_images(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    method: str,
+    layer: int,
+    metric: str,
+    *,
+    descending: bool = True,
+    category_id: int | None = None,
+    limit: int = 24,
+    offset: int = 0,
+) -> pd.DataFrame:
+    """Images of a run slice by the mean `metric` of their words (images without it last), optionally only
+    those with a labelled object of `category_id`: image_id, file_name, width, height, n_words, value,
+    and n_images (how many images the ranking has in all, on every row)."""
+    where, params = all_of(
+        ("run_id = $run_id AND method = $method AND layer = $layer", {}),
+        ("image_id IN (SELECT image_id FROM instances WHERE category_id = $category_id)", {"category_id": category_id})
+        if category_id is not None
+        else ("", {}),
+    )
+    return frame(
+        con,
+        f"""
+        WITH ranked AS (
+            SELECT image_id, count(*) AS n_words, avg({range_expr(metric)}) AS value, count(*) OVER () AS n_images
+            FROM {rows_of(con, run_id)} WHERE {where} GROUP BY image_id
+            ORDER BY value {_direction(descending)} NULLS LAST, image_id LIMIT $limit OFFSET $offset)
+        SELECT r.image_id, i.file_name, i.width, i.height, r.n_words, r.value, r.n_images
+        FROM ranked AS r JOIN images AS i USING (image_id)
+        ORDER BY r.value {_direction(descending)} NULLS LAST, r.image_id""",
+        params | {"run_id": run_id, "method": method, "layer": layer, "limit": limit, "offset": offset},
+    )
+
+
+def best_slices(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    word: str | None = None,
+    category_id: int | None = None,
+    min_count: int = 5,
+) -> pd.DataFrame:
+    """Every (method, layer) of a run, where the word (or the words naming the category, or every word)
+    grounds best first: by mean mask mass when at least `min_count` occurrences have one, then by least
+    background mass. Columns: method, layer, n, n_object, mask_mass, background_mass (means)."""
+    where, params = all_of(
+        ("run_id = $run_id", {"run_id": run_id}),
+        ("word = $word", {"word": word.strip().lower()}) if word is not None else ("", {}),
+        ("category_id = $category_id", {"category_id": category_id}) if category_id is not None else ("", {}),
+    )
+    return frame(
+        con,
+        f"""
+        SELECT method, layer, sum(n)::BIGINT AS n, sum(n_mask_mass)::BIGINT AS n_object,
+            {_mean("mask_mass")} AS mask_mass, {_mean("background_mass")} AS background_mass
+        FROM word_aggregates WHERE {where} GROUP BY method, layer
+        ORDER BY sum(n_mask_mass) >= $min_count DESC, {_GROUNDING} DESC, background_mass ASC NULLS LAST,
+            method, layer""",
+        params | {"min_count": min_count},
+    )
