@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data, paths, state
-from dashboard.markup import code, marked_caption
+from dashboard.markup import code, literal, marked_caption
 from dashboard.overlay import COLORMAPS, SHARED_TOP, OverlayStyle, colour_strip, scale_ticks
 from db.metrics import BY_NAME, METRICS, SCORES
 
@@ -134,6 +134,12 @@ def image_missing_note(ctx: data.Context) -> None:
     )
 
 
+def bound_noun(row: Mapping[str, Any]) -> str | None:
+    """The noun an attribute word is bound to (extractor.binding), from its caption; None when unbound."""
+    index = row.get("bound_index")
+    return None if index is None or pd.isna(index) else row["caption"].split(" ")[int(index)]
+
+
 def word_card(
     ctx: data.Context,
     row: Mapping[str, Any],
@@ -161,6 +167,8 @@ def word_card(
     )
     st.image(picture, width="stretch")
     st.markdown(marked_caption(row["caption"], int(row["word_index"])))
+    if noun := bound_noun(row):
+        st.caption(f"{literal(row['word'])} → {literal(noun)}: scored against the objects of its noun")
     st.markdown(badges(row, highlight))
     label = f"Image {row['image_id']}" + ("" if found else " (file missing)")
     st.page_link(
