@@ -4,6 +4,7 @@ import duckdb
 import pytest
 
 from bench.binding_quality import demo_pairs, hand_checked_pairs, red_cards
+from dashboard.components import bound_noun
 from db.schema import SCHEMA_VERSION
 from extractor.binding import ATTRIBUTE, OBJECT, OTHER, bound_pairs, precision_recall, tag_words
 from extractor.categories import match_words
@@ -98,6 +99,11 @@ def test_red_is_scored_against_its_bound_shape_and_ranks_its_heat_first(demo):
             "WHERE w.word = 'red' AND w.method = 'attention' AND w.layer = 3 "
             "ORDER BY w.mask_mass DESC NULLS LAST, w.image_id, w.caption_id, w.word_index"
         ).fetchall()
+        cards = con.execute(  # what a word card reads: the search row and its caption
+            "SELECT w.bound_index, c.text AS caption FROM word_search AS w JOIN captions AS c USING (caption_id) "
+            "WHERE w.word = 'red' AND w.method = 'attention' AND w.layer = 3 "
+            "ORDER BY w.mask_mass DESC NULLS LAST, w.image_id, w.caption_id, w.word_index"
+        ).df()
         classes = con.execute("SELECT DISTINCT word_class FROM word_search WHERE word = 'red'").fetchall()
         category_words = con.execute(
             "SELECT DISTINCT word_class FROM word_search WHERE category_id = ?", [CATEGORY_ID["circle"]]
@@ -107,6 +113,7 @@ def test_red_is_scored_against_its_bound_shape_and_ranks_its_heat_first(demo):
     assert all(mass is not None and hit is not None and cid is None for mass, hit, _, cid, _ in bound)
     assert all(mass is None and hit is None for mass, hit, noun_cid, _, _ in rows if noun_cid is None)
     assert all(match_demo_words([noun]) == [noun_cid] for _, _, noun_cid, _, noun in bound)
+    assert [bound_noun(card) for card in cards.to_dict("records")] == [noun or None for *_, noun in rows]
     n, by_mass, in_image_order = red_cards(demo / "demo.duckdb", demo / "world")
     assert n == len(bound) and by_mass >= 9 and by_mass > in_image_order  # measured: 10 and 8
 
