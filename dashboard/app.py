@@ -62,6 +62,7 @@ def navigation(actor: Actor | None) -> st.navigation:
             st.Page(VIEWS / "search.py", title="Search", icon=":material/search:", default=True),
             st.Page(VIEWS / "image.py", title="Image", icon=":material/image:", url_path="image"),
             st.Page(VIEWS / "statistics.py", title="Statistics", icon=":material/bar_chart:", url_path="statistics"),
+            st.Page(VIEWS / "probe.py", title="Probe", icon=":material/science:", url_path="probe"),
         ],
         "Extraction": [
             st.Page(VIEWS / "runs.py", title="Runs", icon=":material/dataset:", url_path="runs"),

@@ -21,11 +21,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from PIL import Image
 
-from extractor.batch import ImageItem, collate
+from extractor.batch import Batch, ImageItem, collate
 from extractor.binding import tag_words
 from extractor.categories import match_words
 from extractor.checkpoint import CheckpointError, load_checkpoint
@@ -176,27 +178,34 @@ def opened_image(image: Image.Image | Path | str | bytes) -> Image.Image:
 
 
 def probe_item(
-    settings: ProbeSettings, image: Image.Image, caption: str, record: dict | None, images_dir: Path | None
+    settings: ProbeSettings, image: Image.Image, caption: str, image_id: int | None, images_dir: Path | None
 ) -> ImageItem:
     """The `ImageItem` a loader worker would make of this image with this one caption.
 
-    A `record` of the run's dataset brings its objects (covers laid on the file in `images_dir`, as the
-    run does) and its category words; otherwise words are matched to COCO's categories and object
-    metrics are absent.
+    An image of the run's dataset (`image_id`, its file in `images_dir`) brings its objects, laid on the
+    file as the run lays them, and the run's category words; any other image is matched to COCO's
+    categories and has no object metrics.
     """
     cfg = settings.cfg
     dataset = dataset_of(settings)
     (tok,) = tokenizer(settings.vocab, cfg.bert.max_position_embeddings)([pre_caption(caption, cfg.max_words)])
     if not tok.words:
         raise ProbeError("The caption is empty after ALBEF's cleaning: type some words.")
-    covers = None
-    if record is not None and dataset is not None and images_dir is not None and record["id"] in dataset.images:
-        covers = grid_covers(dataset, images_dir, dataset.images[record["id"]], cfg.grid_size)
+    record = dataset.images.get(image_id) if dataset is not None else None
+    covers = None if record is None or images_dir is None else grid_covers(dataset, images_dir, record, cfg.grid_size)
     match = dataset.match if dataset is not None else match_words
     record = record or {"id": PROBE_ID, "file_name": "upload", "width": image.width, "height": image.height}
-    pixels = resized_pixels(image, cfg.image_res)
     tags = tag_words(tok.words, match(tok.words))
+    pixels = resized_pixels(image, cfg.image_res)
     return ImageItem(record, Path(record["file_name"]), pixels, None, covers, [(PROBE_ID, tok, tags)], [])
+
+
+def word_frame(batch: Batch, out: dict[str, np.ndarray], slices: list[Slice], head: int) -> pd.DataFrame:
+    """The run's `words` rows of a batch (`batch_tables`) as a frame, its dictionary columns decoded (a caption's
+    words repeat: "a", "the"), with the maps' `head`."""
+    table = batch_tables(batch, out, slices, "probe")["words"]
+    columns = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    return pa.table(columns, names=table.column_names).to_pandas().assign(head=head)
 
 
 def head_maps(maps: BatchMaps, head: int) -> BatchMaps:
@@ -211,23 +220,23 @@ def probe_with(
     caption: str,
     device: torch.device,
     heads: bool = False,
-    record: dict | None = None,
+    image_id: int | None = None,
     images_dir: Path | None = None,
 ) -> Probe:
     """`probe` with a model already loaded (the benchmark's random ALBEF base)."""
     started = time.perf_counter()
-    item = probe_item(settings, opened_image(image), caption, record, images_dir)
+    item = probe_item(settings, opened_image(image), caption, image_id, images_dir)
     batch = collate([item]).to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         maps = batch_maps(model, normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index,
                           settings.layers, settings.gradcam_layer is not None, keep_heads=heads)  # fmt: skip
     out = HostCopy(word_outputs(maps, batch, settings.slices)).arrays()
-    frames = [batch_tables(batch, out, settings.slices, "probe")["words"].to_pandas().assign(head=MEAN)]
+    frames = [word_frame(batch, out, settings.slices, MEAN)]
     n_heads = next(iter(maps.attention.values())).shape[1] if heads and maps.attention else 0
     attention = [(ATTENTION, la) for la in settings.layers]
     for h in range(n_heads):
         one = HostCopy(word_outputs(head_maps(maps, h), batch, attention)).arrays()
-        frames.append(batch_tables(batch, one, attention, "probe")["words"].to_pandas().assign(head=h))
+        frames.append(word_frame(batch, one, attention, h))
     words = pd.concat(frames, ignore_index=True).drop(columns=["run_id", "caption_id"])
     return Probe(item.captions[0][1].text, words, float(out["itm_score"][0]), float(out["itc_score"][0]),
                  settings.cfg.grid_size, time.perf_counter() - started)  # fmt: skip
@@ -239,7 +248,7 @@ def probe(
     caption: str,
     device: str = "auto",
     heads: bool = False,
-    record: dict | None = None,
+    image_id: int | None = None,
     images_dir: Path | None = None,
 ) -> Probe:
     """Every word's maps (each fusion layer kept by the run, Grad-CAM; each head on request) and metrics.
@@ -250,12 +259,12 @@ def probe(
         caption: any text; cleaned as ALBEF does.
         device: auto (CUDA when present, else CPU), cpu or cuda.
         heads: also each head's raw attention, as rows with `head` 0..H-1.
-        record: the image's COCO record when it is one of the run's (its objects give the object metrics).
-        images_dir: the folder of the run's images (where `record`'s file is).
+        image_id: the image's id when it is one of the run's (its objects give the object metrics).
+        images_dir: the folder of the run's images.
 
     Raises:
         ProbeError: one sentence: checkpoint missing or unreadable, image too large or unreadable, empty caption.
     """
     where = resolve_device(device)
     model = loaded_model(str(settings.checkpoint), settings.checkpoint_sha256, settings.config, str(where))
-    return probe_with(model, settings, image, caption, where, heads, record, images_dir)
+    return probe_with(model, settings, image, caption, where, heads, image_id, images_dir)

@@ -14,6 +14,7 @@ from dashboard import components as ui
 from dashboard import data, paths, questions, state
 from dashboard.markup import literal, marked_caption, plotly_literal
 from dashboard.overlay import display_size
+from dashboard.probe_panel import probe_panel
 from dashboard.review.panel import review_panel
 from db.review import Item
 
@@ -258,6 +259,9 @@ with st.expander("Review" + ("" if selected_word is None else f" · {what}"), ic
     else:
         item = Item(run_id, int(image_id), int(caption_id), int(word_index), ctx.method, int(ctx.layer))
     review_panel(item, key="image_review")
+
+with st.expander("Live probe · type any caption", icon=":material/science:"):
+    probe_panel(ctx, path_text, style, int(image_id))
 
 st.subheader("Side by side")
 slices = sorted({(m, int(la)) for m, la in zip(words["method"], words["layer"], strict=True)})

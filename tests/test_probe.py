@@ -1,0 +1,216 @@
+"""The live probe: any caption through the run's checkpoint gives the extractor's own maps and metrics.
+
+Real extractions: the shared COCO subset with the fine-tuned fixture checkpoint (conftest's `small_db`) and
+a small demo database made by `extractor.demo.prepare` with the committed demo model.
+"""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from db import review
+from extractor import probe as live
+from extractor.coco import MAX_PIXELS
+from extractor.probe import MEAN, ProbeError, ProbeSettings
+from tests.review_app import sign_in
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "dashboard" / "app.py"
+METRIC_COLUMNS = ["peak_row", "peak_col", "peak_value", "entropy", "mask_mass", "box_mass", "background_mass",
+                  "iou_top60", "pointing_hit"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory) -> Path:
+    from extractor.demo.prepare import prepare
+
+    return prepare(tmp_path_factory.mktemp("probe_demo"), n_images=4, seed=0, res=128)
+
+
+@pytest.fixture(params=["small", "demo"])
+def extraction(request) -> Path:
+    return request.getfixturevalue({"small": "small_db", "demo": "demo_db"}[request.param])
+
+
+def run_row(db: Path) -> dict:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute("SELECT * FROM runs").df().iloc[0].to_dict()
+
+
+def stored_captions(db: Path, n: int) -> pd.DataFrame:
+    """The first caption of the first `n` images, with the image's file."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(
+            "SELECT c.caption_id, c.image_id, c.raw, i.file_name FROM captions c JOIN images i USING (image_id) "
+            "QUALIFY row_number() OVER (PARTITION BY c.image_id ORDER BY c.caption_id) = 1 "
+            "ORDER BY c.image_id LIMIT ?",
+            [n],
+        ).df()
+
+
+def stored_words(db: Path, caption_id: int) -> pd.DataFrame:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(
+            "SELECT * FROM words WHERE caption_id = ? ORDER BY method, layer, word_index", [caption_id]
+        ).df()
+
+
+def codes(blobs: pd.Series) -> np.ndarray:
+    return np.stack([np.frombuffer(b, np.uint8).astype(int) for b in blobs])
+
+
+def test_probe_gives_the_maps_and_metrics_the_run_stored(extraction):
+    run = run_row(extraction)
+    settings, images_dir = ProbeSettings.from_run(run), Path(run["images_dir"])
+    for cap in stored_captions(extraction, 3).itertuples():
+        result = live.probe(settings, images_dir / cap.file_name, cap.raw, image_id=int(cap.image_id),
+                            images_dir=images_dir)  # fmt: skip
+        mine = result.words[result.words["head"] == MEAN].sort_values(["method", "layer", "word_index"])
+        stored = stored_words(extraction, cap.caption_id)
+        assert len(mine) == len(stored) > 0
+        assert mine["word"].tolist() == stored["word"].tolist()
+        assert mine["category_id"].fillna(-1).tolist() == stored["category_id"].fillna(-1).tolist()
+        assert np.abs(codes(mine["map"]) - codes(stored["map"])).max() <= 1
+        np.testing.assert_allclose(mine["map_max"], stored["map_max"], rtol=1e-4)
+        for column in METRIC_COLUMNS:
+            np.testing.assert_allclose(mine[column].astype(float), stored[column].astype(float), atol=1e-4,
+                                       err_msg=column)  # fmt: skip
+        assert result.itm_score == pytest.approx(float(stored["itm_score"].iloc[0]), abs=1e-4)
+
+
+def test_objects_come_with_images_of_the_run_and_not_with_an_upload(small_db):
+    run = run_row(small_db)
+    settings, images_dir = ProbeSettings.from_run(run), Path(run["images_dir"])
+    cap = stored_captions(small_db, 10).iloc[0]
+    path = images_dir / cap.file_name
+    known = live.probe(settings, path, cap.raw, image_id=int(cap.image_id), images_dir=images_dir).words
+    upload = live.probe(settings, path.read_bytes(), cap.raw).words
+    assert known["mask_mass"].notna().any() and known["background_mass"].notna().all()
+    assert upload["mask_mass"].isna().all() and upload["background_mass"].isna().all()
+    assert (codes(upload["map"]) == codes(known["map"])).all()
+
+
+def test_each_head_on_request_averages_to_the_stored_mean(demo_db):
+    run = run_row(demo_db)
+    settings = ProbeSettings.from_run(run)
+    cap = stored_captions(demo_db, 1).iloc[0]
+    words = live.probe(settings, Path(run["images_dir"]) / cap.file_name, cap.raw, heads=True).words
+    n_heads = settings.cfg.bert.num_attention_heads
+    assert set(words["head"]) == {MEAN, *range(n_heads)}
+    for layer in settings.layers:
+        rows = words[(words["method"] == "attention") & (words["layer"] == layer)]
+        mean = rows[rows["head"] == MEAN].sort_values("word_index")
+        per_head = [rows[rows["head"] == h].sort_values("word_index") for h in range(n_heads)]
+        decoded = [codes(f["map"]) * f["map_max"].to_numpy()[:, None] / 255 for f in [mean, *per_head]]
+        np.testing.assert_allclose(np.mean(decoded[1:], axis=0), decoded[0], atol=2 * decoded[0].max() / 255)
+        assert not np.allclose(decoded[1], decoded[2])  # heads do differ
+
+
+def test_the_model_loads_once_per_process(demo_db, monkeypatch):
+    loads = []
+    monkeypatch.setattr(live, "load_checkpoint", lambda model, path: loads.append(path) or live_load(model, path))
+    live.loaded_model.cache_clear()
+    run = run_row(demo_db)
+    settings = ProbeSettings.from_run(run)
+    image = Path(run["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
+    first = live.probe(settings, image, "a red circle")
+    second = live.probe(settings, image, "a blue square left of a red circle")
+    assert len(loads) == 1
+    assert first.words["word"].nunique() == 3 and second.words["word"].nunique() == 7
+
+
+def live_load(model, path):
+    from extractor.checkpoint import load_checkpoint
+
+    return load_checkpoint(model, path)
+
+
+def huge_png() -> bytes:
+    side = int(MAX_PIXELS**0.5) + 1
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "change, image, caption, message",
+    [
+        ({"checkpoint": Path("/nowhere/mscoco.pth")}, None, "a dog", "is not on this machine"),
+        ({"checkpoint": "garbage"}, None, "a dog", "not a PyTorch checkpoint"),
+        ({"checkpoint_sha256": "0" * 64}, None, "a dog", "is not the run's"),
+        ({}, "huge", "a dog", f"more than the {MAX_PIXELS} pixels"),
+        ({}, "text", "a dog", "not an image"),
+        ({}, None, " ?! ", "caption is empty"),
+    ],
+)
+def test_what_cannot_be_probed_is_said_in_one_sentence(demo_db, tmp_path, change, image, caption, message):
+    from dataclasses import replace
+
+    run = run_row(demo_db)
+    if change.get("checkpoint") == "garbage":
+        change = {"checkpoint": tmp_path / "checkpoint.pth"}
+        change["checkpoint"].write_bytes(b"these are not weights")
+    settings = replace(ProbeSettings.from_run(run), **change)
+    source = {
+        "huge": huge_png(),
+        "text": b"hello",
+        None: Path(run["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name,
+    }[image]
+    with pytest.raises(ProbeError) as error:
+        live.probe(settings, source, caption)
+    text = str(error.value)
+    assert message in text and "\n" not in text and "Traceback" not in text
+    assert "/tmp" not in text or image is None  # an upload is not named by its temporary file
+
+
+def test_the_dashboard_starts_without_torch():
+    code = "import sys, dashboard.probe_panel, dashboard.data; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.fixture
+def image_page(demo_db, accounts, tmp_path, monkeypatch):
+    """The Image page of the demo database's first image, signed in as a reviewer."""
+    store = tmp_path / "review.sqlite"
+    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(demo_db), "--review-db", str(store)])
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.secrets["auth"] = {"public_read": False, "users": accounts}
+    sign_in(at.run(), "alice")
+    image_id = int(stored_captions(demo_db, 1).iloc[0].image_id)
+    at.query_params.update({"image": str(image_id)})
+    return at.switch_page("views/image.py").run(), store, image_id
+
+
+def probe_box(at: AppTest):
+    return next(e for e in at.expander if e.label.startswith("Live probe"))
+
+
+def test_type_a_caption_see_its_maps_and_save_them_as_a_note(image_page, demo_db):
+    at, store, image_id = image_page
+    assert not probe_box(at).get("image")
+    at.text_input(key="probe_caption").input("a big red circle left of a small blue square").run()
+    assert not at.exception and not at.error
+    assert [m.value for m in probe_box(at).markdown if "ITM" in m.value and "circle" in m.value]
+    # The first word's map for each of the demo's 3 slices, then every word's (10) for the sidebar's slice.
+    assert len(probe_box(at).get("image")) == 3 + 10
+    table = probe_box(at).dataframe[0].value
+    assert len(table) == 10 * 3 and {"red", "circle", "blue", "square"} <= set(table["word"])
+    at.toggle(key="probe_heads").set_value(True).run()
+    n_heads = ProbeSettings.from_run(run_row(demo_db)).cfg.bert.num_attention_heads
+    assert len(probe_box(at).get("image")) == 3 + 10 + 2 * n_heads
+    next(b for b in probe_box(at).button if b.label == "Save as a note on this image").click().run()
+    con = review.connect(store)
+    try:
+        about = review.item_review(con, review.Item(run_row(demo_db)["run_id"], image_id))
+    finally:
+        con.close()
+    assert len(about.comments) == 1 and about.comments[0].author == "alice"
+    assert "circle" in about.comments[0].body and "ITM" in about.comments[0].body
