@@ -5,12 +5,16 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
+from pathlib import Path
 
 import pytest
 
 from db import parts
+from extractor.__main__ import main
 from tests.conftest import REPO, run_extraction
-from tests.test_run import assert_same_results, cli, rows
+from tests.test_inputs import CHECKPOINT, write_shards
+from tests.test_run import RESUME_LIMIT, assert_same_results, cli, rows
 
 if os.environ.get("CI") == "true":
     import ray  # noqa: F401  (make test installs it: in CI a missing Ray fails, never skips)
@@ -78,3 +82,64 @@ def test_ray_is_optional(shared, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: --ray needs Ray: pip install -r requirements-ray.txt"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (a local Ray cluster's head processes and workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found += (kids := children.get(todo.pop(), []))
+        todo += kids
+    return found
+
+
+def test_a_ray_run_stopped_whole_resumes_to_the_same_rows(shared, tmp_path):
+    reference = run_extraction(shared, tmp_path / "ref.duckdb", "val2017-subset", *RESUME_LIMIT)
+    db = tmp_path / "stopped.duckdb"
+    folder = parts.parts_dir(db)
+    argv = [*cli(shared, db, "val2017-subset", *RESUME_LIMIT, "--ray", "--chunk-images", "4"), "--ray-actors", "1"]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(folder.glob(f"runs/*/{parts.DONE_TABLE}/*.parquet"))) < 2:  # two chunks of ten done
+            assert proc.poll() is None and time.monotonic() < deadline, "the Ray run ended before its second chunk"
+            time.sleep(0.02)
+        for pid in [*descendants(proc.pid), proc.pid]:  # the driver, the head it started and every worker, at once
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    (run_id,) = parts.run_ids(folder)
+    assert 8 <= len(parts.done_image_ids(folder, run_id)) < 40 and not db.exists()
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stderr
+    assert_same_results(db, reference)  # nothing lost, nothing twice
+
+
+def test_bad_images_and_captions_in_a_ray_run_land_in_errors(shared, tmp_path):
+    images = sorted((shared / "coco" / "val2017-small" / "val2017").glob("*.jpg"))[:4]
+    good = [(f"{i:09d}", path.read_bytes(), "a photo of a dog") for i, path in enumerate(images)]
+    truncated = good[0][1][: len(good[0][1]) // 3]
+    bad = [("000000100", truncated, "a cut image"), ("000000101", good[1][1], " \t"),
+           ("000000102", None, "a sample without its image")]  # fmt: skip
+    write_shards(tmp_path / "shards", [*good, *bad], per_shard=4)
+    db = tmp_path / "ray.duckdb"
+    assert main(["run", "--webdataset", str(tmp_path / "shards" / "*.tar"), "--checkpoint",
+                 str(shared.joinpath(*CHECKPOINT)), "--db", str(db), "--ray", "--chunk-images", "2"]) == 0  # fmt: skip
+    errors = rows(db, "SELECT item_kind, path, message FROM errors ORDER BY path")
+    assert [(kind, path) for kind, path, _ in errors] == [
+        ("image", "00001.tar/000000100.jpg"), ("caption", "00001.tar/000000101.jpg"),
+        ("image", "00001.tar/000000102.jpg")]  # fmt: skip
+    assert "truncated or corrupt" in errors[0][2] and "empty after" in errors[1][2] and "not found" in errors[2][2]
+    statuses = rows(db, "SELECT status, count(*) FROM image_status GROUP BY ALL ORDER BY ALL")
+    assert statuses == [("done", 5), ("error", 2)]  # the empty caption's image is done, with no caption
+    assert rows(db, "SELECT count(DISTINCT image_id) FROM words") == [(4,)]
