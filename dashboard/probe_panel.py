@@ -57,6 +57,14 @@ def overlay_jpeg(picture: bytes, blob: bytes, map_max: float, style: OverlayStyl
         return encode(attention_overlay(image.convert("RGB"), decode_map(blob, map_max), style), "JPEG")
 
 
+def word_labels(words: pd.DataFrame) -> dict[int, str]:
+    """Word index -> its label as a pill: the word, numbered where the caption repeats it ("a", "a · 2")."""
+    first = words.drop_duplicates("word_index").sort_values("word_index")
+    seen = first.groupby("word").cumcount() + 1
+    pairs = zip(first["word_index"], first["word"], seen, strict=True)
+    return {int(i): word if n == 1 else f"{word} · {n}" for i, word, n in pairs}
+
+
 def slice_label(method: str, layer: int, head: int = MEAN) -> str:
     return f"{method} · layer {layer}" + ("" if head == MEAN else f" · head {head}")
 
@@ -177,9 +185,8 @@ def probe_panel(
     picture = image if isinstance(image, bytes) else Path(image).read_bytes()
     st.markdown(f"**{marked_caption(result.caption, None)}** :small[ITM {result.itm_score:.2f} · "
                 f"{1e3 * result.seconds:.0f} ms]")  # fmt: skip
-    words = result.words.drop_duplicates("word_index")
-    chosen = st.pills("Word", list(words["word_index"]), key=f"{key}_word", default=int(words["word_index"].iloc[0]),
-                      format_func=dict(zip(words["word_index"], words["word"], strict=True)).get)  # fmt: skip
+    labels = word_labels(result.words)
+    chosen = st.pills("Word", list(labels), key=f"{key}_word", default=0, format_func=labels.get)
     if chosen is not None:
         word_maps(result, picture, int(chosen), style)
     every_word(result, picture, ctx.method, int(ctx.layer), style)

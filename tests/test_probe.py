@@ -7,6 +7,7 @@ a small demo database made by `extractor.demo.prepare` with the committed demo m
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -214,3 +215,48 @@ def test_type_a_caption_see_its_maps_and_save_them_as_a_note(image_page, demo_db
         con.close()
     assert len(about.comments) == 1 and about.comments[0].author == "alice"
     assert "circle" in about.comments[0].body and "ITM" in about.comments[0].body
+
+
+# The demo scene shows a yellow diamond, a red triangle, a pink star and a purple hexagon; "a" comes twice.
+CHROMIUM_CAPTIONS = ["a red circle", "a yellow diamond beside the red triangle and a purple hexagon"]
+
+
+def maps_on_screen(page, box, caption: str) -> float:
+    """Type `caption`, press Enter; seconds until its words' maps are all loaded in the page."""
+    n_words = len(caption.split())
+    box.fill(caption)
+    start = time.perf_counter()
+    box.press("Enter")
+    page.wait_for_function(
+        """n => { const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+                  return imgs.length === n && imgs.every(img => img.complete && img.naturalWidth > 0); }""",
+        arg=3 + n_words,  # the first word's 3 maps, then every word's: a count the other caption does not give
+        timeout=120_000,
+    )
+    return time.perf_counter() - start
+
+
+def test_probe_an_uploaded_image_in_chromium(demo_db, tmp_path):
+    """Upload a demo scene on the Probe page, type a caption, see every word's map (screenshot kept)."""
+    browser_test = pytest.importorskip("tests.test_browser")
+    if not browser_test.CHROMIUM.exists():
+        pytest.skip(f"{browser_test.CHROMIUM} missing (apt-get install -y chromium)")
+    image = Path(run_row(demo_db)["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
+    with (
+        browser_test.streamlit_server(demo_db, tmp_path / "review.sqlite") as base,
+        browser_test.playwright.sync_playwright() as p,
+    ):
+        chromium = p.chromium.launch(executable_path=str(browser_test.CHROMIUM), args=browser_test.CHROMIUM_ARGS)
+        page = chromium.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{base}/probe")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(image))
+        box = page.get_by_role("textbox", name="Caption to probe")
+        box.wait_for(timeout=60_000)
+        seconds = [maps_on_screen(page, box, text) for text in CHROMIUM_CAPTIONS]
+        shot = browser_test.shoot(page, "probe-upload")
+        text = page.locator("body").inner_text()
+        chromium.close()
+    print(f"maps on screen after Enter: first probe {seconds[0]:.2f} s, warm {seconds[1]:.2f} s")
+    assert "ITM" in text and "hexagon" in text and "a · 2" in text
+    assert "Error" not in text and "Traceback" not in text
+    assert shot.stat().st_size > 10_000
