@@ -20,10 +20,13 @@ import argparse
 import glob
 import hashlib
 import io
+import json
 import os
 import re
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from extractor.categories import COCO_CATEGORIES
+from extractor.coco import ImageError, image_size
 from extractor.dataset import CocoDataset, load_coco
 
 if TYPE_CHECKING:
@@ -41,6 +45,9 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 """The members of a WebDataset sample taken as its image, in this order of preference."""
 TABLE_BATCH_ROWS = 65_536
+SIZE_COLUMNS = ("width", "height")
+"""Image sizes, taken where a table or a sample's KEY.json has them (img2dataset writes both); the others
+are read from the images' headers when the dataset's rows are first written (`fill_sizes`)."""
 
 
 class PairsFormatError(ValueError):
@@ -110,27 +117,40 @@ class _Pairs:
             held.append({"id": stable_id(f"{key}\n{len(held)}"), "image_id": image_id, "caption": text})
 
 
-def _table_batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The table's rows in record batches of `columns`, read as a stream (CSV with every column as text)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
+def _check_columns(path: Path, required: list[str], names: list[str]) -> list[str]:
+    """The columns to read: `required`, which must be there, and the size columns the table has."""
+    if missing := [c for c in required if c not in names]:
+        raise PairsFormatError(f"{path}: no column {missing[0]!r} (it has {', '.join(names)})")
+    return [*required, *(c for c in SIZE_COLUMNS if c in names)]
+
+
+def _table_batches(path: Path, required: list[str]) -> Iterator[pa.RecordBatch]:
+    """The table's rows in record batches of the `required` columns (CSV: as text) and of `width` and `height`
+    where it has them (img2dataset's Parquet output does), read as a stream."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
         table = pq.ParquetFile(path)
-        if missing := [c for c in columns if c not in table.schema_arrow.names]:
-            raise PairsFormatError(f"{path}: no column {missing[0]!r} (it has {', '.join(table.schema_arrow.names)})")
+        columns = _check_columns(path, required, table.schema_arrow.names)
         yield from table.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=columns)
         return
-    if path.suffix.lower() not in (".csv", ".tsv"):
+    if suffix not in (".csv", ".tsv"):
         raise PairsFormatError(f"{path}: a pairs table must be .csv, .tsv or .parquet")
-    parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
-    convert = pacsv.ConvertOptions(include_columns=columns, column_types=dict.fromkeys(columns, pa.string()),
-                                   strings_can_be_null=False)  # fmt: skip
-    try:
-        yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
-    except (pa.ArrowInvalid, KeyError) as e:
-        raise PairsFormatError(f"{path}: not a table with the columns {', '.join(columns)} ({e})") from None
+    parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", newlines_in_values=True)
+    columns = _check_columns(path, required, pacsv.open_csv(path, parse_options=parse).schema.names)
+    types = {c: pa.string() if c in required else pa.int64() for c in columns}
+    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, strings_can_be_null=False)
+    yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
+
+
+def _sizes(batch: pa.RecordBatch) -> Iterator[dict]:
+    """Each row's {width, height}: the table's, where it has them, else unknown (None)."""
+    known = [batch.column(c).to_pylist() if c in batch.schema.names else [None] * batch.num_rows for c in SIZE_COLUMNS]
+    return (dict(zip(SIZE_COLUMNS, size, strict=True)) for size in zip(*known, strict=True))
 
 
 def load_table(path: Path, image_column: str = "image", caption_column: str = "caption") -> CocoDataset:
-    """A CSV/TSV/Parquet table of (image path relative to the images folder, caption) rows.
+    """A CSV/TSV/Parquet table of (image path relative to the images folder, caption) rows, with the images'
+    `width` and `height` where it has those columns.
 
     Rows naming the same path are one image with several captions, in table order. A missing caption
     (NULL) is kept as an empty one, which the run records as a `caption` error.
@@ -145,10 +165,10 @@ def load_table(path: Path, image_column: str = "image", caption_column: str = "c
     try:
         for batch in _table_batches(path, [image_column, caption_column]):
             images, captions = batch.column(image_column).to_pylist(), batch.column(caption_column).to_pylist()
-            for image, caption in zip(images, captions, strict=True):
+            for image, caption, size in zip(images, captions, _sizes(batch), strict=True):
                 if not image:
                     raise PairsFormatError(f"{path}: row {row} has no image path in column {image_column!r}")
-                pairs.add(str(image), {"file_name": str(image)}, [str(caption or "")])
+                pairs.add(str(image), {"file_name": str(image), **size}, [str(caption or "")])
                 row += 1
     except (pa.ArrowInvalid, OSError) as e:
         raise PairsFormatError(f"{path}: cannot read the table ({e})") from None
@@ -199,10 +219,20 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, tarfile.TarInfo], tar
         raise PairsFormatError(f"{shard}: not an uncompressed tar shard ({e})") from None
 
 
+def _json_size(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
+    """{width, height} from a sample's KEY.json, where it gives both as integers; else {}."""
+    with suppress(ValueError):
+        meta = json.loads(tar.extractfile(member).read())
+        size = {c: meta.get(c) for c in SIZE_COLUMNS} if isinstance(meta, dict) else {}
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size.values()) and size:
+            return size
+    return {}
+
+
 def load_webdataset(spec: str, root: Path | None = None) -> tuple[CocoDataset, Path]:
     """WebDataset shards in img2dataset's layout: per sample `KEY.jpg` (or png, webp) and `KEY.txt`, its
-    caption (`KEY.json` and other members are ignored). Returns the dataset and the images folder its file
-    names are relative to (`root`, else the shards' common folder).
+    caption, and `KEY.json` for the image's width and height (other members are ignored). Returns the
+    dataset and the images folder its file names are relative to (`root`, else the shards' common folder).
 
     A sample without a caption is left out; one without an image keeps its caption's key as a missing
     image, which the run records as an `image` error.
@@ -220,13 +250,26 @@ def load_webdataset(spec: str, root: Path | None = None) -> tuple[CocoDataset, P
             if "txt" not in members:
                 continue
             caption = tar.extractfile(members["txt"]).read().decode("utf-8", errors="replace")
+            size = _json_size(tar, members["json"]) if "json" in members else {}
             ext = next((e for e in IMAGE_SUFFIXES if e in members), None)
             image = members.get(ext)
             record = {"file_name": f"{shard_name}/{key}.{ext or 'jpg'}", "shard": str(shard),
                       "member": image.name if image else f"{key}.jpg",
                       "offset": image.offset_data if image else -1, "size": image.size if image else 0}  # fmt: skip
-            pairs.add(key, record, [caption])
+            pairs.add(key, {**record, **size}, [caption])
     return pairs.dataset, root
+
+
+def fill_sizes(dataset: CocoDataset, images_dir: Path, threads: int = 16) -> None:
+    """Give the images whose input has no size their file's, from its header (read in threads, as a file
+    system needs many requests in flight); an image that cannot be read keeps none, and its run says why."""
+
+    def fill(record: dict) -> None:
+        with suppress(ImageError):
+            record["height"], record["width"] = image_size(image_source(images_dir, record))
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fill, [r for r in dataset.images.values() if r.get("width") is None]))
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:

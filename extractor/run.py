@@ -48,7 +48,7 @@ from extractor.digest import file_sha256
 from extractor.image import resized_pixels
 from extractor.maps import batch_maps
 from extractor.model import ALBEF
-from extractor.pairs import add_input_arguments, image_source, input_files, read_inputs
+from extractor.pairs import add_input_arguments, fill_sizes, image_source, input_files, read_inputs
 from extractor.pipeline import STAGES, ChunkWriter, Mapper, StageClock, batch_rows
 from extractor.standin import StandIn
 from extractor.summarize import Slice, failure_tables, run_slices
@@ -198,8 +198,11 @@ def record_run(s: Setup) -> bool:
         "captions_file": opts.webdataset or str((opts.captions or opts.pairs).resolve()),
         "instances_file": str(opts.instances.resolve()) if opts.instances else None, "device": str(s.device),
     })  # fmt: skip
-    frames = dict(zip(partsdir.DATASET_TABLES, s.dataset.frames(cfg.max_words), strict=True))
-    partsdir.write_dataset(s.parts, dataset_key(opts), frames)
+    key = dataset_key(opts)
+    if not any(p.parent.name == key for p in partsdir.dataset_files(s.parts, partsdir.DATASET_TABLES[-1])):
+        fill_sizes(s.dataset, opts.images)  # a pairs input's images without sizes: read once per dataset
+        partsdir.write_dataset(s.parts, key, dict(zip(partsdir.DATASET_TABLES, s.dataset.frames(cfg.max_words),
+                                                      strict=True)))  # fmt: skip
     return resuming
 
 

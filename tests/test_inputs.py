@@ -4,6 +4,7 @@ maps of a COCO-format run of the same pairs, without object metrics, with stable
 import io
 import json
 import tarfile
+from contextlib import suppress
 
 import duckdb
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from extractor.__main__ import main
 from extractor.pairs import load_webdataset, stable_id
@@ -34,6 +36,14 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def json_meta(key: str, image: bytes | None) -> bytes:
+    """A sample's KEY.json as img2dataset writes it: with the image's size when it has one."""
+    with suppress(OSError, TypeError):
+        width, height = Image.open(io.BytesIO(image)).size
+        return json.dumps({"key": key, "status": "success", "width": width, "height": height}).encode()
+    return json.dumps({"key": key, "status": "failed_to_download"}).encode()
+
+
 def write_shards(folder, samples: list[tuple[str, bytes | None, str | None]], per_shard: int) -> list[str]:
     """img2dataset's layout: shards 00000.tar, ... of KEY.jpg, KEY.txt, KEY.json per (key, image, caption)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +56,7 @@ def write_shards(folder, samples: list[tuple[str, bytes | None, str | None]], pe
                     add_member(tar, f"{key}.jpg", image)
                 if caption is not None:
                     add_member(tar, f"{key}.txt", caption.encode())
-                add_member(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
+                add_member(tar, f"{key}.json", json_meta(key, image))
     return names
 
 
@@ -54,6 +64,11 @@ def pairs_run(shared, db, *inputs: str) -> None:
     argv = ["run", *inputs, "--checkpoint", str(shared.joinpath(*CHECKPOINT)),
             "--vocab", str(shared / "bert-base-uncased" / "vocab.txt"), "--db", str(db)]  # fmt: skip
     assert main(argv) == 0
+
+
+def image_sizes(db, file_of=lambda name: name) -> set[tuple[str, int, int]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return {(file_of(f), w, h) for f, w, h in con.execute("SELECT file_name, width, height FROM images").fetchall()}
 
 
 def word_rows(db, file_of=lambda name: name) -> pd.DataFrame:
@@ -98,6 +113,8 @@ def test_a_pairs_table_gives_the_coco_runs_maps(shared, coco_run, tmp_path, suff
     got = word_rows(db)
     assert len(got) == len(word_rows(coco_run))  # every caption of every image: 5 per image, rows of one path
     assert_same_words(got, word_rows(coco_run))
+    sizes = image_sizes(db)  # read from the images' headers: the table has none
+    assert len(sizes) == N_IMAGES and sizes <= image_sizes(coco_run)
 
 
 def test_webdataset_shards_give_the_coco_runs_maps(shared, coco_run, tmp_path):
@@ -109,9 +126,12 @@ def test_webdataset_shards_give_the_coco_runs_maps(shared, coco_run, tmp_path):
     assert names == ["00000.tar", "00001.tar", "00002.tar"]
     db = tmp_path / "wds.duckdb"
     pairs_run(shared, db, "--webdataset", str(tmp_path / "shards" / "{00000..00002}.tar"))
-    got = word_rows(db, lambda name: keys[name.split("/")[1].removesuffix(".jpg")])
+    coco_file = lambda name: keys[name.split("/")[1].removesuffix(".jpg")]  # noqa: E731
+    got = word_rows(db, coco_file)
     assert set(got.index.get_level_values("raw")) == {c for _, c in firsts}
     assert_same_words(got, word_rows(coco_run))
+    sizes = image_sizes(db, coco_file)  # from each sample's KEY.json
+    assert len(sizes) == N_IMAGES and sizes <= image_sizes(coco_run)
 
 
 def test_pairs_runs_have_no_object_metrics_but_name_categories(shared, tmp_path):
