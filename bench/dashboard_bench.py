@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from db import queries, writer
+from db import queries, rankings, writer
+from db.metrics import METRICS
 from db.queries import WordFilter
 from db.sample import caption_words, category_lookup
 
@@ -32,6 +33,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "coco"
 RUN_ID = "be0c0c0000000001"
 METHOD, LAYER, GRID = "gradcam", 8, 24
 IMAGES_PER_COMMIT = 4096
+# Words the synthetic rows class as attributes (the rest: objects when they name a category, else other).
+ATTRIBUTES = ("white", "black", "red", "blue", "green", "yellow", "brown", "large", "small", "big", "young", "old")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +110,10 @@ def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dic
     categories = queries.list_categories(con, RUN_ID).query("n_words > 0")["category_id"]
     cats = rng.choice(categories, size=n).tolist()
     images = rng.integers(1, n_images + 1, size=n).tolist()
+    metrics = rng.choice(METRICS, size=n).tolist()
+    pages = rng.integers(0, 40, size=n).tolist()  # the first pages of a ranking, as a user browses them
     slice_ = {"run_id": RUN_ID, "method": METHOD, "layer": LAYER}
+    rank = {"run_id": RUN_ID, "method": METHOD, "layer": LAYER}
     return {
         "search word (ranked)": lambda c, i: queries.search_words(c, WordFilter(word=words[i], **slice_)),
         "count word": lambda c, i: queries.count_words(c, WordFilter(word=words[i], **slice_)),
@@ -124,6 +130,20 @@ def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dic
         "category stats": lambda c, i: queries.category_stats(c, RUN_ID, METHOD, LAYER),
         "freq. alignment": lambda c, i: queries.word_frequency_alignment(c, RUN_ID, METHOD, LAYER),
         "layer comparison": lambda c, i: queries.layer_comparison(c, RUN_ID),
+        # The overview, the best view and the search grouped by image (issue 11).
+        "best slice of word": lambda c, i: rankings.best_slices(c, RUN_ID, word=words[i]),
+        "best slice of category": lambda c, i: rankings.best_slices(c, RUN_ID, category_id=cats[i]),
+        "best slice of run": lambda c, i: rankings.best_slices(c, RUN_ID),
+        "ranked words": lambda c, i: rankings.ranked_words(c, **rank, metric=metrics[i], min_count=5),
+        "ranked attributes": lambda c, i: rankings.ranked_words(
+            c, **rank, metric=metrics[i], min_count=5, word_class="attribute"),
+        "ranked categories": lambda c, i: rankings.ranked_categories(c, **rank, metric=metrics[i]),
+        "ranked images": lambda c, i: rankings.ranked_images(c, **rank, metric=metrics[i], offset=24 * pages[i]),
+        "ranked images, category": lambda c, i: rankings.ranked_images(
+            c, **rank, metric=metrics[i], category_id=cats[i]),
+        "search word by image": lambda c, i: queries.search_images(c, WordFilter(word=words[i], **slice_)),
+        "image page of word": lambda c, i: queries.search_words(
+            c, WordFilter(word=words[i], image_ids=tuple(images[i : i + 24]), **slice_), limit=None),
     }  # fmt: skip
 
 
@@ -186,6 +206,7 @@ class SyntheticCoco:
         self.lengths = np.array([len(ws) for ws in words])
         self.offsets = np.cumsum(self.lengths) - self.lengths
         self.category_of_code = np.array([lookup.get(w, -1) for w in self.vocab])
+        self.attribute_of_code = np.isin(self.vocab, ATTRIBUTES)
         rng = np.random.default_rng(seed)
         self.itm = rng.uniform(size=n_images * per_image)
         rows, cols = np.mgrid[0:GRID, 0:GRID]
@@ -234,6 +255,7 @@ class SyntheticCoco:
         word_index = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         codes = self.codes[np.repeat(self.offsets[base], lengths) + word_index]
         category = self.category_of_code[codes]
+        attribute = self.attribute_of_code[codes]
         has_object = (category >= 0) & (rng.uniform(size=n) < 0.7)
         mask_mass = np.where(has_object, rng.beta(2, 3, n), np.nan)
         words = pd.DataFrame({
@@ -242,6 +264,7 @@ class SyntheticCoco:
             "word": pd.Categorical.from_codes(codes, categories=self.vocab),
             "n_pieces": 1 + (rng.uniform(size=n) < 0.1),
             "category_id": pd.array(np.where(category >= 0, category, None), dtype="Int32"),
+            "word_class": np.where(category >= 0, "object", np.where(attribute, "attribute", "other")),
             "method": METHOD, "layer": LAYER,
             "peak_row": rng.integers(0, GRID, n), "peak_col": rng.integers(0, GRID, n),
             "peak_value": rng.uniform(0.005, 0.2, n), "entropy": rng.beta(8, 2, n), "mask_mass": mask_mass,

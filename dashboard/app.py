@@ -74,8 +74,28 @@ def navigation(actor: Actor | None) -> st.navigation:
     )
 
 
-def sidebar(db: data.Database, images_override: str | None) -> data.Context | None:
-    """Run, method and layer pickers shared by every page; None (with a message) when nothing to show."""
+def target(db: data.Database, run_id: str) -> tuple[str | None, dict]:
+    """What the Search link asks about: its name and the word_aggregates filter, or (None, {})."""
+    if st.query_params.get("by") == "category":
+        name = st.query_params.get("category")
+        categories = questions.list_categories(db, run_id)
+        ids = dict(zip(categories["name"], categories["category_id"].astype(int), strict=True))
+        return (name, {"category_id": ids[name]}) if name in ids else (None, {})
+    word = st.query_params.get("word")
+    return (word, {"word": word}) if word else (None, {})
+
+
+def forget_layer() -> None:
+    """A new map method starts on its own best layer (the sidebar says when the old one is missing)."""
+    state.forget("layer")
+
+
+def sidebar(db: data.Database, images_override: str | None, notes: list[str]) -> data.Context | None:
+    """Run, method and layer pickers shared by every page; None (with a message) when nothing to show.
+
+    Method and layer default to the slice where the Search page's word or category (or, without one, the
+    whole run) grounds best; a link or the user's choice overrides it, and the URL always names them.
+    """
     runs = questions.list_runs(db)
     if runs.empty:
         st.info(
@@ -85,43 +105,48 @@ def sidebar(db: data.Database, images_override: str | None) -> data.Context | No
         return None
     by_id = {row["run_id"]: row for row in runs.to_dict("records")}
     with st.sidebar:
-        run_id = st.selectbox(
+        run_id = state.url_choice(
             "Run",
             list(by_id),
-            key="run",
-            bind=state.BIND,
-            help="Extraction run; the Runs page shows what each one extracted.",
+            param="run",
+            notes=notes,
+            format_func=lambda r: data.run_label(by_id[r]),
+            help="Extraction run: checkpoint file, method and image size. The Runs page shows what each "
+            "one extracted, and lets you label it.",
         )
         run = by_id[run_id]
-        st.caption(
-            f"{run['method']} · {run['status']} · {run['n_images'] or 0:,} images · "
-            f"checkpoint {code(Path(run['checkpoint_path'] or '?').name)}"
-        )
+        st.caption(f"{run['status']} · {run['n_images'] or 0:,} images · run {code(run_id)}")
         slices = questions.run_summary(db, run_id)["slices"]
         if slices.empty:
             st.info(f"Run {code(run_id)} has no word maps yet (status: {run['status']}).")
             return None
-        methods = sorted(slices["method"].unique())
-        method = st.radio(
+        name, about = target(db, run_id)
+        best = questions.best_slices(db, run_id, **about)
+        if best.empty:  # a word the captions lack: the search says so; the run's best slice meanwhile
+            name, best = None, questions.best_slices(db, run_id)
+        method = state.url_choice(
             "Map",
-            methods,
-            key="method",
-            bind=state.BIND,
+            sorted(slices["method"].unique()),
+            param="method",
+            default=best["method"].iloc[0],
+            widget=st.radio,
+            on_change=forget_layer,
+            notes=notes,
             horizontal=True,
             help="attention: ALBEF's raw cross-attention, mean over heads; "
             "gradcam: ALBEF's Grad-CAM (attention x positive gradient of the ITM score).",
         )
-        layers = sorted(int(x) for x in slices.loc[slices["method"] == method, "layer"])
-        preferred = run["gradcam_layer"] if run["gradcam_layer"] in layers else layers[-1]
-        layer = st.selectbox(
+        ranked = best[best["method"] == method]
+        layer = state.url_choice(
             "Layer",
-            layers,
-            index=layers.index(preferred),
-            key="layer",
-            bind=state.BIND,
+            sorted(int(x) for x in slices.loc[slices["method"] == method, "layer"]),
+            param="layer",
+            default=int(ranked["layer"].iloc[0]),
+            notes=notes,
             help="Absolute BERT layer of the fusion encoder the map comes from.",
         )
-    return data.Context(db, run, method, layer, data.images_dir(run, images_override, db))
+    view = data.BestView(name, best.reset_index(drop=True))
+    return data.Context(db, run, method, layer, data.images_dir(run, images_override, db), view)
 
 
 def main() -> None:
@@ -147,7 +172,10 @@ def main() -> None:
     except data.DatabaseUnavailable as exc:
         st.error(str(exc))
         st.stop()
-    ctx = sidebar(db, args.images)
+    notes: list[str] = []
+    ctx = sidebar(db, args.images, notes)
+    for note in notes:
+        st.warning(note, icon=":material/info:")
     if ctx is None:
         st.stop()
     st.session_state[data.CONTEXT_KEY] = ctx

@@ -24,9 +24,19 @@ COLOUR_BAR_WIDTH = 480
 SCALES = {"shared": "× uniform", "per map": "stretched"}
 
 
+# Metric names in words where the column name is not one.
+_NAMES = {
+    "peak_value": "peak share",
+    "iou_top60": "IoU top-60%",
+    "itm_score": "caption match (ITM)",
+    "pointing_hit": "pointing hit",
+}
+MORE_MATCHES = 4
+
+
 def metric_label(metric: str) -> str:
     """The human name of a metric, e.g. "mask mass"."""
-    return metric.replace("_", " ")
+    return _NAMES.get(metric, metric.replace("_", " "))
 
 
 def metric_help(metric: str) -> str:
@@ -123,6 +133,30 @@ def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:
         colour = "primary" if metric == highlight else "gray"
         parts.append(f":{colour}-badge[{BY_NAME[metric].label} {text}]")
     return " ".join(parts)
+
+
+def badge_legend() -> None:
+    """What the badges of the cards stand for (their definitions on hover)."""
+    names = " · ".join(f"**{BY_NAME[m].label}** {metric_label(m)}" for m in METRICS)
+    st.caption(f"Badges: {names}. Hover the ? for their definitions.", help=metrics_help())
+
+
+def more_matches(rows: pd.DataFrame, sort: str) -> None:
+    """The other matching words of a card's image, each in its caption with its `sort` value."""
+    if rows.empty:
+        return
+    lines = [
+        f"- {marked_caption(row['caption'], int(row['word_index']))} :small[{_value(row.get(sort))}]"
+        for row in rows.head(MORE_MATCHES).to_dict("records")
+    ]
+    more = len(rows) - MORE_MATCHES
+    if more > 0:
+        lines.append(f"- … and {more} more")
+    st.markdown(f"Also in this image ({len(rows)}):\n" + "\n".join(lines))
+
+
+def _value(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.2f}"
 
 
 def image_missing_note(ctx: data.Context) -> None:

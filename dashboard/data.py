@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DB = REPO / "data" / "demo" / "demo.duckdb"
 CONTEXT_KEY = "dashboard_context"
+RUN_LABELS = "run_labels"  # session state: run_id -> the label given on the Runs page
 INSTANCE_FIELDS = ("segmentation", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
 
@@ -83,6 +84,19 @@ class Database:
 
 
 @dataclass(frozen=True)
+class BestView:
+    """Where the Search page's word or category (`name`; None: every word of the run) grounds best:
+    db.rankings.best_slices, best first."""
+
+    name: str | None
+    slices: pd.DataFrame
+
+    def is_best(self, method: str, layer: int) -> bool:
+        first = self.slices.iloc[0]
+        return (first["method"], int(first["layer"])) == (method, layer)
+
+
+@dataclass(frozen=True)
 class Context:
     """What the entry point's sidebar chose, handed to every page."""
 
@@ -91,6 +105,14 @@ class Context:
     method: str
     layer: int
     images_dir: Path | None
+    best: BestView | None = None
+
+
+def run_label(run: Mapping[str, Any]) -> str:
+    """A run as people name it: the label given on the Runs page, else checkpoint file, method and resolution."""
+    given = st.session_state.get(RUN_LABELS, {}).get(run["run_id"])
+    checkpoint = Path(run["checkpoint_path"] or "?").name
+    return given or f"{checkpoint} · {run['method']} · {run['image_res'] or '?'} px"
 
 
 def context() -> Context:

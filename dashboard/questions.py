@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import Database
-from db import queries
+from db import queries, rankings
 from db.queries import WordFilter
 
 _cached = st.cache_data(show_spinner=False, max_entries=1024)
@@ -125,3 +125,71 @@ def layer_comparison(db: Database, run_id: str) -> pd.DataFrame:
 def word_frequency_alignment(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
     """Caption frequency beside localisation quality, per word naming a labelled object."""
     return queries.word_frequency_alignment(db.connection(), run_id, method, layer, min_count)
+
+
+@_cached
+def search_images(
+    db: Database, where: WordFilter, sort: str, descending: bool, limit: int, offset: int
+) -> pd.DataFrame:
+    """One page of a search grouped by image: the images of its hits, ranked by their best hit."""
+    return queries.search_images(db.connection(), where, sort=sort, descending=descending, limit=limit, offset=offset)
+
+
+@_cached
+def best_slices(db: Database, run_id: str, word: str | None = None, category_id: int | None = None) -> pd.DataFrame:
+    """The run's (method, layer) slices, where the word, category or whole run grounds best first."""
+    return rankings.best_slices(db.connection(), run_id, word, category_id)
+
+
+@_cached
+def ranked_words(
+    db: Database,
+    run_id: str,
+    method: str,
+    layer: int,
+    metric: str,
+    descending: bool,
+    min_count: int,
+    word_class: str | None,
+) -> pd.DataFrame:
+    """The run slice's words by mean `metric`, of one word class (object, attribute, other) or all."""
+    con = db.connection()
+    return rankings.ranked_words(
+        con, run_id, method, layer, metric, descending=descending, min_count=min_count, word_class=word_class
+    )
+
+
+@_cached
+def ranked_categories(
+    db: Database, run_id: str, method: str, layer: int, metric: str, descending: bool, min_count: int
+) -> pd.DataFrame:
+    """The run slice's COCO categories by the mean `metric` of the words naming them."""
+    return rankings.ranked_categories(
+        db.connection(), run_id, method, layer, metric, descending=descending, min_count=min_count
+    )
+
+
+@_cached
+def ranked_images(
+    db: Database,
+    run_id: str,
+    method: str,
+    layer: int,
+    metric: str,
+    descending: bool,
+    category_id: int | None,
+    limit: int,
+    offset: int,
+) -> pd.DataFrame:
+    """One page of the run slice's images by the mean `metric` of their words (optionally of one category)."""
+    return rankings.ranked_images(
+        db.connection(),
+        run_id,
+        method,
+        layer,
+        metric,
+        descending=descending,
+        category_id=category_id,
+        limit=limit,
+        offset=offset,
+    )

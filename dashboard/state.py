@@ -98,3 +98,52 @@ def link_params(**params: Any) -> dict[str, str]:
     """
     shared = {name: st.session_state.get(name) for name in SHARED}
     return {name: str(value) for name, value in (shared | params).items() if value is not None}
+
+
+def url_choice(
+    label: str,
+    options: Sequence[Any],
+    *,
+    param: str,
+    default: Any = None,
+    widget: Callable[..., Any] = st.selectbox,
+    on_change: Callable[[], None] | None = None,
+    notes: list[str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A selectbox (or radio) whose *value* lives in query parameter ``param`` (also its key), whatever its
+    labels say (``format_func``): the URL decides on every run, the widget writes it back when changed.
+
+    Without a usable value in the URL the last choice of this session is kept, else ``default`` (or the
+    first option). A value in the URL that is not an option is replaced with a note, appended to ``notes``
+    (for the page to show) or drawn here.
+    """
+    by_text = {str(option): option for option in options}
+    wanted = st.query_params.get(param)
+    value = by_text.get(wanted, st.session_state.get(param))
+    if value not in options:
+        value = default if default in options else options[0]
+    if wanted is not None and wanted not in by_text:
+        shown = kwargs.get("format_func", str)(value)
+        note = f"{label} “{literal(wanted)}” from the link is not available here; showing {literal(str(shown))}."
+        if notes is None:
+            st.warning(note)
+        else:
+            notes.append(note)
+    st.session_state[param] = value  # before the widget is drawn, which then shows it
+
+    def changed() -> None:
+        set_query(**{param: st.session_state[param]})
+        if on_change is not None:
+            on_change()
+
+    widget(label, options, key=param, on_change=changed, **kwargs)
+    set_query(**{param: value})
+    return value
+
+
+def forget(*params: str) -> None:
+    """Drop parameters from the URL and the session, so the page chooses them afresh (a callback)."""
+    for param in params:
+        st.query_params.pop(param, None)
+        st.session_state.pop(param, None)

@@ -25,6 +25,7 @@ class WordFilter:
         has_object: True: the named object is labelled in the image (object metrics defined);
             False: the word names a category that the image's labels lack. Words naming no category
             match neither.
+        image_ids: only these images (one page of a search grouped by image).
     """
 
     word: str | None = None
@@ -34,12 +35,13 @@ class WordFilter:
     layer: int | None = None
     ranges: Mapping[str, Range] | None = None
     has_object: bool | None = None
+    image_ids: tuple[int, ...] | None = None
 
     def spec(self) -> dict:
         """The filter as JSON-ready keyword values: what it searches for (word or category, whichever is
         set) and every other field."""
-        target = ("word", "category_id")
-        return {k: v for k, v in asdict(self).items() if k not in target or v is not None}
+        optional = ("word", "category_id", "image_ids")
+        return {k: v for k, v in asdict(self).items() if k not in optional or v is not None}
 
 
 def word_filter_sql(where: WordFilter) -> tuple[str, dict]:
@@ -51,6 +53,8 @@ def word_filter_sql(where: WordFilter) -> tuple[str, dict]:
         eq("method", where.method),
         eq("layer", where.layer),
     ]
+    if where.image_ids is not None:
+        clauses.append(("image_id IN (SELECT unnest($image_ids::BIGINT[]))", {"image_ids": list(where.image_ids)}))
     for metric, bounds in (where.ranges or {}).items():
         expr = range_expr(metric)
         for end, op, bound in zip(("low", "high"), (">=", "<="), bounds, strict=True):

@@ -69,7 +69,7 @@ def connect_readonly(path: str | Path, config: Mapping[str, object] | None = Non
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """All runs, newest first."""
-    return _df(con, "SELECT * FROM runs ORDER BY started_at DESC NULLS LAST, run_id")
+    return frame(con, "SELECT * FROM runs ORDER BY started_at DESC NULLS LAST, run_id")
 
 
 def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
@@ -78,10 +78,10 @@ def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
     Returns {} for an unknown run_id. Keys: the runs columns, 'images_done', 'images_error',
     'captions', 'errors', 'images_per_second', and 'slices' (DataFrame method, layer, n_rows).
     """
-    runs = _df(con, "SELECT * FROM runs WHERE run_id = $run_id", {"run_id": run_id})
+    runs = frame(con, "SELECT * FROM runs WHERE run_id = $run_id", {"run_id": run_id})
     if runs.empty:
         return {}
-    counts = _df(
+    counts = frame(
         con,
         """
         SELECT
@@ -94,7 +94,7 @@ def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
     summary = runs.iloc[0].to_dict() | counts.iloc[0].to_dict()
     seconds = summary["seconds"]
     summary["images_per_second"] = summary["images_done"] / seconds if seconds else None
-    summary["slices"] = _df(
+    summary["slices"] = frame(
         con,
         "SELECT method, layer, sum(n)::BIGINT AS n_rows FROM word_aggregates WHERE run_id = $run_id "
         "GROUP BY method, layer ORDER BY method, layer",
@@ -105,7 +105,7 @@ def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
 
 def run_errors(con: duckdb.DuckDBPyConnection, run_id: str, limit: int = 200) -> pd.DataFrame:
     """The run's logged errors, newest first: item_kind, item_id, path, message, created_at."""
-    return _df(
+    return frame(
         con,
         "SELECT item_kind, item_id, path, message, created_at FROM errors WHERE run_id = $run_id "
         "ORDER BY created_at DESC, item_kind, item_id LIMIT $limit",
@@ -124,7 +124,7 @@ def vocabulary(
         ("starts_with(word, $prefix)", {"prefix": prefix.strip().lower()}),
         eq("run_id", run_id),
     )
-    return _df(
+    return frame(
         con,
         f"""
         SELECT word, max(n) AS n FROM (
@@ -138,7 +138,7 @@ def vocabulary(
 def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pd.DataFrame:
     """The COCO categories with n_words (caption words naming them), n_instances and n_images."""
     where, params = all_of(("category_id IS NOT NULL", {}), eq("run_id", run_id))
-    return _df(
+    return frame(
         con,
         f"""
         WITH named AS (
@@ -181,11 +181,11 @@ def search_words(
     """
     clause, params = word_filter_sql(where)
     order = _order(sort, descending)
-    hits = _df(
+    hits = frame(
         con,
         f"""
         SELECT page.*, cat.name AS category FROM (
-            SELECT {LOOKUP_COLUMNS} FROM {_rows(con, where.run_id)} WHERE {clause}
+            SELECT {LOOKUP_COLUMNS} FROM {rows_of(con, where.run_id)} WHERE {clause}
             ORDER BY {order} LIMIT $limit OFFSET $offset
         ) AS page LEFT JOIN categories AS cat USING (category_id)
         ORDER BY {order}""",
@@ -193,10 +193,10 @@ def search_words(
     ).astype({"category": "str"})  # also when a page has no category at all (DuckDB gives object then)
     # Captions, images and maps are looked up by the page's ids, in separate queries: joined to the page,
     # DuckDB would scan the whole captions and words tables for a couple dozen rows.
-    context = _df(con, _CONTEXT_SQL, {"ids": hits["caption_id"].unique().tolist()})
+    context = frame(con, _CONTEXT_SQL, {"ids": hits["caption_id"].unique().tolist()})
     hits = hits.merge(context, how="left", on=["caption_id", "image_id"])
     if with_maps:
-        maps = _df(
+        maps = frame(
             con,
             f"""
             SELECT {", ".join(_WORD_KEYS)}, map, map_max FROM words
@@ -211,8 +211,31 @@ def search_words(
 def count_words(con: duckdb.DuckDBPyConnection, where: WordFilter = ALL_WORDS) -> int:
     """The number of word rows search_words ranks for the same filter."""
     clause, params = word_filter_sql(where)
-    sql = f"SELECT count(*) AS n FROM {_rows(con, where.run_id)} WHERE {clause}"
-    return int(_df(con, sql, params)["n"].iloc[0])
+    sql = f"SELECT count(*) AS n FROM {rows_of(con, where.run_id)} WHERE {clause}"
+    return int(frame(con, sql, params)["n"].iloc[0])
+
+
+def search_images(
+    con: duckdb.DuckDBPyConnection,
+    where: WordFilter = ALL_WORDS,
+    *,
+    sort: str = "mask_mass",
+    descending: bool = True,
+    limit: int = 24,
+    offset: int = 0,
+) -> pd.DataFrame:
+    """The images with word rows matching `where`, ranked by their best match under search_words' order:
+    image_id, n_matches, value (the best match's `sort`), and n_images (the images in all, on every row)."""
+    clause, params = word_filter_sql(where)
+    best, order = ("max", "DESC") if descending else ("min", "ASC")
+    return frame(
+        con,
+        f"""
+        SELECT image_id, count(*) AS n_matches, {best}({range_expr(sort)}) AS value, count(*) OVER () AS n_images
+        FROM {rows_of(con, where.run_id)} WHERE {clause} GROUP BY image_id
+        ORDER BY value {order} NULLS LAST, image_id LIMIT $limit OFFSET $offset""",
+        params | {"limit": limit, "offset": offset},
+    )
 
 
 def export_frame(
@@ -232,7 +255,7 @@ def ranked_sql(con: duckdb.DuckDBPyConnection, where: WordFilter, sort: str, des
     clause, params = word_filter_sql(where)
     order = _order(sort, descending)
     sql = (
-        f"SELECT {LOOKUP_COLUMNS}, row_number() OVER (ORDER BY {order}) AS rank FROM {_rows(con, where.run_id)} "
+        f"SELECT {LOOKUP_COLUMNS}, row_number() OVER (ORDER BY {order}) AS rank FROM {rows_of(con, where.run_id)} "
         f"WHERE {clause}"
     )
     return sql, params
@@ -246,8 +269,8 @@ def image_detail(con: duckdb.DuckDBPyConnection, image_id: int, run_id: str) -> 
     """
     params = {"image_id": image_id, "run_id": run_id}
     return {
-        "image": _df(con, "SELECT * FROM images WHERE image_id = $image_id", {"image_id": image_id}),
-        "captions": _df(
+        "image": frame(con, "SELECT * FROM images WHERE image_id = $image_id", {"image_id": image_id}),
+        "captions": frame(
             con,
             """
             SELECT c.caption_id, c.raw, c.text, c.n_words, r.itm_score, r.itc_score
@@ -257,13 +280,13 @@ def image_detail(con: duckdb.DuckDBPyConnection, image_id: int, run_id: str) -> 
             WHERE c.image_id = $image_id ORDER BY c.caption_id""",
             params,
         ),
-        "words": _df(
+        "words": frame(
             con,
             "SELECT * EXCLUDE (run_id) FROM words WHERE image_id = $image_id AND run_id = $run_id "
             "ORDER BY caption_id, word_index, method, layer",
             params,
         ),
-        "caption_maps": _df(
+        "caption_maps": frame(
             con,
             "SELECT * EXCLUDE (run_id) FROM caption_maps WHERE image_id = $image_id AND run_id = $run_id "
             "ORDER BY caption_id, method, layer",
@@ -284,7 +307,7 @@ def image_instances(
         ("i.image_id IN (SELECT unnest($image_ids::BIGINT[]))", {"image_ids": [int(i) for i in image_ids]}),
         ("i.category_id = $category_id", {"category_id": category_id}) if category_id is not None else ("", {}),
     )
-    return _df(
+    return frame(
         con,
         f"""
         SELECT i.*, c.name AS category, c.supercategory
@@ -311,7 +334,7 @@ def words_at_region(
     The region is half-open like a numpy slice. Returns caption_id, word_index, word, category_id,
     caption, region_mass (0..1), largest first.
     """
-    rows = _df(
+    rows = frame(
         con,
         """
         SELECT w.caption_id, w.word_index, w.word, w.category_id, c.text AS caption, w.map, w.map_max
@@ -335,7 +358,7 @@ def word_stats(
 ) -> pd.DataFrame:
     """Per word (and the category it names, if any): n, n_object, hit_rate, mean_* and median_* of the metrics."""
     medians = ", ".join(f"s.median_{m}" for m in SCORES)
-    return _df(
+    return frame(
         con,
         f"""
         SELECT s.word, s.category_id, c.name AS category, s.n, {_ROW_STATS}, {medians}
@@ -350,12 +373,12 @@ def category_stats(
     con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, min_count: int = 1
 ) -> pd.DataFrame:
     """Per category, over the words naming it: n, n_words (distinct), n_object, hit_rate, means, medians."""
-    return _df(
+    return frame(
         con,
         f"""
         SELECT s.category_id, c.name AS category, c.supercategory, count(*) AS n,
             count(DISTINCT s.word) AS n_words, {_LIVE_STATS}
-        FROM {_rows(con, run_id)} AS s JOIN categories AS c USING (category_id)
+        FROM {rows_of(con, run_id)} AS s JOIN categories AS c USING (category_id)
         WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer AND s.category_id IS NOT NULL
         GROUP BY s.category_id, c.name, c.supercategory
         HAVING count(*) >= $min_count
@@ -368,7 +391,7 @@ def word_category_matrix(
     con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, metric: str, min_count: int = 1
 ) -> pd.DataFrame:
     """Long form (word, category_id, category, n, value = mean of `metric`) for the words naming a category."""
-    return _df(
+    return frame(
         con,
         f"""
         SELECT s.word, s.category_id, c.name AS category, s.n,
@@ -398,10 +421,10 @@ def metric_values(
         (f"{check_metric(metric)} IS NOT NULL", {}),
         ("word IN (SELECT unnest($words::VARCHAR[]))", {"words": list(words)}) if words is not None else ("", {}),
     )
-    return _df(
+    return frame(
         con,
         f"""
-        SELECT * FROM (SELECT word, {range_expr(metric)} AS value FROM {_rows(con, run_id)} WHERE {where})
+        SELECT * FROM (SELECT word, {range_expr(metric)} AS value FROM {rows_of(con, run_id)} WHERE {where})
         USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE (0)""",
         params,
     )
@@ -409,7 +432,7 @@ def metric_values(
 
 def layer_comparison(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Per method and layer: n, n_object, hit_rate and the mean of each metric (which layer localises best)."""
-    return _df(
+    return frame(
         con,
         f"""
         SELECT method, layer, sum(n)::BIGINT AS n, {_TOTAL_STATS}
@@ -422,7 +445,7 @@ def word_frequency_alignment(
     con: duckdb.DuckDBPyConnection, run_id: str, method: str, layer: int, min_count: int = 1
 ) -> pd.DataFrame:
     """Words naming a labelled object: caption frequency (n, freq_rank) beside localisation quality."""
-    return _df(
+    return frame(
         con,
         f"""
         SELECT word, category_id, n, rank() OVER (ORDER BY n DESC) AS freq_rank, {_ROW_STATS}
@@ -434,11 +457,11 @@ def word_frequency_alignment(
     )
 
 
-def _rows(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
+def rows_of(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
     """Where one run's word rows are read: word_lookup itself once the run is finalized (DuckDB then
     reads only the ranked page's columns in full, which it cannot through the word_search union)."""
     if run_id is not None:
-        finalized = _df(con, "SELECT finalized_at FROM runs WHERE run_id = $run_id", {"run_id": run_id})
+        finalized = frame(con, "SELECT finalized_at FROM runs WHERE run_id = $run_id", {"run_id": run_id})
         if len(finalized) and finalized["finalized_at"].notna().all():
             return "word_lookup"
     return "word_search"
@@ -460,7 +483,7 @@ def _region_share(m: np.ndarray, row0: int, col0: int, row1: int, col1: int) -> 
     return float(m[row0:row1, col0:col1].sum()) / total if total > 0 else 0.0
 
 
-def _df(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
+def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
     """Run on a fresh cursor: a DuckDB connection object must not be shared by threads at once."""
     with con.cursor() as cur:
         return cur.execute(sql, dict(params or {})).df()

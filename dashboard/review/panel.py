@@ -52,14 +52,17 @@ def item_url(item: Item) -> dict[str, str]:
     return state.link_params(item=item.key)
 
 
-def describe(item: Item) -> str:
-    """A one-line name of an item, e.g. 'word 3 of caption 4021 · image 139 · gradcam layer 8'."""
+def describe(item: Item, db: data.Database) -> str:
+    """A one-line name of an item, e.g. '“dog” in “a dog on a sofa” · image 139 · gradcam layer 8'
+    (plain text: for a table cell, or Markdown after markup.literal)."""
     if item.kind == "image":
         return f"image {item.image_id} · run {item.run_id}"
-    return (
-        f"word {item.word_index} of caption {item.caption_id} · image {item.image_id} · "
-        f"{item.method} layer {item.layer}"
-    )
+    captions = questions.image_detail(db, item.image_id, item.run_id)["captions"]
+    text = captions.loc[captions["caption_id"] == item.caption_id, "text"]
+    words = text.iloc[0].split(" ") if len(text) else []
+    word = words[item.word_index] if item.word_index < len(words) else f"word {item.word_index}"
+    caption = f"“{text.iloc[0]}”" if len(text) else f"caption {item.caption_id}"
+    return f"“{word}” in {caption} · image {item.image_id} · {item.method} layer {item.layer}"
 
 
 # ---------------------------------------------------------------------------------------------- the item

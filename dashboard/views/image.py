@@ -57,9 +57,18 @@ def map_of(
 
 
 def region_figure(
-    picture: bytes, width: int, height: int, grid: int, instances: pd.DataFrame, show_box: bool
+    picture: bytes,
+    width: int,
+    height: int,
+    grid: int,
+    instances: pd.DataFrame,
+    show_box: bool,
+    region: tuple[int, int, int, int] | None,
 ) -> go.Figure:
-    """The image as a plotly figure with one invisible point per grid cell, for click and box selection."""
+    """The image as a plotly figure with one invisible point per grid cell, for click and box selection.
+
+    Selected cells are drawn as white squares; a slider `region` (row0, col0, row1, col1) as a dashed frame.
+    """
     scale = width / display_size(width, height, MAIN_SIDE)[0]  # the PNG is drawn at most MAIN_SIDE wide
     fig = go.Figure(
         go.Image(
@@ -75,7 +84,9 @@ def region_figure(
             x=((cols + 0.5) * width / grid).ravel(),
             y=((rows + 0.5) * height / grid).ravel(),
             mode="markers",
-            marker={"size": max(6, 600 // grid), "opacity": 0.0, "symbol": "square"},
+            marker={"size": max(6, 600 // grid), "opacity": 0.0, "symbol": "square", "color": "white"},
+            selected={"marker": {"opacity": 0.35}},
+            unselected={"marker": {"opacity": 0.0}},
             customdata=np.stack([rows.ravel(), cols.ravel()], axis=1),
             hovertemplate="grid cell (%{customdata[0]}, %{customdata[1]})<extra></extra>",
             showlegend=False,
@@ -101,6 +112,16 @@ def region_figure(
                 font={"color": "white", "size": 11},
                 bgcolor="rgba(0,0,0,0.55)",
             )
+    if region is not None:
+        row0, col0, row1, col1 = region
+        fig.add_shape(
+            type="rect",
+            x0=col0 * width / grid,
+            y0=row0 * height / grid,
+            x1=col1 * width / grid,
+            y1=row1 * height / grid,
+            line={"color": "white", "width": 3, "dash": "dash"},
+        )
     fig.update_xaxes(visible=False, range=[0, width])
     fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x")
     # hoverdistance -1: a click anywhere picks the nearest cell centre, whatever the grid size. Dragging
@@ -114,6 +135,18 @@ def region_figure(
         height=int(MAIN_SIDE * height / max(width, height)),
     )
     return fig
+
+
+def slider_span(param: str, grid: int) -> tuple[int, int]:
+    """A grid slider's (low, high) before it is drawn: its last value, or the link's, or the whole grid."""
+    span = st.session_state.get(param) or [int(x) for x in st.query_params.get_all(param) if x.isdigit()]
+    return tuple(span) if len(span) == 2 else (0, grid)
+
+
+def sliders_region(rows: tuple[int, int], cols: tuple[int, int], grid: int) -> tuple[int, int, int, int] | None:
+    """The sliders' region, or None while they cover the whole grid (which holds all of every map's mass)."""
+    (r0, r1), (c0, c1) = rows, cols
+    return (r0, c0, r1, c1) if 0 < (r1 - r0) * (c1 - c0) < grid * grid else None
 
 
 def selected_region(event: dict | None, grid: int) -> tuple[int, int, int, int] | None:
@@ -143,6 +176,12 @@ image_id = st.number_input(
 )
 if image_id is None:
     st.info("Choose an image: open one from the Search page, or type a COCO image id above.")
+    st.page_link(
+        "views/search.py",
+        label="Browse every image, ranked by any metric",
+        icon=":material/grid_view:",
+        query_params=state.link_params(rank="images"),
+    )
     st.stop()
 detail = questions.image_detail(ctx.db, int(image_id), run_id)
 if detail["image"].empty:
@@ -206,8 +245,9 @@ with left:
         f"**{what}** · {slice_label(ctx.method, ctx.layer)} · click a cell, or take the box tool in "
         "the chart's toolbar and drag a box, to see which words look there"
     )
+    framed = sliders_region(slider_span("rows", grid), slider_span("cols", grid), grid)
     event = st.plotly_chart(
-        region_figure(picture, width, height, grid, shown, show_box),
+        region_figure(picture, width, height, grid, shown, show_box, framed),
         key="region",
         on_select="rerun",
         selection_mode=("points", "box"),
@@ -226,10 +266,9 @@ with right:
     st.markdown("**Region to words**")
     region = selected_region(event, grid)
     if region is None:
-        r0, r1 = st.slider("Grid rows", 0, grid, (0, grid), key="rows", bind=state.BIND)
-        c0, c1 = st.slider("Grid columns", 0, grid, (0, grid), key="cols", bind=state.BIND)
-        # The whole grid holds all of every map's mass: nothing to rank until a region is chosen.
-        region = (r0, c0, r1, c1) if 0 < (r1 - r0) * (c1 - c0) < grid * grid else None
+        rows = st.slider("Grid rows", 0, grid, (0, grid), key="rows", bind=state.BIND)
+        cols = st.slider("Grid columns", 0, grid, (0, grid), key="cols", bind=state.BIND)
+        region = sliders_region(rows, cols, grid)
         if region is None:
             st.caption(
                 "Click a cell or drag a box on the image, or narrow the sliders, to rank the words "
@@ -320,14 +359,24 @@ st.subheader("Metrics")
 table = here.drop(columns=["map", "map_max", "image_id", "method", "layer"]).merge(
     captions[["caption_id", "text"]], on="caption_id"
 )
-names = questions.list_categories(ctx.db)
-table["category"] = table["category_id"].map(dict(zip(names["category_id"], names["name"], strict=True)))
+categories = questions.list_categories(ctx.db)
+names = dict(zip(categories["category_id"], categories["name"], strict=True))
+bound = {"bound_category_id": "describes", "category_id": "category"}
+for column, label in bound.items():
+    if column in table:  # names, not ids; blank, not "None", for a word naming no category
+        table[label] = table[column].map(names).fillna("")
+table = table.drop(columns=[c for c in (*bound, "bound_index") if c in table])
 st.dataframe(
     table,
     hide_index=True,
     width="stretch",
     column_config={
-        m: st.column_config.NumberColumn(m, format="%.3f", help=ui.metric_help(m)) for m in ui.RANGE_METRICS
+        m: st.column_config.NumberColumn(ui.metric_label(m), format="%.3f", help=ui.metric_help(m))
+        for m in ui.RANGE_METRICS
+    }
+    | {
+        "category": st.column_config.TextColumn(help="The COCO category the word names."),
+        "describes": st.column_config.TextColumn(help="The category of the noun an attribute word describes."),
     },
 )
 st.caption(

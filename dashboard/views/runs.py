@@ -10,6 +10,7 @@ from dashboard import data, questions
 from dashboard.markup import code, literal
 
 RUN_COLUMNS = [
+    "label",
     "run_id",
     "status",
     "method",
@@ -28,9 +29,16 @@ RUN_COLUMNS = [
     "checkpoint_path",
 ]
 
+
+def relabel(run_id: str) -> None:
+    """Keep the label typed for a run (this browser session; blank: back to the automatic one)."""
+    st.session_state.setdefault(data.RUN_LABELS, {})[run_id] = st.session_state[f"label_{run_id}"].strip()
+
+
 ctx = data.context()
 st.title("Runs")
 runs = questions.list_runs(ctx.db)
+runs.insert(0, "label", [data.run_label(run) for run in runs.to_dict("records")])
 st.dataframe(
     runs[[c for c in RUN_COLUMNS if c in runs.columns]],
     hide_index=True,
@@ -41,7 +49,19 @@ st.caption(f"Database {code(ctx.db.path)}. Choose the run the other pages show i
 
 run_id = ctx.run["run_id"]
 summary = questions.run_summary(ctx.db, run_id)
-st.subheader(f"Run {run_id}")
+st.subheader(f"Run {literal(data.run_label(ctx.run))}")
+st.text_input(
+    "Label",
+    value=st.session_state.get(data.RUN_LABELS, {}).get(run_id, ""),
+    key=f"label_{run_id}",
+    on_change=relabel,
+    args=(run_id,),
+    max_chars=80,
+    placeholder=data.run_label(ctx.run),
+    help="A name of your own for this run in the sidebar and here, for this browser session; blank for the "
+    "automatic one (checkpoint file · method · image size). The run's id is "
+    f"{run_id}.",
+)
 cells = st.columns(5)
 speed = summary["images_per_second"]
 for cell, (label, value) in zip(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, questions, state
+from dashboard import data, overview, questions, state
 from dashboard.markup import literal
 from dashboard.review import controls as review_controls
 from dashboard.review import exports as review_exports
@@ -27,7 +28,33 @@ POINTING_FILTER = {"any": None, "hit": (1.0, 1.0), "miss": (0.0, 0.0)}
 
 def first_page() -> None:
     """New criteria start again at page 1."""
-    st.session_state["p"] = 1
+    state.forget("p")
+
+
+def new_target() -> None:
+    """A new word or category opens on the slice where it grounds best (the sidebar reads the URL first)."""
+    first_page()
+    state.forget("method", "layer")
+    for param in ("word", "category"):
+        if f"{param}_choice" in st.session_state:
+            state.set_query(**{param: st.session_state[f"{param}_choice"]})
+
+
+def best_view_note(best: data.BestView, method: str, layer: int) -> str:
+    """Says which slice grounds the word or category best, and whether it is the one shown."""
+    top = best.slices.iloc[0]
+    has_mask = top["n_object"] >= 1
+    score = (
+        f"mean mask mass {top['mask_mass']:.2f} over {top['n_object']:,} occurrences with the object"
+        if has_mask
+        else f"least background mass, {top['background_mass']:.2f}, over {top['n']:,} occurrences"
+    )
+    where = f"{top['method']} · layer {int(top['layer'])}"
+    if best.is_best(method, layer):
+        return (
+            f"Showing {where}, where “{literal(best.name)}” grounds best in this run ({score}). The sidebar changes it."
+        )
+    return f"“{literal(best.name)}” grounds best in {where} ({score}); you are looking at {method} · layer {layer}."
 
 
 ctx = data.context()
@@ -40,7 +67,7 @@ by = st.radio(
     key="by",
     bind=state.BIND,
     horizontal=True,
-    on_change=first_page,
+    on_change=new_target,
     help="A word of the captions, or every word that names a COCO category.",
 )
 if by == "word":
@@ -52,13 +79,13 @@ if by == "word":
         counts,
         param="word",
         accept_new_options=True,
-        on_change=first_page,
+        on_change=new_target,
         placeholder="Type a word, e.g. dog",
         help="Words of this run's captions, most frequent first, with their counts.",
     )
     chosen, target = word, {"word": word} if word else None
 else:
-    categories = questions.list_categories(ctx.db, run_id)
+    categories = questions.list_categories(ctx.db, run_id).sort_values("name")
     named = categories[categories["n_words"] > 0]
     counts = dict(zip(named["name"], named["n_words"].astype(int), strict=True))
     category = state.counted_choice(
@@ -66,16 +93,28 @@ else:
         list(counts),
         counts,
         param="category",
-        on_change=first_page,
+        on_change=new_target,
         placeholder="Choose a category, e.g. dog",
         help="COCO categories named in the captions, with how many words name them.",
     )
     ids = dict(zip(categories["name"], categories["category_id"], strict=True))
     chosen, target = category, {"category_id": int(ids[category])} if category else None
 
+if target is None:
+    overview.show(ctx)
+    st.stop()
+
 with st.expander("Filters and ranking", icon=":material/filter_alt:"):
     left, right = st.columns(2)
-    sort = left.selectbox("Rank by", METRICS, key="sort", bind=state.BIND, on_change=first_page, help=ui.metrics_help())
+    sort = state.url_choice(
+        "Rank by",
+        METRICS,
+        param="sort",
+        widget=left.selectbox,
+        on_change=first_page,
+        format_func=ui.metric_label,
+        help=ui.metrics_help(),
+    )
     order = right.radio(
         "Order", ["descending", "ascending"], key="order", bind=state.BIND, horizontal=True, on_change=first_page
     )
@@ -114,10 +153,14 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
 
 with st.expander("Display", icon=":material/palette:"):
     style, show_mask, show_box = ui.overlay_controls()
-
-if target is None:
-    st.info("Choose a word or a COCO category to see where ALBEF looks when it reads it.")
-    st.stop()
+    by_image = st.toggle(
+        "One card per image",
+        key="group",
+        bind=state.BIND,
+        on_change=first_page,
+        help="Group the occurrences by image: each card shows an image's best-ranked occurrence and lists "
+        "all of its matching words.",
+    )
 
 where = WordFilter(
     run_id=run_id,
@@ -142,10 +185,20 @@ if total == 0:
         st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
     st.stop()
 
-n_pages = math.ceil(total / ui.PAGE_SIZE)
+# One card per image: a page of images ranked by their best occurrence (not with review filters).
+grouped = by_image and reviewed is None
+n_images = int(questions.search_images(ctx.db, where, sort, descending, 1, 0)["n_images"].iloc[0]) if grouped else 0
+n_pages = math.ceil((n_images if grouped else total) / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
-header.markdown(f"**{total:,}** occurrences · {ctx.method} layer {ctx.layer} · ranked by **{sort}** ({order})")
+header.markdown(
+    f"**{total:,}** occurrences"
+    + (f" in **{n_images:,}** images" if grouped else "")
+    + f" · {ctx.method} layer {ctx.layer} · ranked by **{ui.metric_label(sort)}** ({order})"
+)
+if ctx.best is not None and ctx.best.name is not None:
+    st.caption(best_view_note(ctx.best, ctx.method, ctx.layer))
 ui.colour_key(style)
+ui.badge_legend()
 stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
 csv_col, parquet_col = downloads.columns(2)
 csv_col.download_button(
@@ -170,11 +223,16 @@ parquet_col.download_button(
 
 page = st.pagination(n_pages, key="p", bind=state.BIND) if n_pages > 1 else 1
 offset = (page - 1) * ui.PAGE_SIZE
-rows = (
-    questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
-    if reviewed is None
-    else joined.item_words(ctx.db.connection(), reviewed.iloc[offset : offset + ui.PAGE_SIZE], with_maps=True)
-)
+if grouped:
+    ranked_images = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
+    image_ids = tuple(int(i) for i in ranked_images["image_id"])
+    hits = questions.search_words(ctx.db, replace(where, image_ids=image_ids), sort, descending, None, 0)
+    # search_words' order puts each image's best occurrence first.
+    rows = hits.drop_duplicates("image_id").set_index("image_id").loc[list(image_ids)].reset_index()
+elif reviewed is None:
+    rows = questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
+else:
+    rows = joined.item_words(ctx.db.connection(), reviewed.iloc[offset : offset + ui.PAGE_SIZE], with_maps=True)
 instances = questions.image_instances(ctx.db, tuple(int(i) for i in rows["image_id"].unique()))
 missing = False
 for start in range(0, len(rows), ui.GRID_COLUMNS):
@@ -186,5 +244,7 @@ for start in range(0, len(rows), ui.GRID_COLUMNS):
         ]
         with column.container(border=True):
             missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort)
+            if grouped:
+                ui.more_matches(hits[hits["image_id"] == row["image_id"]].iloc[1:], sort)
 if missing:
     ui.image_missing_note(ctx)

@@ -18,13 +18,6 @@ from dashboard.review import controls as review_controls
 from db.metrics import METRICS
 
 VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods", "reviews")
-# word_frequency_alignment column -> (label, the metric a click ranks the search by)
-ALIGNMENT = {
-    "mean_mask_mass": ("mask mass", "mask_mass"),
-    "hit_rate": ("pointing hit rate", "pointing_hit"),
-    "mean_iou_top60": ("IoU top-60%", "iou_top60"),
-    "mean_box_mass": ("box mass", "box_mass"),
-}
 DISTRIBUTION_WORDS = 12
 LEADERBOARD_SIZE = 15
 MATRIX_WORDS = 40
@@ -40,8 +33,8 @@ def open_search(event: dict | None, kind: str, **params: str) -> None:
     points = (event or {}).get("selection", {}).get("points", [])
     names = [html.unescape(p["customdata"][0]) for p in points if p.get("customdata")]
     if names:
-        # Only the Search page's own parameters: the sidebar's are bound to its widgets, which keep them.
-        st.switch_page("views/search.py", query_params={"by": kind, kind: names[0], **params})
+        # The sidebar's run, method and layer too: the search shows the slice that was clicked.
+        st.switch_page("views/search.py", query_params=state.link_params(by=kind, **{kind: names[0]}, **params))
 
 
 def chart(fig: go.Figure, key: str) -> dict:
@@ -57,7 +50,9 @@ st.caption(f"Run {run_id} · {ctx.method} · layer {ctx.layer}. Click a word or 
 
 left, middle, right = st.columns([2, 2, 1])
 view = left.selectbox("View", VIEWS, key="view", bind=state.BIND)
-metric = middle.selectbox("Metric", METRICS, key="metric", bind=state.BIND, help=ui.metrics_help())
+metric = state.url_choice(
+    "Metric", METRICS, param="metric", widget=middle.selectbox, format_func=ui.metric_label, help=ui.metrics_help()
+)
 min_count = right.number_input(
     "Min. occurrences",
     1,
@@ -101,34 +96,28 @@ if view == "distributions":
             title=f"{ui.metric_label(metric)} per occurrence",
         )
         fig.update_traces(marker={"size": 3, "opacity": 0.4}, jitter=0.4)
+        fig.update_yaxes(rangemode="tozero")
         open_search(chart(fig, "distribution"), "word", **search)
 
 elif view == "frequency vs alignment":
     frequency = questions.word_frequency_alignment(ctx.db, run_id, ctx.method, ctx.layer, min_count)
-    y = st.radio(
-        "Alignment",
-        list(ALIGNMENT),
-        format_func=lambda c: ALIGNMENT[c][0],
-        key="align",
-        bind=state.BIND,
-        horizontal=True,
-    )
     if frequency.empty:
         st.info("No word that names a labelled object occurs often enough. Lower the minimum.")
     else:
         fig = px.scatter(
             plotly_labels(frequency, "word"),
             x="n",
-            y=y,
+            y=column,
             log_x=True,
             text="word",
             custom_data=["word"],
-            hover_data={"n": True, "n_object": True, y: ":.3f"},
-            labels={"n": "occurrences in captions", y: ALIGNMENT[y][0]},
-            title="Do frequent words ground better?",
+            hover_data={"n": True, "n_object": True, column: ":.3f"},
+            labels={"n": "occurrences in captions", column: f"mean {ui.metric_label(metric)}"},
+            title=f"Do frequent words ground better? Mean {ui.metric_label(metric)} of the words naming an object",
         )
         fig.update_traces(textposition="top center", marker={"size": 8})
-        open_search(chart(fig, "frequency"), "word", sort=ALIGNMENT[y][1])
+        fig.update_yaxes(rangemode="tozero")
+        open_search(chart(fig, "frequency"), "word", **search)
 
 elif view == "word x category":
     matrix = questions.word_category_matrix(ctx.db, run_id, ctx.method, ctx.layer, metric, min_count)
@@ -191,9 +180,8 @@ elif view == "leaderboards":
                     title=f"{title} {plural}",
                 )
                 fig.update_yaxes(categoryorder="total ascending")
-                # Start the axis near the smallest bar: near-uniform maps differ only in the third decimal.
-                low, high = float(top[mean].min()), float(top[mean].max())
-                fig.update_xaxes(range=[max(0.0, low - 0.1 * (high - low) - 1e-3), high + 1e-3])
+                # From zero, not from the smallest bar, so small differences look small; the user may zoom.
+                fig.update_xaxes(rangemode="tozero")
                 fig.update_traces(texttemplate="%{x:.3f}", textposition="inside")
                 open_search(chart(fig, f"board_{short}_{label}"), label, sort=board_metric)
 
@@ -207,11 +195,16 @@ else:
         x="layer",
         y=column,
         color="method",
+        symbol="method",
         markers=True,
         hover_data={"n": True},
         labels={column: f"mean {ui.metric_label(metric)}"},
         title=f"Mean {ui.metric_label(metric)} by fusion layer and method",
     )
+    # Grad-CAM often shares a layer with attention: a larger open marker keeps both points in view.
+    fig.for_each_trace(lambda t: t.update(marker={"size": 16 if t.name == "gradcam" else 9}))
+    fig.update_traces(selector={"name": "gradcam"}, marker_symbol="circle-open", marker_line_width=3)
     fig.update_xaxes(dtick=1)
+    fig.update_yaxes(rangemode="tozero")
     st.plotly_chart(fig, key="layers")
     st.dataframe(layers, hide_index=True, width="stretch")

@@ -183,7 +183,7 @@ def agreement(queues: pd.DataFrame) -> None:
         return
     wide = split.pivot(index="item_key", columns="reviewer", values="verdict").reset_index()
     wide.insert(0, "open", wide["item_key"].map(item_link))
-    wide.insert(1, "item", wide["item_key"].map(lambda k: panel.describe(Item.from_key(k))))
+    wide.insert(1, "item", wide["item_key"].map(lambda k: panel.describe(Item.from_key(k), ctx.db)))
     st.dataframe(
         wide.drop(columns="item_key"),
         hide_index=True,

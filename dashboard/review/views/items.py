@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data, questions, state
-from dashboard.markup import code
+from dashboard.markup import code, literal
 from dashboard.review import controls, exports, panel, session
 from db.review import Item, joined
 
@@ -52,7 +52,9 @@ def item_from_link() -> Item | None:
 
 
 item = item_from_link()
-with st.expander("Review a word or an image", expanded=item is None, icon=":material/add_comment:"):
+# A viewer opens items to read their reviews; only a reviewer is offered to review them.
+verb = "Review" if session.actor().can_review else "Open"
+with st.expander(f"{verb} a word or an image", expanded=item is None, icon=":material/add_comment:"):
     image_id = st.number_input(
         "COCO image id", value=None, step=1, min_value=0, key="rv_image", placeholder="Type an image id"
     )
@@ -70,7 +72,7 @@ with st.expander("Review a word or an image", expanded=item is None, icon=":mate
         word_index = st.selectbox("Word", list(names), format_func=lambda i: f"{i}: {names[i]}", key="rv_word")
         left, right = st.columns(2)
         left.button(
-            "Review this word",
+            f"{verb} this word",
             icon=":material/text_fields:",
             disabled=word_index is None,
             on_click=open_item,
@@ -81,7 +83,7 @@ with st.expander("Review a word or an image", expanded=item is None, icon=":mate
             ),
         )
         right.button(
-            "Review the whole image",
+            f"{verb} the whole image",
             icon=":material/image:",
             on_click=open_item,
             args=(Item(run_id, int(image_id)).key,),
@@ -90,7 +92,7 @@ with st.expander("Review a word or an image", expanded=item is None, icon=":mate
 
 if item is not None:
     title, close = st.columns([5, 1], vertical_alignment="bottom")
-    title.subheader(panel.describe(item))
+    title.subheader(literal(panel.describe(item, ctx.db)))
     close.button("Close", icon=":material/close:", on_click=open_item, args=(None,), width="stretch")
     panel.item_with_review(ctx, item)
 

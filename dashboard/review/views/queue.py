@@ -98,7 +98,7 @@ back.button(
     args=("previous", position),
     help="Previous item (K)",
 )
-where.markdown(f"**Item {position + 1} of {len(items)}** · {panel.describe(item)}")
+where.markdown(f"**Item {position + 1} of {len(items)}** · {literal(panel.describe(item, ctx.db))}")
 forward.button(
     "Next",
     key="next",
