@@ -60,7 +60,8 @@ def test_object_metrics_use_the_named_categorys_masks(shared, small_db):
     coco = COCO(str(next((shared / "coco" / "val2017-small" / "annotations").glob("instances_*.json"))))
     words = rows(
         small_db,
-        "SELECT image_id, category_id, map, map_max, mask_mass, background_mass, pointing_hit, peak_row, peak_col "
+        "SELECT image_id, coalesce(category_id, bound_category_id), map, map_max, mask_mass, background_mass, "
+        "pointing_hit, peak_row, peak_col "
         "FROM words WHERE mask_mass IS NOT NULL AND method = 'gradcam'",
     )
     assert len(words) >= 10
@@ -85,7 +86,8 @@ def test_object_metrics_use_the_named_categorys_masks(shared, small_db):
 
 
 def test_words_without_the_object_have_null_object_metrics(small_db):
-    assert rows(small_db, "SELECT count(*) FROM words WHERE category_id IS NULL AND mask_mass IS NOT NULL") == [(0,)]
+    unnamed = "category_id IS NULL AND bound_category_id IS NULL"  # neither the word nor its noun names one
+    assert rows(small_db, f"SELECT count(*) FROM words WHERE {unnamed} AND mask_mass IS NOT NULL") == [(0,)]
     assert rows(small_db, "SELECT count(*) FROM words WHERE background_mass IS NULL") == [(0,)]
     (n_named,) = rows(small_db, "SELECT count(*) FROM words WHERE category_id IS NOT NULL")[0]
     assert n_named > 0
