@@ -37,6 +37,7 @@ from extractor.covers import grid_covers
 from extractor.dataset import CocoDataset, load_coco
 from extractor.image import normalize, resized_pixels
 from extractor.maps import ATTENTION, BatchMaps, batch_maps
+from extractor.model import ALBEF
 from extractor.run import DEFAULT_VOCAB, resolve_device
 from extractor.summarize import HostCopy, Slice, batch_tables, run_slices, word_outputs
 from extractor.text import Tokenizer, pre_caption
@@ -115,8 +116,6 @@ def loaded_model(checkpoint: str, sha256: str | None, config: str, device: str) 
     Raises:
         ProbeError: the checkpoint is missing on this machine, unreadable, of another model or not the run's.
     """
-    from extractor.model import ALBEF  # the model's module is only needed once something is probed
-
     path = Path(checkpoint)
     if not path.is_file():
         raise ProbeError(f"The run's checkpoint {path} is not on this machine: copy it there to probe this run.")
@@ -166,15 +165,20 @@ def opened_image(image: Image.Image | Path | str | bytes) -> Image.Image:
         if image.width * image.height > MAX_PIXELS:
             raise ProbeError(f"The image is {image.width}x{image.height}: more than the {MAX_PIXELS} pixels allowed.")
         return image.convert("RGB")
+    if isinstance(image, bytes):
+        with tempfile.NamedTemporaryFile(suffix=".img") as f:
+            f.write(image)
+            f.flush()
+            return _loaded(f.name, "The uploaded file")
+    return _loaded(image, str(image))
+
+
+def _loaded(path: Path | str, name: str) -> Image.Image:
+    """`load_image`, its ImageError a ProbeError that calls the file `name`."""
     try:
-        if isinstance(image, bytes):
-            with tempfile.NamedTemporaryFile(suffix=".img") as f:
-                f.write(image)
-                f.flush()
-                return load_image(f.name)
-        return load_image(image)
+        return load_image(path)
     except ImageError as e:
-        raise ProbeError(str(e).replace(tempfile.gettempdir(), "upload")) from None
+        raise ProbeError(str(e).replace(str(path), name)) from None
 
 
 def probe_item(
@@ -188,6 +192,8 @@ def probe_item(
     """
     cfg = settings.cfg
     dataset = dataset_of(settings)
+    if not settings.vocab.is_file():
+        raise ProbeError(f"The vocab {settings.vocab} is not on this machine: put bert-base-uncased's vocab.txt there.")
     (tok,) = tokenizer(settings.vocab, cfg.bert.max_position_embeddings)([pre_caption(caption, cfg.max_words)])
     if not tok.words:
         raise ProbeError("The caption is empty after ALBEF's cleaning: type some words.")

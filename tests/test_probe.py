@@ -134,10 +134,14 @@ def live_load(model, path):
     return load_checkpoint(model, path)
 
 
-def huge_png() -> bytes:
+def huge_image() -> Image.Image:
     side = int(MAX_PIXELS**0.5) + 1
+    return Image.new("1", (side, side))
+
+
+def huge_png() -> bytes:
     buffer = io.BytesIO()
-    Image.new("1", (side, side)).save(buffer, format="PNG")
+    huge_image().save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -148,6 +152,7 @@ def huge_png() -> bytes:
         ({"checkpoint": "garbage"}, None, "a dog", "not a PyTorch checkpoint"),
         ({"checkpoint_sha256": "0" * 64}, None, "a dog", "is not the run's"),
         ({}, "huge", "a dog", f"more than the {MAX_PIXELS} pixels"),
+        ({}, "huge image", "a dog", f"more than the {MAX_PIXELS} pixels"),
         ({}, "text", "a dog", "not an image"),
         ({}, None, " ?! ", "caption is empty"),
     ],
@@ -162,6 +167,7 @@ def test_what_cannot_be_probed_is_said_in_one_sentence(demo_db, tmp_path, change
     settings = replace(ProbeSettings.from_run(run), **change)
     source = {
         "huge": huge_png(),
+        "huge image": huge_image(),
         "text": b"hello",
         None: Path(run["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name,
     }[image]
@@ -170,6 +176,19 @@ def test_what_cannot_be_probed_is_said_in_one_sentence(demo_db, tmp_path, change
     text = str(error.value)
     assert message in text and "\n" not in text and "Traceback" not in text
     assert "/tmp" not in text or image is None  # an upload is not named by its temporary file
+
+
+def test_a_missing_vocab_is_said_in_one_sentence(demo_db, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    run = run_row(demo_db)
+    alone = tmp_path / "checkpoint.pth"  # the demo's checkpoint without its vocab.txt beside it
+    alone.write_bytes(Path(run["checkpoint_path"]).read_bytes())
+    monkeypatch.setattr(live, "DEFAULT_VOCAB", tmp_path / "bert-base-uncased" / "vocab.txt")
+    settings = replace(ProbeSettings.from_run(run), checkpoint=alone)
+    image = Path(run["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
+    with pytest.raises(ProbeError, match=r"^The vocab .* is not on this machine: [^\n]*$"):
+        live.probe(settings, image, "a red circle")
 
 
 def test_the_dashboard_starts_without_torch():
