@@ -85,8 +85,12 @@ def target(db: data.Database, run_id: str) -> tuple[str | None, dict]:
     return (word, {"word": word}) if word else (None, {})
 
 
+LAYER_BEFORE = "layer_before_method_change"
+
+
 def forget_layer() -> None:
-    """A new map method starts on its own best layer (the sidebar says when the old one is missing)."""
+    """A new map method keeps the layer if it has it, else starts on its own best layer (with a note)."""
+    st.session_state[LAYER_BEFORE] = st.session_state.get("layer")
     state.forget("layer")
 
 
@@ -136,15 +140,18 @@ def sidebar(db: data.Database, images_override: str | None, notes: list[str]) ->
             help="attention: ALBEF's raw cross-attention, mean over heads; "
             "gradcam: ALBEF's Grad-CAM (attention x positive gradient of the ITM score).",
         )
-        ranked = best[best["method"] == method]
+        layers = sorted(int(x) for x in slices.loc[slices["method"] == method, "layer"])
+        before = st.session_state.pop(LAYER_BEFORE, None)
         layer = state.url_choice(
             "Layer",
-            sorted(int(x) for x in slices.loc[slices["method"] == method, "layer"]),
+            layers,
             param="layer",
-            default=int(ranked["layer"].iloc[0]),
+            default=before if before in layers else int(best.loc[best["method"] == method, "layer"].iloc[0]),
             notes=notes,
             help="Absolute BERT layer of the fusion encoder the map comes from.",
         )
+        if before is not None and before not in layers:
+            notes.append(f"{method} has no layer {before} maps in this run: showing layer {layer}.")
     view = data.BestView(name, best.reset_index(drop=True))
     return data.Context(db, run, method, layer, data.images_dir(run, images_override, db), view)
 

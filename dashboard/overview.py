@@ -33,7 +33,7 @@ def worst_descending(metric: str, worst_first: bool) -> bool:
 
 def first_page() -> None:
     """A new ranking starts again at its first page."""
-    state.forget("rank_p")
+    state.first_page("rank_p")
 
 
 def search_link(kind: str, name: str, metric: str, descending: bool) -> dict[str, str]:
@@ -149,16 +149,16 @@ def show(ctx: data.Context) -> None:
 
 def show_images(ctx: data.Context, metric: str, descending: bool, category_id: int | None, where: str) -> None:
     """One page of the slice's images ranked by the mean metric of their words."""
-    page = st.session_state.get("rank_p") or state.query_int("rank_p") or 1
+    page = max(state.query_int("rank_p") or 1, 1)
     images = questions.ranked_images(
         ctx.db, ctx.run["run_id"], ctx.method, ctx.layer, metric, descending, category_id, TOP, (page - 1) * TOP
     )
     total = 0 if images.empty else int(images["n_images"].iloc[0])
     if total == 0:
-        st.info("No image matches. Choose another category.")
+        st.info("No image matches. Choose another category, or go back to the first page.")
         return
     st.markdown(f"**{total:,} images** by {where} of their words")
     image_grid(ctx, images, OverlayStyle(max_side=THUMB_SIDE))
     n_pages = math.ceil(total / TOP)
     if n_pages > 1:
-        st.pagination(n_pages, key="rank_p", bind=state.BIND)
+        state.url_page(n_pages, "rank_p")

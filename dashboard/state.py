@@ -62,12 +62,14 @@ def counted_choice(
 ) -> str | None:
     """A selectbox labelled "value · count" whose *value* is kept in query parameter ``param``.
 
-    The URL decides when the widget is first drawn on the page (a pasted link or a page link); after
-    that the widget does, and writes its value back.
+    The URL decides when the widget is first drawn on the page (a pasted link or a page link) and when it
+    names another value than the widget last wrote (a link to this same page); otherwise the widget does,
+    and writes its value back.
     """
-    key = f"{param}_choice"
-    if key not in st.session_state:
-        wanted = st.query_params.get(param)
+    key, shown = f"{param}_choice", f"{param}_shown"
+    wanted = st.query_params.get(param)
+    # A link to this same page keeps the widget's state: a URL value it did not write itself wins.
+    if key not in st.session_state or wanted != st.session_state.get(shown):
         if wanted is not None and not accept_new_options and wanted not in options:
             st.warning(f"{label} “{literal(wanted)}” from the link is not in this database.")
             wanted = None
@@ -87,6 +89,7 @@ def counted_choice(
         **kwargs,
     )
     set_query(**{param: value or None})
+    st.session_state[shown] = value or None
     return value or None
 
 
@@ -147,3 +150,26 @@ def forget(*params: str) -> None:
     for param in params:
         st.query_params.pop(param, None)
         st.session_state.pop(param, None)
+
+
+def url_page(n_pages: int, param: str) -> int:
+    """Pagination whose page lives in query parameter ``param``; :func:`first_page` starts it again.
+
+    Not a bound widget: going back to page 1 would then mean setting the widget's value through the
+    Session State API, which Streamlit warns about for a widget with a default. A reset makes a new
+    widget (a new key) instead, drawn at the URL's page.
+    """
+    generation = st.session_state.get(f"{param}_generation", 0)
+    page = min(max(query_int(param) or 1, 1), n_pages)
+    key = f"{param}_{generation}"
+
+    def changed() -> None:
+        set_query(**{param: None if st.session_state[key] == 1 else st.session_state[key]})
+
+    return st.pagination(n_pages, default=page, key=key, on_change=changed)
+
+
+def first_page(param: str) -> None:
+    """Start a :func:`url_page` pagination again at page 1 (a callback)."""
+    st.session_state[f"{param}_generation"] = st.session_state.get(f"{param}_generation", 0) + 1
+    set_query(**{param: None})

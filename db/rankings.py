@@ -2,8 +2,8 @@
 
 Words, categories and the best slice read `word_aggregates` (additive counts and sums per run, method,
 layer, word and category), so they cost the same at 616k captions as at 300. Images are ranked from the
-slice's word rows (`word_search`), one aggregate per image. Metric names reach SQL text only through
-db.filters.check_metric; everything else is a bound parameter.
+slice's rows of `words` itself, which is in image order (word_lookup is not), one aggregate per image.
+Metric names reach SQL text only through db.filters.check_metric; everything else is a bound parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ from db.queries import frame, rows_of
 
 # A slice "grounds best" by mean mask mass when enough occurrences have it, else by least background mass.
 _GROUNDING = "coalesce(sum(sum_mask_mass) / nullif(sum(n_mask_mass), 0), 0)"
+
+
+def _aggregates_of(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
+    """word_summary itself for a finalized run: through the word_aggregates view, a word filter would also
+    scan the word column of every `words` row for the view's other branch."""
+    return "word_summary" if rows_of(con, run_id) == "word_lookup" else "word_aggregates"
 
 
 def _mean(metric: str) -> str:
@@ -54,7 +60,7 @@ def ranked_words(
         f"""
         SELECT s.word, sum(s.n)::BIGINT AS n, sum(s.n_{check_metric(metric)})::BIGINT AS n_value,
             {_mean(metric)} AS value, any_value(c.name) AS category
-        FROM word_aggregates AS s LEFT JOIN categories AS c USING (category_id)
+        FROM {_aggregates_of(con, run_id)} AS s LEFT JOIN categories AS c USING (category_id)
         WHERE {where}
         GROUP BY s.word HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
         ORDER BY value {_direction(descending)}, n DESC, s.word LIMIT $limit""",
@@ -80,7 +86,7 @@ def ranked_categories(
         f"""
         SELECT s.category_id, c.name AS category, sum(s.n)::BIGINT AS n,
             sum(s.n_{check_metric(metric)})::BIGINT AS n_value, {_mean(metric)} AS value
-        FROM word_aggregates AS s JOIN categories AS c USING (category_id)
+        FROM {_aggregates_of(con, run_id)} AS s JOIN categories AS c USING (category_id)
         WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer
         GROUP BY s.category_id, c.name HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
         ORDER BY value {_direction(descending)}, n DESC, c.name LIMIT $limit""",
@@ -114,7 +120,7 @@ def ranked_images(
         f"""
         WITH ranked AS (
             SELECT image_id, count(*) AS n_words, avg({range_expr(metric)}) AS value, count(*) OVER () AS n_images
-            FROM {rows_of(con, run_id)} WHERE {where} GROUP BY image_id
+            FROM words WHERE {where} GROUP BY image_id
             ORDER BY value {_direction(descending)} NULLS LAST, image_id LIMIT $limit OFFSET $offset)
         SELECT r.image_id, i.file_name, i.width, i.height, r.n_words, r.value, r.n_images
         FROM ranked AS r JOIN images AS i USING (image_id)
@@ -143,7 +149,7 @@ def best_slices(
         f"""
         SELECT method, layer, sum(n)::BIGINT AS n, sum(n_mask_mass)::BIGINT AS n_object,
             {_mean("mask_mass")} AS mask_mass, {_mean("background_mass")} AS background_mass
-        FROM word_aggregates WHERE {where} GROUP BY method, layer
+        FROM {_aggregates_of(con, run_id)} WHERE {where} GROUP BY method, layer
         ORDER BY sum(n_mask_mass) >= $min_count DESC, {_GROUNDING} DESC, background_mass ASC NULLS LAST,
             method, layer""",
         params | {"min_count": min_count},

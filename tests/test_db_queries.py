@@ -1,11 +1,12 @@
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from db import queries, sample
+from db import queries, rankings, sample
 from db.codec import decode_map
 from db.queries import WordFilter
 from db.schema import METRICS
@@ -111,6 +112,11 @@ def test_unfinalized_run_answers_the_same(dbs):
         lambda c: queries.category_stats(c, **SLICE),
         lambda c: queries.layer_comparison(c, RUN),
         lambda c: queries.vocabulary(c, "s", RUN),
+        lambda c: queries.search_images(c, WordFilter(word="a", **SLICE), sort="entropy"),
+        lambda c: rankings.ranked_words(c, **SLICE, metric="entropy"),
+        lambda c: rankings.ranked_categories(c, **SLICE, metric="mask_mass"),
+        lambda c: rankings.ranked_images(c, **SLICE, metric="background_mass", category_id=18),
+        lambda c: rankings.best_slices(c, RUN, word="dog"),
     ):
         pd.testing.assert_frame_equal(call(live), call(final))
 
@@ -243,3 +249,63 @@ def test_export_has_metrics_but_no_maps(con):
     frame = queries.export_frame(con, WordFilter(word="a", run_id=RUN), sort="entropy")
     assert "map" not in frame and set(METRICS) <= set(frame.columns)
     assert len(frame) == queries.count_words(con, WordFilter(word="a", run_id=RUN))
+
+
+def ranked_by_hand(rows: pd.DataFrame, key: str, metric: str, descending: bool, min_count: int) -> pd.DataFrame:
+    """What rankings.ranked_words / ranked_categories should give, from the rows themselves."""
+    groups = rows.assign(v=rows[metric].astype(float)).groupby(key)
+    table = pd.DataFrame({"n": groups.size(), "n_value": groups["v"].count(), "value": groups["v"].mean()})
+    table = table[(table["n"] >= min_count) & (table["n_value"] > 0)].reset_index()
+    return table.sort_values(["value", "n", key], ascending=[not descending, False, True]).head(24)
+
+
+@pytest.mark.parametrize("metric", ["background_mass", "mask_mass", "pointing_hit"])
+@pytest.mark.parametrize("descending", [True, False])
+def test_word_and_category_rankings_are_the_means_of_their_rows(con, everything, metric, descending):
+    rows = everything[(everything["method"] == SLICE["method"]) & (everything["layer"] == SLICE["layer"])]
+    words = rankings.ranked_words(con, **SLICE, metric=metric, descending=descending, min_count=3)
+    want = ranked_by_hand(rows, "word", metric, descending, 3)
+    assert words["word"].tolist() == want["word"].tolist() and len(words) > 3
+    np.testing.assert_allclose(words["value"], want["value"], rtol=1e-6)
+    assert words["n"].tolist() == want["n"].tolist()
+    categories = rankings.ranked_categories(con, **SLICE, metric=metric, descending=descending)
+    named = rows[rows["category_id"].notna()].astype({"category_id": int})
+    want = ranked_by_hand(named, "category_id", metric, descending, 1)
+    # Ties are broken by name, not id: compare what is ranked, (mean, count) in order.
+    np.testing.assert_allclose(categories["value"], want["value"], rtol=1e-6)
+    assert categories["n"].tolist() == want["n"].tolist() and len(categories) > 3
+
+
+def test_images_rank_by_the_mean_of_their_words_and_filter_by_category(con, everything):
+    rows = everything[(everything["method"] == SLICE["method"]) & (everything["layer"] == SLICE["layer"])]
+    means = rows.groupby("image_id")["entropy"].mean().sort_values(ascending=False)
+    ranked = rankings.ranked_images(con, **SLICE, metric="entropy", limit=5, offset=2)
+    assert ranked["image_id"].tolist() == means.index[2:7].tolist()
+    np.testing.assert_allclose(ranked["value"], means.iloc[2:7], rtol=1e-6)
+    assert (ranked["n_images"] == len(means)).all()
+    with_dog = {i for (i,) in con.execute("SELECT DISTINCT image_id FROM instances WHERE category_id = 18").fetchall()}
+    dogs = rankings.ranked_images(con, **SLICE, metric="entropy", category_id=18, limit=100)
+    assert set(dogs["image_id"]) == with_dog and 0 < len(with_dog) < len(means)
+
+
+def test_best_slice_is_where_the_word_grounds_best(con, everything):
+    for word in ("dog", "refrigerator"):
+        means = everything[everything["word"] == word].groupby(["method", "layer"])["mask_mass"].mean()
+        best = rankings.best_slices(con, RUN, word=word)
+        assert (best["method"].iloc[0], best["layer"].iloc[0]) == means.idxmax()
+        assert len(best) == len(means) and best["mask_mass"].is_monotonic_decreasing
+    # A word that never names an object ranks by least background mass.
+    background = rankings.best_slices(con, RUN, word="a")
+    assert (background["n_object"] == 0).all() and background["background_mass"].is_monotonic_increasing
+    assert rankings.best_slices(con, RUN, word="no such word").empty
+
+
+def test_a_search_grouped_by_image_ranks_images_by_their_best_hit(con, everything):
+    where = WordFilter(word="a", **SLICE)
+    hits = queries.search_words(con, where, sort="entropy", descending=False, limit=None, with_maps=False)
+    best = hits.groupby("image_id")["entropy"].min().sort_values(kind="stable")
+    images = queries.search_images(con, where, sort="entropy", descending=False, limit=4)
+    assert images["image_id"].tolist() == best.index[:4].tolist()
+    assert images["n_matches"].tolist() == hits["image_id"].value_counts()[best.index[:4]].tolist()
+    page = queries.search_words(con, replace(where, image_ids=tuple(images["image_id"])), limit=None, with_maps=False)
+    assert set(page["image_id"]) == set(images["image_id"]) and len(page) == images["n_matches"].sum()

@@ -28,7 +28,7 @@ POINTING_FILTER = {"any": None, "hit": (1.0, 1.0), "miss": (0.0, 0.0)}
 
 def first_page() -> None:
     """New criteria start again at page 1."""
-    state.forget("p")
+    state.first_page("p")
 
 
 def new_target() -> None:
@@ -221,7 +221,7 @@ parquet_col.download_button(
     width="stretch",
 )
 
-page = st.pagination(n_pages, key="p", bind=state.BIND) if n_pages > 1 else 1
+page = state.url_page(n_pages, "p") if n_pages > 1 else 1
 offset = (page - 1) * ui.PAGE_SIZE
 if grouped:
     ranked_images = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
