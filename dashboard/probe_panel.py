@@ -82,7 +82,7 @@ def export_json(result: Any) -> bytes:
     """The probe as JSON: caption, scores, and each word's metrics and map (a grid of floats) per map and head."""
     rows = result.words.drop(columns=["map", "map_max"]).astype(object).where(result.words.notna(), None)
     words = [
-        {**row, "map": decode_map(blob, top).round(6).tolist()}
+        {**row, "map": decode_map(blob, top).tolist()}
         for row, blob, top in zip(rows.to_dict("records"), result.words["map"], result.words["map_max"], strict=True)
     ]
     doc = {"caption": result.caption, "itm_score": result.itm_score, "itc_score": result.itc_score,

@@ -279,3 +279,26 @@ def test_probe_an_uploaded_image_in_chromium(demo_db, tmp_path):
     assert "ITM" in text and "hexagon" in text and "a · 2" in text
     assert "Error" not in text and "Traceback" not in text
     assert shot.stat().st_size > 10_000
+
+
+def test_export_holds_every_word_with_its_metrics_and_map(demo_db):
+    import json
+
+    from dashboard.probe_panel import export_json, note_text
+
+    run = run_row(demo_db)
+    cap = stored_captions(demo_db, 1).iloc[0]
+    result = live.probe(ProbeSettings.from_run(run), Path(run["images_dir"]) / cap.file_name, cap.raw, heads=True)
+    doc = json.loads(export_json(result))
+    assert doc["caption"] == result.caption and doc["itm_score"] == pytest.approx(result.itm_score)
+    assert len(doc["words"]) == len(result.words)
+    for exported, row in zip(doc["words"], result.words.to_dict("records"), strict=True):
+        assert (exported["word"], exported["method"], exported["layer"], exported["head"]) == (
+            row["word"], row["method"], row["layer"], row["head"])  # fmt: skip
+        grid = np.array(exported["map"])
+        assert grid.shape == (result.grid, result.grid)
+        assert grid.max() == pytest.approx(row["map_max"], rel=1e-5)
+        assert exported["mask_mass"] is None or exported["mask_mass"] == pytest.approx(row["mask_mass"])
+    note = note_text(result)
+    assert note.startswith(f"Probe: “{result.caption}”") and len(note.splitlines()) == 1 + len(
+        result.words[result.words["head"] == MEAN])  # fmt: skip
