@@ -81,7 +81,9 @@ def _union(table: str, parts: Path, runs: list[str]) -> str:
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs) UNION ALL BY NAME SELECT * FROM live_runs"
     if table in RESULT_TABLES or table in ("word_lookup", "word_summary"):
         files = [f for r in runs for f in partsdir.done_files(parts, r, table)] if table in RESULT_TABLES else []
-        parquet = f" UNION ALL BY NAME SELECT * FROM read_parquet({_list(files)})" if files else ""
+        parquet = (
+            f" UNION ALL BY NAME SELECT * FROM read_parquet({_list(files)}, union_by_name = true)" if files else ""
+        )
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs){parquet}"
     return own
 

@@ -127,9 +127,13 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: Path, run_id: str) -> bool
             ],
         )
         for table in (*RESULT_TABLES, "errors", "image_status"):
-            # Files are named by their first image: read in name order, rows stay in image order.
+            # Files are named by their first image: read in name order, rows stay in image order. By name, so
+            # parts written before a column existed (a run resumed across a schema change) read it as NULL.
             if files := partsdir.done_files(parts, run_id, table):
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [[str(f) for f in files]])
+                con.execute(
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)",
+                    [[str(f) for f in files]],
+                )
         _refresh_counts(con, run_id)
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, signature])
     if complete:

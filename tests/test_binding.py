@@ -1,10 +1,16 @@
+import shutil
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from bench.binding_quality import demo_pairs, hand_checked_pairs, red_cards
 from dashboard.components import bound_noun
+from db import parts as partsdir
+from db import writer
 from db.schema import SCHEMA_VERSION
 from extractor.binding import ATTRIBUTE, OBJECT, OTHER, bound_pairs, precision_recall, tag_words
 from extractor.categories import match_words
@@ -128,3 +134,29 @@ def test_a_demo_database_of_an_older_schema_is_rebuilt(tmp_path):
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert con.execute("SELECT count(*) FROM words WHERE bound_index IS NOT NULL").fetchone()[0] > 0
+
+
+def test_parts_written_before_the_binding_columns_still_build(demo, tmp_path):
+    """A run resumed across the schema change: its older chunks lack the new columns and read as NULL."""
+    parts = tmp_path / "x.parts"
+    shutil.copytree(demo / "demo.parts", parts)
+    (run,) = partsdir.run_ids(parts)
+    folder = partsdir.run_dir(parts, run)
+    (status,) = (folder / partsdir.DONE_TABLE).glob("*.parquet")
+    first = sorted(pq.read_table(status).column("image_id").to_pylist())[:10]
+    for table in (*partsdir.RESULT_TABLES, partsdir.DONE_TABLE):
+        for path in (folder / table).glob("*.parquet"):
+            rows = pq.read_table(path)
+            old = pc.is_in(rows.column("image_id"), pa.array(first, rows.schema.field("image_id").type))
+            if table == "words":  # as the code before the binding wrote it
+                rows = rows.drop_columns(["word_class", "bound_index", "bound_category_id"])
+            pq.write_table(rows.filter(old), path.with_name("0-old.parquet"))
+            pq.write_table(pq.read_table(path).filter(pc.invert(old)), path)
+    writer.build(tmp_path / "x.duckdb")
+    with duckdb.connect(str(tmp_path / "x.duckdb"), read_only=True) as con:
+        counts = con.execute(
+            "SELECT image_id IN (SELECT unnest(?)) AS old, count(*), count(word_class) FROM words GROUP BY old "
+            "ORDER BY old",
+            [first],
+        ).fetchall()
+    assert counts[0][1] == counts[0][2] > 0 and counts[1][1] > 0 and counts[1][2] == 0
