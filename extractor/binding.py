@@ -8,14 +8,15 @@ when the rules find no object noun, and when it is negated.
 
 Rules, tried in this order (a multi-word name binds at its last word: "a red hot dog" -> "dog"):
 - prenominal: the attribute starts or joins a chain of attributes, "and"/"or" and intensifiers ("very",
-  "dark") that ends at an object word ("a red and white bus", "two small dogs"), or at one unknown
-  modifier right before an object word ("a red city bus"). A chain that ends anywhere else ("a red
-  shirt", "a black and white photo of a cat") binds nothing: the nearest object is not what it describes.
+  "mostly") that stands right before an object word ("a red and white bus", "two small dogs"), or before
+  "pair of" or at most two other modifiers and then an object word ("a gold pair of scissors", "a red city
+  bus"). A chain that ends anywhere else ("a red shirt", "a black and white photo of a cat") binds
+  nothing: the nearest object is not what it describes.
 - predicative: a chain after a copula or a colouring participle that follows an object word, perhaps
   through "that"/"which" ("the bus is red", "a bus that is red", "a bus painted red", "dogs are all
   white").
-- negation: "not", "no", "without" or "never" right before the chain, or between the copula and the
-  chain, leaves it unbound ("the bus is not red", "no red cars").
+- negation: "not", "no", "without" or "never" right before the chain leaves it unbound ("the bus is not
+  red", "no red cars").
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from typing import NamedTuple
 
 from extractor.categories import COLOURS
 
-OBJECT, ATTRIBUTE, OTHER = "object", "attribute", "other"
-WORD_CLASSES = (OBJECT, ATTRIBUTE, OTHER)
+OBJECT, ATTRIBUTE, OTHER = "object", "attribute", "other"  # the word_class column's values
 
 # fmt: off
 _COLOUR_WORDS = COLOURS | frozenset((
