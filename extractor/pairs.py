@@ -124,6 +124,20 @@ def _check_columns(path: Path, required: list[str], names: list[str]) -> list[st
     return [*required, *(c for c in SIZE_COLUMNS if c in names)]
 
 
+def chunk_json(dataset: CocoDataset, records: list[dict]) -> str:
+    """A chunk of images with their captions, for a process that does not read the inputs (a Ray actor)."""
+    return json.dumps([[r, dataset.captions_of(r["id"])] for r in records])
+
+
+def chunk_dataset(text: str) -> tuple[CocoDataset, list[dict]]:
+    """The dataset of one chunk (`chunk_json`) and its image records, in order."""
+    dataset = _Pairs().dataset
+    for record, captions in json.loads(text):
+        dataset.images[record["id"]], dataset.captions[record["id"]] = record, captions
+        dataset.order.append(record["id"])
+    return dataset, dataset.images_with_captions()
+
+
 def _table_batches(path: Path, required: list[str]) -> Iterator[pa.RecordBatch]:
     """The table's rows in record batches of the `required` columns (CSV: as text) and of `width` and `height`
     where it has them (img2dataset's Parquet output does), read as a stream."""

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from db import parts as partsdir
 from db import writer
 from extractor import run
+from extractor.pairs import chunk_dataset, chunk_json
 from extractor.pipeline import StageClock
 from extractor.suspects import journal_dir
 
@@ -83,11 +84,17 @@ def chunks_to_do(s: run.Setup) -> list[list[dict]]:
 
 
 class ChunkActor:
-    """A Ray Data actor: the model loaded once, then each chunk of images through the pipeline into parts."""
+    """A Ray Data actor: the model loaded once, then each chunk of images through the pipeline into parts.
+
+    With COCO files it reads the dataset once (it needs the instances for the object covers); a pairs
+    table's or shards' chunks come with their records and captions, so that no actor reads the inputs,
+    which for millions of pairs would cost each actor minutes and gigabytes.
+    """
 
     def __init__(self, opts: run.Options, device: str) -> None:
-        self.setup = run.setup(opts, torch.device(device))
-        self.records = {r["id"]: r for r in self.setup.dataset.images_with_captions()}
+        pairs = opts.captions is None
+        self.setup = run.setup(opts, torch.device(device), dataset=chunk_dataset("[]")[0] if pairs else None)
+        self.records = {} if pairs else {r["id"]: r for r in self.setup.dataset.images_with_captions()}
         self.journal = (journal_dir(self.setup.parts, self.setup.run_id), partsdir.new_token())
 
     def saved(self, records: list[dict]) -> bool:
@@ -97,10 +104,13 @@ class ChunkActor:
         return any(done.glob(f"{min(r['id'] for r in records):012d}-*.parquet"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
-        """{chunk, image_ids} rows -> {chunk, images, failed} rows, once each chunk's parts are written."""
+        """{chunk, image_ids, pairs} rows -> {chunk, images, failed} rows, once each chunk's parts are written."""
         out: dict[str, list[int]] = {"chunk": [], "images": [], "failed": []}
-        for chunk, ids in zip(batch["chunk"], batch["image_ids"], strict=True):
-            records = [self.records[int(i)] for i in ids]
+        for chunk, ids, pairs in zip(batch["chunk"], batch["image_ids"], batch["pairs"], strict=True):
+            if pairs:
+                self.setup.dataset, records = chunk_dataset(str(pairs))
+            else:
+                records = [self.records[int(i)] for i in ids]
             failed = 0
             if not self.saved(records):
                 rows = run.image_rows(self.setup, records, self.journal)
@@ -137,7 +147,7 @@ def run_on_cluster(ray: ModuleType, opts: run.Options, actors: int | None) -> st
     partsdir.write_session(s.parts, s.run_id, journal[1], {**session, "complete": False})
     complete = False
     try:
-        finished = run_chunks(ray, opts, device, chunks, actors) if chunks else set()
+        finished = run_chunks(ray, s, device, chunks, actors) if chunks else set()
         if lost := [c for i, c in enumerate(chunks) if i not in finished]:
             record_lost(s, lost)
         complete = True
@@ -152,9 +162,10 @@ def run_on_cluster(ray: ModuleType, opts: run.Options, actors: int | None) -> st
     return s.run_id
 
 
-def run_chunks(ray: ModuleType, opts: run.Options, device: torch.device, chunks: list[list[dict]],
+def run_chunks(ray: ModuleType, s: run.Setup, device: torch.device, chunks: list[list[dict]],
                actors: int | None) -> set[int]:  # fmt: skip
     """Stream the chunks through a pool of `ChunkActor`s with a progress bar; returns the chunks finished."""
+    opts = s.opts  # its images folder resolved: a WebDataset's actors read no inputs to find it
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = -1  # a chunk that keeps failing is dropped here, and recorded by the caller
     context.actor_task_retry_on_errors = True  # an exception is retried too, up to CHUNK_TRIES runs in all
@@ -162,7 +173,8 @@ def run_chunks(ray: ModuleType, opts: run.Options, device: torch.device, chunks:
     cuda = device.type == "cuda"
     resources = ray.cluster_resources()
     pool = actors or max(1, int(resources.get("GPU" if cuda else "CPU", 1)))
-    items = [{"chunk": i, "image_ids": [r["id"] for r in c]} for i, c in enumerate(chunks)]
+    pairs = (lambda c: chunk_json(s.dataset, c)) if opts.captions is None else (lambda c: "")
+    items = [{"chunk": i, "image_ids": [r["id"] for r in c], "pairs": pairs(c)} for i, c in enumerate(chunks)]
     with warnings.catch_warnings():  # max_task_retries has no named parameter in Ray 2.60 yet
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(

@@ -166,10 +166,12 @@ class Setup:
         return run_slices(self.attention_layers, self.cfg.gradcam_block if self.gradcam else None)
 
 
-def setup(opts: Options, device: torch.device, with_model: bool = True) -> Setup:
-    """Read the dataset, load the model (unless `with_model` is False) and work out the run id."""
-    dataset, images = read_inputs(opts)
-    opts = replace(opts, images=images)
+def setup(opts: Options, device: torch.device, with_model: bool = True, dataset: CocoDataset | None = None) -> Setup:
+    """Read the dataset (unless given, with `opts.images` resolved), load the model (unless `with_model` is
+    False) and work out the run id."""
+    if dataset is None:
+        dataset, images = read_inputs(opts)
+        opts = replace(opts, images=images)
     cfg = resolve_config(opts)
     layers = sorted(opts.layers) if opts.layers else cfg.fusion_layers
     if bad := [la for la in layers if la not in cfg.fusion_layers]:
