@@ -52,8 +52,6 @@ def ranked_links(ranked, kind: str, metric: str, descending: bool) -> None:
                 "views/search.py",
                 label=f"{rank}. {literal(name)} · **{row.value:.3f}** · {row.n:,}×",
                 query_params=search_link(kind, name, metric, descending),
-                help=f"{row.n:,} occurrences, {row.n_value:,} with a {ui.metric_label(metric)}. "
-                f"Open its maps, ranked by {ui.metric_label(metric)}.",
             )
 
 
@@ -111,7 +109,7 @@ def show(ctx: data.Context) -> None:
     descending = worst_descending(metric, worst == "worst first")
     where = f"mean {ui.metric_label(metric)}, {'highest' if descending else 'lowest'} first"
     if kind == "images":
-        categories = questions.list_categories(ctx.db, run_id).sort_values("name")
+        categories = questions.list_categories(ctx.db, run_id)
         labelled = categories[categories["n_images"] > 0]
         with filter_col:
             category = state.url_choice(
@@ -133,12 +131,12 @@ def show(ctx: data.Context) -> None:
             help="object nouns name a COCO category; attributes (colours, sizes, ...) are scored on the object "
             "of the noun they describe; other words are neither.",
         )
-        ranked = questions.ranked_words(
-            ctx.db, run_id, ctx.method, ctx.layer, metric, descending, min_count, WORD_CLASSES[word_class]
+        ranked = questions.ranked(
+            ctx.db, run_id, ctx.method, ctx.layer, metric, "word", descending, min_count, WORD_CLASSES[word_class]
         )
         names = "words"
     else:
-        ranked = questions.ranked_categories(ctx.db, run_id, ctx.method, ctx.layer, metric, descending, min_count)
+        ranked = questions.ranked(ctx.db, run_id, ctx.method, ctx.layer, metric, "category", descending, min_count)
         names = "categories"
     if ranked.empty:
         st.info(f"No {names} with a {ui.metric_label(metric)} occur {min_count} times or more. Lower the minimum.")

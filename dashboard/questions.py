@@ -45,7 +45,7 @@ def vocabulary(db: Database, run_id: str | None, limit: int) -> pd.DataFrame:
 
 @_cached
 def list_categories(db: Database, run_id: str | None = None) -> pd.DataFrame:
-    """The COCO categories with how many words name them, instances and images."""
+    """The COCO categories by name, with how many words name them, instances and images."""
     return queries.list_categories(db.connection(), run_id)
 
 
@@ -142,30 +142,28 @@ def best_slices(db: Database, run_id: str, word: str | None = None, category_id:
 
 
 @_cached
-def ranked_words(
+def ranked(
     db: Database,
     run_id: str,
     method: str,
     layer: int,
     metric: str,
+    by: str,
     descending: bool,
     min_count: int,
-    word_class: str | None,
+    word_class: str | None = None,
 ) -> pd.DataFrame:
-    """The run slice's words by mean `metric`, of one word class (object, attribute, other) or all."""
-    con = db.connection()
-    return rankings.ranked_words(
-        con, run_id, method, layer, metric, descending=descending, min_count=min_count, word_class=word_class
-    )
-
-
-@_cached
-def ranked_categories(
-    db: Database, run_id: str, method: str, layer: int, metric: str, descending: bool, min_count: int
-) -> pd.DataFrame:
-    """The run slice's COCO categories by the mean `metric` of the words naming them."""
-    return rankings.ranked_categories(
-        db.connection(), run_id, method, layer, metric, descending=descending, min_count=min_count
+    """The run slice's words (of one word class, or all) or categories (`by`) by mean `metric`."""
+    return rankings.ranked(
+        db.connection(),
+        run_id,
+        method,
+        layer,
+        metric,
+        by=by,
+        descending=descending,
+        min_count=min_count,
+        word_class=word_class,
     )
 
 

@@ -136,7 +136,7 @@ def vocabulary(
 
 
 def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> pd.DataFrame:
-    """The COCO categories with n_words (caption words naming them), n_instances and n_images."""
+    """The COCO categories, by name, with n_words (caption words naming them), n_instances and n_images."""
     where, params = all_of(("category_id IS NOT NULL", {}), eq("run_id", run_id))
     return frame(
         con,
@@ -153,7 +153,7 @@ def list_categories(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -
         SELECT c.category_id, c.name, c.supercategory, coalesce(named.n_words, 0) AS n_words,
             coalesce(labelled.n_instances, 0) AS n_instances, coalesce(labelled.n_images, 0) AS n_images
         FROM categories AS c LEFT JOIN named USING (category_id) LEFT JOIN labelled USING (category_id)
-        ORDER BY c.category_id""",
+        ORDER BY c.name, c.category_id""",
         params,
     )
 

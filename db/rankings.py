@@ -33,64 +33,53 @@ def _direction(descending: bool) -> str:
     return "DESC" if descending else "ASC"
 
 
-def ranked_words(
+# What a ranking groups word_aggregates rows by: selected columns, join with categories, GROUP BY, tiebreak.
+_GROUPS = {
+    "word": ("s.word, any_value(c.name) AS category", "LEFT JOIN", "s.word", "s.word"),
+    "category": ("s.category_id, c.name AS category", "JOIN", "s.category_id, c.name", "c.name"),
+}
+
+
+def ranked(
     con: duckdb.DuckDBPyConnection,
     run_id: str,
     method: str,
     layer: int,
     metric: str,
     *,
+    by: str = "word",
     descending: bool = True,
     min_count: int = 1,
     word_class: str | None = None,
     limit: int = 24,
 ) -> pd.DataFrame:
-    """Words of a run slice by their mean `metric` (words that never have it are left out): word, n
-    (occurrences), n_value (occurrences with the metric), value (its mean), category (the COCO category the
-    word names, if any). `word_class` keeps only words of that class ('object', 'attribute', 'other')."""
-    slice_ = ("s.run_id = $run_id AND s.method = $method AND s.layer = $layer", {})
+    """Words (`by` 'word') or COCO categories (`by` 'category', over the words naming them) of a run slice by
+    their mean `metric`; those that never have it are left out.
+
+    Returns word or category_id, category (the category's name; for a word, the one it names if any), n
+    (occurrences), n_value (occurrences with the metric) and value (its mean). `word_class` keeps only
+    words of that class ('object', 'attribute', 'other').
+    """
+    columns, join, group, tiebreak = _GROUPS[by]
     of_class = (
         f"s.word IN (SELECT word FROM {rows_of(con, run_id)} WHERE run_id = $run_id AND method = $method "
         "AND layer = $layer AND word_class = $word_class)",
         {"word_class": word_class},
     )
-    where, params = all_of(slice_, of_class if word_class is not None else ("", {}))
-    return frame(
-        con,
-        f"""
-        SELECT s.word, sum(s.n)::BIGINT AS n, sum(s.n_{check_metric(metric)})::BIGINT AS n_value,
-            {_mean(metric)} AS value, any_value(c.name) AS category
-        FROM {_aggregates_of(con, run_id)} AS s LEFT JOIN categories AS c USING (category_id)
-        WHERE {where}
-        GROUP BY s.word HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
-        ORDER BY value {_direction(descending)}, n DESC, s.word LIMIT $limit""",
-        params | {"run_id": run_id, "method": method, "layer": layer, "min_count": min_count, "limit": limit},
+    where, params = all_of(
+        ("s.run_id = $run_id AND s.method = $method AND s.layer = $layer", {}),
+        of_class if word_class is not None else ("", {}),
     )
-
-
-def ranked_categories(
-    con: duckdb.DuckDBPyConnection,
-    run_id: str,
-    method: str,
-    layer: int,
-    metric: str,
-    *,
-    descending: bool = True,
-    min_count: int = 1,
-    limit: int = 24,
-) -> pd.DataFrame:
-    """COCO categories of a run slice by the mean `metric` of the words naming them: category_id, category,
-    n (words naming it), n_value, value."""
     return frame(
         con,
         f"""
-        SELECT s.category_id, c.name AS category, sum(s.n)::BIGINT AS n,
-            sum(s.n_{check_metric(metric)})::BIGINT AS n_value, {_mean(metric)} AS value
-        FROM {_aggregates_of(con, run_id)} AS s JOIN categories AS c USING (category_id)
-        WHERE s.run_id = $run_id AND s.method = $method AND s.layer = $layer
-        GROUP BY s.category_id, c.name HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
-        ORDER BY value {_direction(descending)}, n DESC, c.name LIMIT $limit""",
-        {"run_id": run_id, "method": method, "layer": layer, "min_count": min_count, "limit": limit},
+        SELECT {columns}, sum(s.n)::BIGINT AS n, sum(s.n_{check_metric(metric)})::BIGINT AS n_value,
+            {_mean(metric)} AS value
+        FROM {_aggregates_of(con, run_id)} AS s {join} categories AS c USING (category_id)
+        WHERE {where}
+        GROUP BY {group} HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
+        ORDER BY value {_direction(descending)}, n DESC, {tiebreak} LIMIT $limit""",
+        params | {"run_id": run_id, "method": method, "layer": layer, "min_count": min_count, "limit": limit},
     )
 
 

@@ -24,7 +24,7 @@ def search_links(at) -> list[dict[str, str]]:
 def ranking(db, **kwargs):
     con = queries.connect_readonly(db)
     try:
-        return rankings.ranked_words(con, **kwargs)
+        return rankings.ranked(con, **kwargs)
     finally:
         con.close()
 

@@ -113,8 +113,8 @@ def test_unfinalized_run_answers_the_same(dbs):
         lambda c: queries.layer_comparison(c, RUN),
         lambda c: queries.vocabulary(c, "s", RUN),
         lambda c: queries.search_images(c, WordFilter(word="a", **SLICE), sort="entropy"),
-        lambda c: rankings.ranked_words(c, **SLICE, metric="entropy"),
-        lambda c: rankings.ranked_categories(c, **SLICE, metric="mask_mass"),
+        lambda c: rankings.ranked(c, **SLICE, metric="entropy"),
+        lambda c: rankings.ranked(c, by="category", **SLICE, metric="mask_mass"),
         lambda c: rankings.ranked_images(c, **SLICE, metric="background_mass", category_id=18),
         lambda c: rankings.best_slices(c, RUN, word="dog"),
     ):
@@ -233,7 +233,7 @@ def test_vocabulary_counts_occurrences_once_per_word(con, coco):
 def test_list_categories_counts_labels_and_words(con, coco):
     instances = json.loads(coco[1].read_text())["annotations"]
     cats = queries.list_categories(con, RUN).set_index("name")
-    assert len(cats) == 80
+    assert len(cats) == 80 and cats.index.is_monotonic_increasing
     assert cats.loc["person", "n_instances"] == sum(a["category_id"] == 1 for a in instances)
     assert cats.loc["refrigerator", "n_words"] == 3 and cats.loc["giraffe", "n_words"] == 0
 
@@ -252,7 +252,7 @@ def test_export_has_metrics_but_no_maps(con):
 
 
 def ranked_by_hand(rows: pd.DataFrame, key: str, metric: str, descending: bool, min_count: int) -> pd.DataFrame:
-    """What rankings.ranked_words / ranked_categories should give, from the rows themselves."""
+    """What rankings.ranked should give, from the rows themselves."""
     groups = rows.assign(v=rows[metric].astype(float)).groupby(key)
     table = pd.DataFrame({"n": groups.size(), "n_value": groups["v"].count(), "value": groups["v"].mean()})
     table = table[(table["n"] >= min_count) & (table["n_value"] > 0)].reset_index()
@@ -263,12 +263,12 @@ def ranked_by_hand(rows: pd.DataFrame, key: str, metric: str, descending: bool, 
 @pytest.mark.parametrize("descending", [True, False])
 def test_word_and_category_rankings_are_the_means_of_their_rows(con, everything, metric, descending):
     rows = everything[(everything["method"] == SLICE["method"]) & (everything["layer"] == SLICE["layer"])]
-    words = rankings.ranked_words(con, **SLICE, metric=metric, descending=descending, min_count=3)
+    words = rankings.ranked(con, **SLICE, metric=metric, descending=descending, min_count=3)
     want = ranked_by_hand(rows, "word", metric, descending, 3)
     assert words["word"].tolist() == want["word"].tolist() and len(words) > 3
     np.testing.assert_allclose(words["value"], want["value"], rtol=1e-6)
     assert words["n"].tolist() == want["n"].tolist()
-    categories = rankings.ranked_categories(con, **SLICE, metric=metric, descending=descending)
+    categories = rankings.ranked(con, by="category", **SLICE, metric=metric, descending=descending)
     named = rows[rows["category_id"].notna()].astype({"category_id": int})
     want = ranked_by_hand(named, "category_id", metric, descending, 1)
     # Ties are broken by name, not id: compare what is ranked, (mean, count) in order.

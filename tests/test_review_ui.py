@@ -3,6 +3,7 @@ extraction of the shared COCO subset and a real review store, signed in as each 
 
 import pytest
 
+from dashboard.markup import literal
 from db import review
 from db.review import Actor, Item
 from tests.review_app import (
@@ -76,10 +77,12 @@ def test_without_auth_secrets_the_dashboard_is_open_and_read_only(make_app, dog_
 def test_each_role_sees_only_its_controls(make_app, dog_words, store, user, can_review, can_manage):
     item = Item.from_row(dog_words.iloc[1])
     at = open_item(signed_in(make_app, user), item)
-    assert (
-        at.subheader[0].value == f"word {item.word_index} of caption {item.caption_id} · image {item.image_id} · "
-        f"gradcam layer {item.layer}"
-    )
+    # The item is named by its word and caption (issue 11), not by their positions.
+    name = f"“dog” in “{dog_words.iloc[1]['caption']}” · image {item.image_id} · gradcam layer {item.layer}"
+    assert at.subheader[0].value == literal(name)
+    # Only a reviewer is offered to review another item; a viewer may open one.
+    verb = "Review" if can_review else "Open"
+    assert [e.label for e in at.expander if e.label.endswith("a word or an image")] == [f"{verb} a word or an image"]
     verdict_buttons = [b for b in at.button if b.label in review.VERDICTS]
     assert bool(verdict_buttons) == can_review
     assert ("Comment" in labels(at)) == can_review and ("Resolve" in labels(at)) == can_review
@@ -150,8 +153,8 @@ def test_any_image_or_word_can_be_opened_for_review(make_app, dog_words, store, 
             int(first["image_id"]),
             int(first["caption_id"]),
             int(first["word_index"]),
-            "attention",
-            int(first["layer"]),
+            at.radio(key="method").value,  # the sidebar's slice: by default the run's best (issue 11)
+            int(at.selectbox(key="layer").value),
         ).key
     )
     assert any(":yellow-background[dog]" in m.value for m in at.markdown)

@@ -85,7 +85,7 @@ if by == "word":
     )
     chosen, target = word, {"word": word} if word else None
 else:
-    categories = questions.list_categories(ctx.db, run_id).sort_values("name")
+    categories = questions.list_categories(ctx.db, run_id)
     named = categories[categories["n_words"] > 0]
     counts = dict(zip(named["name"], named["n_words"].astype(int), strict=True))
     category = state.counted_choice(

@@ -13,7 +13,7 @@ import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, questions, state
-from dashboard.markup import plotly_labels
+from dashboard.markup import literal, plotly_labels
 from dashboard.review import controls as review_controls
 from db.metrics import METRICS
 
@@ -46,12 +46,21 @@ def chart(fig: go.Figure, key: str) -> dict:
 ctx = data.context()
 run_id = ctx.run["run_id"]
 st.title("Statistics")
-st.caption(f"Run {run_id} · {ctx.method} · layer {ctx.layer}. Click a word or category to open its search.")
+st.caption(
+    f"Run {literal(data.run_label(ctx.run))} · {ctx.method} · layer {ctx.layer}. "
+    "Click a word or category to open its search."
+)
 
 left, middle, right = st.columns([2, 2, 1])
 view = left.selectbox("View", VIEWS, key="view", bind=state.BIND)
 metric = state.url_choice(
-    "Metric", METRICS, param="metric", widget=middle.selectbox, format_func=ui.metric_label, help=ui.metrics_help()
+    "Metric",
+    METRICS,
+    param="metric",
+    widget=middle.selectbox,
+    format_func=ui.metric_label,
+    disabled=view == "leaderboards",  # they rank by entropy and by background mass
+    help=ui.metrics_help(),
 )
 min_count = right.number_input(
     "Min. occurrences",
