@@ -47,7 +47,7 @@ def metric_help(metric: str) -> str:
 
 def metrics_help() -> str:
     """The help text of a choice of metric: every ranked metric's definition, one a paragraph."""
-    return "\n\n".join(f"**{m}**: {metric_help(m)}" for m in METRICS)
+    return "\n\n".join(f"**{metric_label(m)}**: {metric_help(m)}" for m in METRICS)
 
 
 def overlay_controls() -> tuple[OverlayStyle, bool, bool]:
@@ -137,7 +137,7 @@ def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:
 
 def badge_legend() -> None:
     """What the badges of the cards stand for (their definitions on hover)."""
-    names = " · ".join(f"**{BY_NAME[m].label}** {metric_label(m)}" for m in METRICS)
+    names = ", ".join(f"**{BY_NAME[m].label}** = {metric_label(m)}" for m in METRICS)
     st.caption(f"Badges: {names}. Hover the ? for their definitions.", help=metrics_help())
 
 

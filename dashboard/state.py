@@ -1,11 +1,15 @@
 """View state in the URL, so a pasted link restores the same view.
 
 Most widgets keep their value in the URL themselves (``bind="query-params"``, key = parameter name);
-Streamlit then seeds them from a pasted link and keeps entry-point (sidebar) parameters across pages.
-Two kinds of state cannot be bound that way and are kept in ``st.query_params`` here:
+Streamlit then seeds them from a pasted link. Some state cannot be bound that way and is kept in
+``st.query_params`` here:
 
-- selectboxes whose option labels carry counts ("dog · 1,204"): a bound selectbox stores its *label* in
-  the URL, which would change with the counts, so :func:`counted_choice` stores the value instead;
+- selectboxes whose labels are not their values (counts, "dog · 1,204"; names in words, "background
+  mass"; run labels): a bound selectbox stores its *label* in the URL, so :func:`counted_choice` and
+  :func:`url_choice` store the value instead;
+- the sidebar's run, method and layer (:func:`url_choice`), whose defaults depend on the page's word,
+  and which the code, not only the user, changes (a link to a layer the method lacks);
+- pages that new criteria reset (:func:`url_page`);
 - state set by clicks rather than by a widget (the selected image, caption and word).
 
 The page itself is the URL path (``/search``, ``/image``, ``/statistics``, ``/runs``).
@@ -24,8 +28,8 @@ from dashboard.markup import literal
 logger = logging.getLogger(__name__)
 
 BIND = "query-params"
-# The shared sidebar's parameters (bound widgets of the entry point): links carry them explicitly so a
-# link opened in a new tab shows the same run, method and layer.
+# The shared sidebar's parameters: links carry them explicitly so a link (or one opened in a new tab)
+# shows the same run, method and layer.
 SHARED = ("run", "method", "layer")
 
 
@@ -94,11 +98,8 @@ def counted_choice(
 
 
 def link_params(**params: Any) -> dict[str, str]:
-    """Query parameters for a page link: the shared sidebar's plus ``params`` (None dropped).
-
-    For ``st.page_link`` only: ``st.switch_page`` refuses parameters bound to widgets, and needs none of
-    the sidebar's, which its bound widgets keep across pages.
-    """
+    """Query parameters for a page link or ``st.switch_page``: the shared sidebar's plus ``params`` (None
+    dropped)."""
     shared = {name: st.session_state.get(name) for name in SHARED}
     return {name: str(value) for name, value in (shared | params).items() if value is not None}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import components as ui
@@ -40,10 +41,13 @@ def new_target() -> None:
             state.set_query(**{param: st.session_state[f"{param}_choice"]})
 
 
-def best_view_note(best: data.BestView, method: str, layer: int) -> str:
-    """Says which slice grounds the word or category best, and whether it is the one shown."""
+def best_view_note(best: data.BestView, method: str, layer: int) -> str | None:
+    """Says which slice grounds the word or category best, and whether it is the one shown; None when the
+    run has no object labels to tell (no mask nor background mass)."""
     top = best.slices.iloc[0]
     has_mask = top["n_object"] >= 1
+    if not has_mask and pd.isna(top["background_mass"]):
+        return None
     score = (
         f"mean mask mass {top['mask_mass']:.2f} over {top['n_object']:,} occurrences with the object"
         if has_mask
@@ -195,8 +199,9 @@ header.markdown(
     + (f" in **{n_images:,}** images" if grouped else "")
     + f" · {ctx.method} layer {ctx.layer} · ranked by **{ui.metric_label(sort)}** ({order})"
 )
-if ctx.best is not None and ctx.best.name is not None:
-    st.caption(best_view_note(ctx.best, ctx.method, ctx.layer))
+note = None if ctx.best is None or ctx.best.name is None else best_view_note(ctx.best, ctx.method, ctx.layer)
+if note:
+    st.caption(note)
 ui.colour_key(style)
 ui.badge_legend()
 stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
