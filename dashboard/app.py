@@ -63,6 +63,7 @@ def navigation(actor: Actor | None) -> st.navigation:
             st.Page(VIEWS / "image.py", title="Image", icon=":material/image:", url_path="image"),
             st.Page(VIEWS / "statistics.py", title="Statistics", icon=":material/bar_chart:", url_path="statistics"),
             st.Page(VIEWS / "probe.py", title="Probe", icon=":material/science:", url_path="probe"),
+            st.Page(VIEWS / "compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
         ],
         "Extraction": [
             st.Page(VIEWS / "runs.py", title="Runs", icon=":material/dataset:", url_path="runs"),

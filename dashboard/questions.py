@@ -13,7 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import Database
-from db import queries, rankings
+from db import compare, queries, rankings
+from db.compare import Slice
 from db.queries import WordFilter
 
 _cached = st.cache_data(show_spinner=False, max_entries=1024)
@@ -191,3 +192,21 @@ def ranked_images(
         limit=limit,
         offset=offset,
     )
+
+
+@_cached
+def image_overlap(db: Database, run_a: str, run_b: str) -> dict[str, int]:
+    """Images both runs extracted, and those only one of them did (db.compare.image_overlap)."""
+    return compare.image_overlap(db.connection(), run_a, run_b)
+
+
+@_cached
+def run_changes(db: Database, a: Slice, b: Slice, metric: str, by: str, min_count: int) -> pd.DataFrame:
+    """Per word or category, the metric's change from slice A to slice B with its bootstrap interval."""
+    return compare.changes(db.connection(), a, b, metric, by, min_count)
+
+
+@_cached
+def matched_words(db: Database, a: Slice, b: Slice, metric: str, key: str, by: str, limit: int) -> pd.DataFrame:
+    """One word's (or category's) occurrences in both slices, with both maps, largest change first."""
+    return compare.matched_words(db.connection(), a, b, metric, key, by, limit)

@@ -1,0 +1,213 @@
+"""Compare runs: how a metric changes from run A to run B (checkpoints, or two slices of one run), per word
+or per category, with bootstrap intervals over images, and the same caption word's maps side by side.
+
+Every choice is in the URL: run_a, run_b, slice_a, slice_b ("method-layer"), metric, per, min_n, order_by, pick.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import replace
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import components as ui
+from dashboard import data, questions, state
+from dashboard.markup import literal, plotly_literal
+from db.compare import BY, Slice
+from db.metrics import METRICS
+
+TOP = 20  # changes in the chart
+PAIRS = 6  # occurrences shown side by side
+RANKS = {"size": "largest change either way", "rise": "largest rise (B > A)", "fall": "largest fall (B < A)"}
+CLICKED = "compare_clicked"  # session state: the chart point last applied, so a stale selection does not win
+
+
+def run_name(run: dict) -> str:
+    """A run's label as the Runs page gives it, with its id's start: two checkpoints of one file name differ."""
+    return f"{data.run_label(run)} · {run['run_id'][:8]}"
+
+
+def run_context(ctx: data.Context, run: dict) -> data.Context:
+    """The page's context for one compared run: its own image folder when the sidebar's is not its."""
+    if run["run_id"] == ctx.run["run_id"]:
+        return ctx
+    images = data.images_dir(run, None, ctx.db)
+    return replace(ctx, run=run, images_dir=images if images is not None and images.is_dir() else ctx.images_dir)
+
+
+def slice_choice(column, name: str, run_id: str, default: str) -> Slice:
+    """A run's method and layer, kept in the URL as slice_<name> = "method-layer"."""
+    slices = questions.run_summary(ctx.db, run_id)["slices"]
+    if slices.empty:
+        st.info(f"Run {name} has no word maps yet.")
+        st.stop()
+    options = [f"{method}-{int(layer)}" for method, layer in zip(slices["method"], slices["layer"], strict=True)]
+    value = state.url_choice(
+        f"Map of run {name}",
+        options,
+        param=f"slice_{name.lower()}",
+        default=default,
+        widget=column.selectbox,
+        format_func=lambda v: v.replace("-", " · layer "),
+    )
+    method, layer = value.rsplit("-", 1)
+    return Slice(run_id, method, int(layer))
+
+
+def ranked(changes, rank: str):
+    """The changes in the order the user chose."""
+    if rank == "size":
+        return changes.iloc[changes["change"].abs().sort_values(ascending=False, kind="stable").index]
+    return changes.sort_values("change", ascending=rank == "fall", kind="stable")
+
+
+def change_chart(top, metric: str, key_name: str) -> go.Figure:
+    """The top changes with their intervals as error bars, on an axis centred on zero."""
+    reach = max(float(top[["low", "high"]].abs().to_numpy().max()), 1e-3) * 1.1
+    figure = go.Figure(
+        go.Bar(
+            x=top["change"],
+            y=top["key"].map(plotly_literal),
+            orientation="h",
+            customdata=top[["key"]].map(plotly_literal).to_numpy(),
+            error_x={"type": "data", "array": top["high"] - top["change"], "arrayminus": top["change"] - top["low"]},
+            hovertemplate="%{y}: %{x:+.3f}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(range=[-reach, reach], zeroline=True, title=f"change in {ui.metric_label(metric)} (B − A)")
+    figure.update_yaxes(autorange="reversed", title=key_name)
+    figure.update_layout(height=120 + 22 * len(top), clickmode="event+select", margin={"t": 40})
+    figure.update_layout(title=f"Top {len(top)} changes, 95% bootstrap intervals over images")
+    return figure
+
+
+def chosen_point(event) -> None:
+    """A click on the chart picks that word or category (once per click: the selection outlives reruns)."""
+    points = (event or {}).get("selection", {}).get("points", [])
+    clicked = html.unescape(points[0]["customdata"][0]) if points and points[0].get("customdata") else None
+    if clicked is not None and clicked != st.session_state.get(CLICKED):
+        st.session_state[CLICKED] = clicked
+        state.set_query(pick=clicked)
+
+
+def side_by_side(contexts: tuple[data.Context, data.Context], rows, metric: str) -> None:
+    """Each occurrence as two cards, run A's map beside run B's."""
+    with st.expander("Display", icon=":material/palette:"):
+        style, show_mask, show_box = ui.overlay_controls()
+    ui.colour_key(style)
+    instances = questions.image_instances(ctx.db, tuple(int(i) for i in rows["image_id"].unique()))
+    missing = False
+    for row in rows.to_dict("records"):
+        matched = instances[
+            (instances["image_id"] == row["image_id"]) & (instances["category_id"] == row["category_id"])
+        ]
+        with st.container(border=True):
+            for column, side, run_ctx in zip(st.columns(2), "ab", contexts, strict=True):
+                card = row | {
+                    "map": row[f"map_{side}"],
+                    "map_max": row[f"map_max_{side}"],
+                    metric: row[f"value_{side}"],
+                }
+                with column:
+                    st.caption(f"Run {side.upper()}: {literal(run_name(run_ctx.run))}")
+                    missing |= not ui.word_card(run_ctx, card, style, matched, show_mask, show_box, metric)
+    if missing:
+        ui.image_missing_note(ctx)
+
+
+ctx = data.context()
+st.title("Compare runs")
+runs = questions.list_runs(ctx.db)
+by_id = {row["run_id"]: row for row in runs.to_dict("records")}
+left, right = st.columns(2)
+run_a = state.url_choice(
+    "Run A",
+    list(by_id),
+    param="run_a",
+    default=ctx.run["run_id"],
+    widget=left.selectbox,
+    format_func=lambda r: run_name(by_id[r]),
+    help="The run compared against: changes are B − A.",
+)
+run_b = state.url_choice(
+    "Run B",
+    list(by_id),
+    param="run_b",
+    default=next((r for r in by_id if r != run_a), run_a),
+    widget=right.selectbox,
+    format_func=lambda r: run_name(by_id[r]),
+    help="Another checkpoint's run, or run A itself to compare two of its maps.",
+)
+sidebar_slice = f"{ctx.method}-{ctx.layer}"
+a = slice_choice(left, "A", run_a, sidebar_slice)
+b = slice_choice(right, "B", run_b, f"{a.method}-{a.layer}")
+metric_col, group_col, count_col, rank_col = st.columns([2, 1, 1, 2])
+metric = state.url_choice(
+    "Metric", METRICS, param="metric", widget=metric_col.selectbox, format_func=ui.metric_label, help=ui.metrics_help()
+)
+group = state.url_choice("Per", BY, param="per", widget=group_col.radio, horizontal=True)
+min_count = count_col.number_input(
+    "Min. occurrences", 1, 100_000, 3, key="min_n", bind=state.BIND, help="Matched occurrences in both runs."
+)
+rank = state.url_choice(
+    "Rank by",
+    list(RANKS),
+    param="order_by",
+    widget=rank_col.selectbox,
+    format_func=RANKS.get,
+    help="Order of the table.",
+)
+
+overlap = questions.image_overlap(ctx.db, run_a, run_b)
+if overlap["both"] == 0:
+    st.warning("These two runs share no image: there is nothing to compare.")
+    st.stop()
+if overlap["only_a"] or overlap["only_b"]:
+    st.info(
+        f"The runs extracted different images: compared on the {overlap['both']:,} images in both; "
+        f"A has {overlap['only_a']:,} more, B has {overlap['only_b']:,} more.",
+        icon=":material/join_inner:",
+    )
+changes = questions.run_changes(ctx.db, a, b, metric, group, int(min_count))
+if changes.empty:
+    st.info(f"No {group} has {min_count} occurrences with {ui.metric_label(metric)} in both runs. Lower the minimum.")
+    st.stop()
+changes = ranked(changes, rank).reset_index(drop=True)
+st.caption(
+    f"{len(changes):,} {group}s · change = mean {ui.metric_label(metric)} of the same caption words in B minus A "
+    f"(B: {literal(run_name(by_id[run_b]))}, {b.method} layer {b.layer}; "
+    f"A: {literal(run_name(by_id[run_a]))}, {a.method} layer {a.layer}) · 1,000 resamples of the images."
+)
+chosen_point(
+    st.plotly_chart(
+        change_chart(changes.head(TOP), metric, group),
+        key="changes",
+        on_select="rerun",
+        selection_mode="points",
+    )
+)
+st.dataframe(
+    changes,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "key": group,
+        "n": st.column_config.NumberColumn("occurrences"),
+        "n_images": st.column_config.NumberColumn("images"),
+        "mean_a": st.column_config.NumberColumn("mean in A", format="%.3f"),
+        "mean_b": st.column_config.NumberColumn("mean in B", format="%.3f"),
+        "change": st.column_config.NumberColumn("change (B − A)", format="%+.3f"),
+        "low": st.column_config.NumberColumn("95% CI low", format="%+.3f"),
+        "high": st.column_config.NumberColumn("95% CI high", format="%+.3f"),
+    },
+)
+pick = state.url_choice(
+    f"Maps of the {group}",
+    changes["key"].tolist(),
+    param="pick",
+    help="Click a bar or choose here: its occurrences with the largest change, run A's map beside run B's.",
+)
+pairs = questions.matched_words(ctx.db, a, b, metric, pick, group, PAIRS)
+side_by_side((run_context(ctx, by_id[run_a]), run_context(ctx, by_id[run_b])), pairs, metric)

@@ -1,0 +1,229 @@
+"""Runs compared (db/compare.py, db/bootstrap.py, the Compare runs page) on three real extractions in one
+database: the fine-tuned and the pre-trained fixture checkpoints over the same images of the shared COCO
+subset, and a pre-trained Grad-CAM-only run over fewer of them. Expected values come from the test's own SQL
+and pandas on the matched word rows."""
+
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from db import compare, queries
+from db.compare import Slice
+from tests.conftest import run_extraction
+from tests.test_browser import browser, page, shoot, streamlit_server, wait_for_overlays  # noqa: F401
+
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+IMAGES, FEWER = 80, 25
+KEYS = ["image_id", "caption_id", "word_index"]
+
+
+@pytest.fixture(scope="module")
+def runs(shared, tmp_path_factory) -> dict:
+    """The database and its runs: 'a' fine-tuned, 'b' pre-trained (same images), 'c' pre-trained Grad-CAM only
+    on the first FEWER images."""
+    db = tmp_path_factory.mktemp("compare") / "runs.duckdb"
+    pretrain = str(shared / "fixtures" / "albef-reference" / "pretrain-tiny" / "checkpoint.pth")
+    run_extraction(shared, db, "val2017-subset", "--limit", str(IMAGES))
+    run_extraction(shared, db, "val2017-subset", "--limit", str(IMAGES), "--checkpoint", pretrain)
+    run_extraction(shared, db, "val2017-subset", "--limit", str(FEWER), "--checkpoint", pretrain, "--method", "gradcam")
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute("SELECT run_id, checkpoint_path, method, gradcam_layer FROM runs").df()
+    finetuned = found["checkpoint_path"].str.contains("finetuned")
+    ids = {
+        "a": found.loc[finetuned, "run_id"].item(),
+        "b": found.loc[~finetuned & (found["method"] == "both"), "run_id"].item(),
+        "c": found.loc[found["method"] == "gradcam", "run_id"].item(),
+    }
+    return {"db": db, "ids": ids, "gradcam_layer": int(found["gradcam_layer"].iloc[0])}
+
+
+@pytest.fixture(scope="module")
+def con(runs):
+    con = queries.connect_readonly(runs["db"])
+    yield con
+    con.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_cached_connections():
+    yield
+    st.cache_resource.clear()
+
+
+def gradcam(runs, name: str) -> Slice:
+    return Slice(runs["ids"][name], "gradcam", runs["gradcam_layer"])
+
+
+def word_rows(runs, s: Slice) -> pd.DataFrame:
+    """A slice's word rows with category names, read with the test's own SQL."""
+    with duckdb.connect(str(runs["db"]), read_only=True) as con:
+        return con.execute(
+            "SELECT w.* EXCLUDE (map, map_max), c.name FROM words AS w LEFT JOIN categories AS c USING (category_id) "
+            "WHERE run_id = ? AND method = ? AND layer = ?",
+            [s.run_id, s.method, s.layer],
+        ).df()
+
+
+def expected_changes(runs, a: Slice, b: Slice, metric: str, by: str) -> pd.DataFrame:
+    """Per word or category name: n, n_images, mean_a, mean_b and mean change over the matched rows, in pandas."""
+    both = word_rows(runs, a).merge(word_rows(runs, b), on=KEYS, suffixes=("_a", "_b"))
+    both = both.dropna(subset=[f"{metric}_a", f"{metric}_b"])
+    both["key"] = both["word_a"] if by == "word" else both["name_a"]
+    both = both.dropna(subset=["key"]).astype({f"{metric}_a": float, f"{metric}_b": float})
+    both["diff"] = both[f"{metric}_b"] - both[f"{metric}_a"]
+    return both.groupby("key").agg(
+        n=("diff", "size"),
+        n_images=("image_id", "nunique"),
+        mean_a=(f"{metric}_a", "mean"),
+        mean_b=(f"{metric}_b", "mean"),
+        change=("diff", "mean"),
+    )
+
+
+def test_the_overlap_counts_images_in_both_runs_and_in_one_only(runs, con):
+    with duckdb.connect(str(runs["db"]), read_only=True) as own:
+        images = {
+            name: set(own.execute("SELECT DISTINCT image_id FROM words WHERE run_id = ?", [run_id]).df()["image_id"])
+            for name, run_id in runs["ids"].items()
+        }
+    overlap = compare.image_overlap(con, runs["ids"]["a"], runs["ids"]["c"])
+    assert overlap == {
+        "both": len(images["a"] & images["c"]),
+        "only_a": len(images["a"] - images["c"]),
+        "only_b": len(images["c"] - images["a"]),
+    }
+    assert overlap["both"] == FEWER and overlap["only_a"] == IMAGES - FEWER
+    assert compare.image_overlap(con, runs["ids"]["a"], runs["ids"]["b"])["only_a"] == 0
+
+
+@pytest.mark.parametrize(
+    ("metric", "by"),
+    [("mask_mass", "word"), ("entropy", "word"), ("pointing_hit", "word"), ("background_mass", "category")],
+)
+def test_changes_equal_a_direct_computation_on_the_matched_rows(runs, con, metric, by):
+    a, b = gradcam(runs, "a"), gradcam(runs, "b")
+    got = compare.changes(con, a, b, metric, by).set_index("key").sort_index()
+    want = expected_changes(runs, a, b, metric, by).sort_index()
+    assert len(got) > 10 and got.index.tolist() == want.index.tolist()
+    assert (got["n"] == want["n"]).all() and (got["n_images"] == want["n_images"]).all()
+    for column in ("mean_a", "mean_b", "change"):
+        np.testing.assert_allclose(got[column], want[column], atol=1e-9)
+    assert got["change"].abs().max() > 0  # two different checkpoints do differ
+    got_min = compare.changes(con, a, b, metric, by, min_count=5)
+    assert set(got_min["key"]) == set(want.index[want["n"] >= 5])
+
+
+def test_the_interval_holds_the_estimate_and_narrows_with_more_images(runs, con):
+    a = gradcam(runs, "a")
+    many = compare.changes(con, a, gradcam(runs, "b"), "entropy", min_count=1).set_index("key")
+    few = compare.changes(con, a, gradcam(runs, "c"), "entropy", min_count=1).set_index("key")
+    for table in (many, few):
+        assert ((table["low"] <= table["change"] + 1e-12) & (table["change"] <= table["high"] + 1e-12)).all()
+    # Words seen in several images of the smaller run: their intervals over 80 images are narrower.
+    shared = few.index[few["n_images"] >= 3]
+    assert len(shared) >= 5
+    width_many = (many.loc[shared, "high"] - many.loc[shared, "low"]).median()
+    width_few = (few.loc[shared, "high"] - few.loc[shared, "low"]).median()
+    assert 0 < width_many < width_few
+    # Seeded: the same call gives the same interval; another seed another one.
+    again = compare.changes(con, a, gradcam(runs, "c"), "entropy", min_count=1).set_index("key")
+    pd.testing.assert_frame_equal(few, again)
+    other = compare.changes(con, a, gradcam(runs, "c"), "entropy", min_count=1, seed=1).set_index("key")
+    assert not np.allclose(other.loc[shared, "low"], few.loc[shared, "low"])
+
+
+@pytest.mark.parametrize("by", ["word", "category"])
+def test_a_run_compared_with_itself_changes_nothing(runs, con, by):
+    a = gradcam(runs, "a")
+    same = compare.changes(con, a, a, "mask_mass", by)
+    assert len(same) > 5
+    assert (same["change"] == 0).all() and (same["low"] == 0).all() and (same["high"] == 0).all()
+    assert (same["mean_a"] == same["mean_b"]).all()
+
+
+def test_matched_words_carry_both_runs_maps_of_the_same_caption_word(runs, con):
+    a, b = gradcam(runs, "a"), Slice(runs["ids"]["b"], "attention", runs["gradcam_layer"])
+    word = compare.changes(con, a, b, "entropy", min_count=5)["key"].iloc[0]
+    pairs = compare.matched_words(con, a, b, "entropy", word, limit=4)
+    assert len(pairs) == 4 and (pairs["word"] == word).all()
+    changes = (pairs["value_b"] - pairs["value_a"]).abs()
+    assert changes.is_monotonic_decreasing
+    with duckdb.connect(str(runs["db"]), read_only=True) as own:
+        for row in pairs.to_dict("records"):
+            for side, s in (("a", a), ("b", b)):
+                map_, value = own.execute(
+                    "SELECT map, entropy FROM words WHERE run_id = ? AND method = ? AND layer = ? AND image_id = ? "
+                    "AND caption_id = ? AND word_index = ?",
+                    [s.run_id, s.method, s.layer, row["image_id"], row["caption_id"], row["word_index"]],
+                ).fetchone()
+                assert map_ == row[f"map_{side}"] and value == pytest.approx(row[f"value_{side}"])
+            assert row["caption"].split(" ")[row["word_index"]] == word
+
+
+# ---------------------------------------------------------------- the page
+
+
+def open_compare(runs, monkeypatch, tmp_path, **query: str) -> AppTest:
+    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(runs["db"]), "--review-db", str(tmp_path / "r.sqlite")])
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.switch_page("views/compare.py").run()
+
+
+def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, monkeypatch, tmp_path):
+    ids, layer = runs["ids"], runs["gradcam_layer"]
+    query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "entropy"}
+    at = open_compare(runs, monkeypatch, tmp_path, **query)
+    assert not at.exception
+    table = at.dataframe[0].value
+    want = compare.changes(queries.connect_readonly(runs["db"]), gradcam(runs, "a"), gradcam(runs, "b"), "entropy",
+                           min_count=3)  # fmt: skip
+    assert set(table["key"]) == set(want["key"])
+    assert table["change"].abs().is_monotonic_decreasing  # ranked by the size of the change
+    pick = table["key"].iloc[0]
+    assert at.query_params["pick"] == pick and at.query_params["slice_b"] == f"gradcam-{layer}"
+    captions = [c.value for c in at.caption]
+    assert sum(c.startswith("Run A:") for c in captions) == sum(c.startswith("Run B:") for c in captions) > 0
+    assert not [m for m in at.info if "different images" in m.value]  # same images: no note
+    # The deep link round-trips: the URL it wrote opens the same view.
+    link = dict(at.query_params)
+    again = open_compare(runs, monkeypatch, tmp_path, **link)
+    pd.testing.assert_frame_equal(again.dataframe[0].value, table)
+    assert dict(again.query_params) == link
+
+
+def test_runs_over_different_images_compare_on_their_intersection_and_say_so(runs, monkeypatch, tmp_path):
+    ids, layer = runs["ids"], runs["gradcam_layer"]
+    query = {"run_a": ids["a"], "run_b": ids["c"], "slice_a": f"gradcam-{layer}", "per": "category", "order_by": "rise"}
+    at = open_compare(runs, monkeypatch, tmp_path, **query)
+    assert not at.exception
+    note = " ".join(m.value for m in at.info)
+    assert f"compared on the {FEWER} images in both; A has {IMAGES - FEWER} more, B has 0 more" in note
+    table = at.dataframe[0].value
+    assert table["change"].is_monotonic_decreasing and len(table) > 0
+
+
+def test_the_compare_page_in_chromium(runs, page, tmp_path):  # noqa: F811
+    ids, layer = runs["ids"], runs["gradcam_layer"]
+    query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "entropy"}
+    with queries.connect_readonly(runs["db"]) as con:
+        top = compare.changes(con, gradcam(runs, "a"), gradcam(runs, "b"), "entropy", min_count=3)
+    top = top.iloc[top["change"].abs().argmax()]
+    with streamlit_server(runs["db"], tmp_path / "review.sqlite") as base:
+        page.goto(f"{base}/compare?{urlencode(query)}")
+        page.get_by_text("Top 20 changes").wait_for(timeout=90_000)
+        wait_for_overlays(page, 2 * min(int(top["n"]), 6), timeout_ms=90_000)  # run A's and run B's maps
+        page.wait_for_timeout(1000)  # let plotly finish drawing
+        assert f"pick={top['key']}" in page.url
+        shoot(page, "compare_runs")
+        page.locator('[data-testid="stImage"]').first.scroll_into_view_if_needed()
+        shoot(page, "compare_runs_maps")
