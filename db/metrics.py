@@ -63,6 +63,10 @@ WORD_METRICS = (
     Metric("itm_score", "FLOAT", "ITM", "ALBEF's image-text matching probability for the whole caption", 9),
     Metric("pointing_hit", "BOOLEAN", "hit", "whether the strongest patch touches the named object "
            "(an attribute: its noun's)", 7, needs_object=True),
+    Metric("specificity_cls", "FLOAT", "spec·enc", "Jensen-Shannon divergence (bits) from the image encoder's own "
+           "[CLS] attention: 0 = the word's map is the image's generic saliency (higher = about the word)", 10),
+    Metric("specificity_row", "FLOAT", "spec·row", "Jensen-Shannon divergence (bits) from the caption's [CLS] row "
+           "of the same map: 0 = the word's map is the caption's (higher = about the word)", 11),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in WORD_METRICS}
 # The metrics searches filter and rank by: the allow-list of metric names spliced into SQL text.

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 DATASET_TABLES = ("categories", "images", "captions", "instances")
-RESULT_TABLES = ("caption_results", "caption_maps", "words", "errors")
+RESULT_TABLES = ("caption_results", "caption_maps", "words", "image_maps", "errors")
 DONE_TABLE = "image_status"
 
 

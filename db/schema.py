@@ -14,7 +14,7 @@ import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: specificity_cls, specificity_row; image_maps
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words`, `word_lookup` and `word_summary` are made
@@ -176,6 +176,15 @@ CREATE TABLE IF NOT EXISTS caption_maps (
     map_max FLOAT,
     cls_map BLOB,
     cls_map_max FLOAT
+);
+-- The image encoder's [CLS] self-attention of its last block over the patches: each head, and their mean as
+-- head -1 (the reference of specificity_cls).
+CREATE TABLE IF NOT EXISTS image_maps (
+    run_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    head SMALLINT NOT NULL,
+    map BLOB,
+    map_max FLOAT
 );
 CREATE TABLE IF NOT EXISTS words (
     {_WORDS_DDL}

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Dataset tables and the column their rows are stored in order of.
 DATASET_TABLES = {"categories": "category_id", "images": "image_id", "instances": "image_id", "captions": "image_id"}
-RESULT_TABLES = ("caption_results", "caption_maps", "words")  # keyed by (run_id, image_id)
+RESULT_TABLES = ("caption_results", "caption_maps", "words", "image_maps")  # keyed by (run_id, image_id)
 BATCH_TABLES = (*RESULT_TABLES, "errors")  # what write_images accepts
 _MERGE_ALIAS = "_merge_source"
 
@@ -215,7 +215,7 @@ def write_images(
     """Insert the result rows of a batch of images and mark the images, all in ONE transaction.
 
     Args:
-        frames: table name (caption_results, caption_maps, words, errors) -> rows, columns by name;
+        frames: table name (caption_results, caption_maps, words, image_maps, errors) -> rows, columns by name;
             `run_id` is filled in. Every row's image_id must be one of `image_ids`.
         image_ids: the images this batch completes.
         status: 'done' or 'error' for all of them, or one status per image.

@@ -66,12 +66,22 @@ def _iou_top60(p: Tensor, cover: Tensor) -> Tensor:
     return (top & obj).sum(-1).double() / (top | obj).sum(-1)
 
 
+def _bits(p: Tensor) -> Tensor:
+    return -(p * torch.where(p > 0, p, 1.0).log2()).sum(-1)
+
+
+def _specificity(p: Tensor, q: Tensor) -> Tensor:
+    return (_bits((p + q) / 2) - (_bits(p) + _bits(q)) / 2).clamp(0.0, 1.0)
+
+
 def word_metrics(
     maps: Tensor,
     category_cover: Tensor | None = None,
     box_cover: Tensor | None = None,
     union_cover: Tensor | None = None,
     has_object: Tensor | None = None,
+    encoder_cls: Tensor | None = None,
+    cls_row: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """:func:`extractor.metrics.word_metrics_batch` on flattened maps, on their device.
 
@@ -84,11 +94,12 @@ def word_metrics(
         union_cover: (N,) or (n, N) cover of the union of all the image's masks; None when no
             instances file was given.
         has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
+        encoder_cls, cls_row: (n, N) each word's word-blind references (see word_metrics_batch), or None.
 
     Returns:
         Tensors of length n on the maps' device: peak_row, peak_col (int64), peak_value, entropy,
-        mask_mass, box_mass, background_mass, iou_top60 (float64) and pointing_hit, has_object (bool),
-        NaN (pointing_hit False) where word_metrics_batch has them NULL.
+        mask_mass, box_mass, background_mass, iou_top60, specificity_cls, specificity_row (float64) and
+        pointing_hit, has_object (bool), NaN (pointing_hit False) where word_metrics_batch has them NULL.
 
     Raises:
         ValueError: a negative map (checking it waits for the device once per call).
@@ -120,6 +131,9 @@ def word_metrics(
         out["background_mass"] = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
     else:
         out["background_mass"] = _mass(p, 1.0 - union_cover.double())
+    for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
+        nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
+        out[name] = nan if reference is None else _specificity(p, distribution(reference))
     return out
 
 

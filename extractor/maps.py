@@ -30,6 +30,7 @@ class TokenMaps:
     attention: dict[int, np.ndarray]  # fusion layer -> (heads, T, 1+N) post-softmax, incl. image [CLS] column;
     # (1, T, 1+N), the mean over heads, unless caption_maps was asked to keep the heads
     gradcam: np.ndarray | None  # (T, g, g), row 0 = text [CLS]
+    encoder_cls: np.ndarray  # (heads, g, g) the image's BatchMaps.encoder_cls
 
     def attention_grid(self, layer: int) -> np.ndarray:
         """Head-mean raw attention over the patches (image [CLS] column dropped): (T, g, g)."""
@@ -51,10 +52,19 @@ class BatchMaps:
     itc: Tensor  # (C,) float32
     attention: dict[int, Tensor]  # fusion layer -> (C, heads or 1, T, 1+N) post-softmax, image [CLS] column first
     gradcam: Tensor | None  # (C, T, N) float32
+    # (I, heads, N) float32: each head's attention of the image encoder's [CLS] over the patches in its last
+    # block, renormalised over the patches (DINO's view); word-blind, a reference for specificity
+    encoder_cls: Tensor
 
     def attention_grid(self, layer: int) -> Tensor:
         """Head-mean raw attention over the patches (image [CLS] column dropped): (C, T, N) float32."""
         return self.attention[layer].float().mean(1)[..., 1:]
+
+
+def patch_share(cls_attention: Tensor) -> Tensor:
+    """(..., 1+N) attention of a [CLS] query over all tokens -> (..., N) over the patches, summing to 1."""
+    patches = cls_attention[..., 1:]
+    return patches / patches.sum(-1, keepdim=True)
 
 
 def batch_maps(
@@ -80,7 +90,7 @@ def batch_maps(
     """
     cfg = model.cfg
     with torch.no_grad():
-        image = model.encode_image(pixels)
+        image, encoder_cls = model.encode_image_attending(pixels)
         text = model.encode_text(ids, mask)
         img_feat, txt_feat = model.itc_features(image, text)
         itc = (img_feat[image_index] * txt_feat).sum(-1)
@@ -98,7 +108,7 @@ def batch_maps(
     for layer in layers:
         a = fused.cross_attentions[layer - cfg.bert.fusion_layer].detach()
         attention[layer] = a if keep_heads else a.float().mean(1, keepdim=True)
-    return BatchMaps(logits.detach(), itc.float(), attention, cams)
+    return BatchMaps(logits.detach(), itc.float(), attention, cams, patch_share(encoder_cls))
 
 
 def caption_maps(
@@ -120,6 +130,7 @@ def caption_maps(
     scores, logits, itc = (t.cpu().numpy() for t in (maps.itm_logits.softmax(-1)[:, 1], maps.itm_logits, maps.itc))
     g = model.cfg.grid_size
     cams = None if maps.gradcam is None else maps.gradcam.reshape(len(captions), -1, g, g).cpu().numpy()
+    encoder, images = maps.encoder_cls.reshape(len(pixels), -1, g, g).cpu().numpy(), index.tolist()
     out = []
     for b, cap in enumerate(captions):
         T = len(cap.input_ids)
@@ -130,6 +141,7 @@ def caption_maps(
                 itc_score=float(itc[b]),
                 attention={layer: a[b, :, :T] for layer, a in kept.items()},
                 gradcam=None if cams is None else cams[b, :T],
+                encoder_cls=encoder[images[b]],
             )
         )
     return out

@@ -240,12 +240,37 @@ def _iou_top60(p: np.ndarray, cover: np.ndarray) -> np.ndarray:
     return (top & obj).sum(axis=-1) / (top | obj).sum(axis=-1)
 
 
+def specificity(m: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Does the word matter: the Jensen-Shannon divergence, in bits, between the map and a word-blind map of
+    the same image, JSD(p, q) = H((p + q) / 2) - (H(p) + H(q)) / 2 with p, q = distribution(m), distribution(
+    reference) and H(p) = -sum p log2 p: 0 = the word's map is the reference, 1 = they share no cell.
+
+    A word map that merely repeats the image's generic saliency points at objects without being about the
+    word; its specificity is near 0. The references: the image encoder's own [CLS] self-attention (mean of
+    the last ViT block's heads: `specificity_cls`) and the caption's [CLS] row of the same map kind
+    (`specificity_row`). JSD rather than one minus the cosine: it is bounded in [0, 1], symmetric, defined
+    where either map has empty cells (a clamped Grad-CAM), and it weighs every cell's mass as the other
+    metrics do, where the cosine is dominated by the few largest cells of peaked maps.
+    """
+    return _specificity(_p(m), _p(reference))
+
+
+def _specificity(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.clip(_bits((p + q) / 2) - (_bits(p) + _bits(q)) / 2, 0.0, 1.0)
+
+
+def _bits(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log2(np.where(p > 0, p, 1.0))).sum(axis=-1)
+
+
 def word_metrics_batch(
     maps: np.ndarray,
     category_cover: np.ndarray | None = None,
     box_cover: np.ndarray | None = None,
     union_cover: np.ndarray | None = None,
     has_object: np.ndarray | None = None,
+    encoder_cls: np.ndarray | None = None,
+    cls_row: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """All metrics of n word maps at once, as the functions above define them.
 
@@ -257,12 +282,15 @@ def word_metrics_batch(
         union_cover: (g, g) or (n, g, g) cover of the union of all the image's masks; None when no
             instances file was given.
         has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
+        encoder_cls: (n, g, g) the image encoder's [CLS] attention of each word's image; None: not known.
+        cls_row: (n, g, g) each word's caption's [CLS] row of the same map kind; None: not known.
 
     Returns:
         Arrays of length n: peak_row, peak_col (int64), peak_value, entropy, mask_mass, box_mass,
-        background_mass, iou_top60 (float64) and pointing_hit, has_object (bool). The object metrics
-        are NaN (pointing_hit False) where has_object is False: they are NULL there, as is
-        background_mass (all NaN) without union_cover.
+        background_mass, iou_top60, specificity_cls, specificity_row (float64) and pointing_hit,
+        has_object (bool). The object metrics are NaN (pointing_hit False) where has_object is False:
+        they are NULL there, as is background_mass (all NaN) without union_cover and a specificity
+        without its reference.
     """
     n, g, _ = maps.shape
     if (category_cover is None) != (box_cover is None):
@@ -286,6 +314,8 @@ def word_metrics_batch(
         out["background_mass"] = np.full(n, np.nan)
     else:
         out["background_mass"] = _mass(p, 1.0 - _cells(union_cover))
+    for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
+        out[name] = np.full(n, np.nan) if reference is None else _specificity(p, _p(reference))
     return out
 
 
@@ -294,18 +324,20 @@ def word_metrics(
     category_cover: np.ndarray | None,
     box_cover: np.ndarray | None,
     union_cover: np.ndarray | None,
+    encoder_cls: np.ndarray | None = None,
+    cls_row: np.ndarray | None = None,
 ) -> dict[str, float | int | bool | None]:
     """The metrics of one word map, None where the contract says NULL (see word_metrics_batch)."""
     out = word_metrics_batch(
         m[None],
-        None if category_cover is None else category_cover[None],
-        None if box_cover is None else box_cover[None],
+        *(None if a is None else a[None] for a in (category_cover, box_cover)),
         union_cover,
+        encoder_cls=None if encoder_cls is None else encoder_cls[None],
+        cls_row=None if cls_row is None else cls_row[None],
     )
     has_object = bool(out.pop("has_object")[0])
     row = {key: value[0].item() for key, value in out.items()}
-    for key in ("mask_mass", "box_mass", "iou_top60", "pointing_hit"):
-        row[key] = row[key] if has_object else None
-    if union_cover is None:
-        row["background_mass"] = None
-    return row
+    absent = {"mask_mass", "box_mass", "iou_top60", "pointing_hit"} if not has_object else set()
+    absent |= {"background_mass"} if union_cover is None else set()
+    absent |= {name for name, ref in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)) if ref is None}
+    return {key: None if key in absent else value for key, value in row.items()}

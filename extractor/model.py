@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import Tensor, nn
 
 from extractor.config import ALBEFConfig, BertConfig
@@ -189,6 +189,22 @@ class ALBEF(nn.Module):
         """(B, 3, R, R) normalised pixels -> (B, 1+N, C) ViT tokens after the final LayerNorm."""
         return self.visual_encoder.forward_features(pixels)
 
+    def encode_image_attending(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """`encode_image` and, from the same pass, the last ViT block's [CLS]-query self-attention over all
+        tokens: (B, 1+N, C), (B, heads, 1+N) float32 post-softmax.
+
+        The last block's qkv projection is kept by a hook as the block computes it, so the encoder's own
+        pass (and output) is unchanged; only the [CLS] query's row of attention is computed again.
+        """
+        attn = self.visual_encoder.blocks[-1].attn
+        kept: list[Tensor] = []
+        handle = attn.qkv.register_forward_hook(lambda _module, _inputs, out: kept.append(out))
+        try:
+            tokens = self.encode_image(pixels)
+        finally:
+            handle.remove()
+        return tokens, cls_self_attention(attn, kept[0])
+
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Text-only layers 0..fusion_layer-1 (ALBEF's mode='text'): (B, T) ids -> (B, T, H)."""
         x = self.text_encoder.embeddings(input_ids)
@@ -226,6 +242,15 @@ class ALBEF(nn.Module):
         img = F.normalize(self.vision_proj(image[:, 0]), dim=-1)
         txt = F.normalize(self.text_proj(text[:, 0]), dim=-1)
         return img, txt
+
+
+def cls_self_attention(attn: Attention, qkv: Tensor) -> Tensor:
+    """The [CLS] query's post-softmax attention of a timm ViT block from its qkv projection (B, 1+N, 3C):
+    (B, heads, 1+N) float32, as the block's softmax(q k^T * scale) row 0."""
+    B, T, _ = qkv.shape
+    q, k, _ = qkv.float().reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q[:, :, :1]), attn.k_norm(k)
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0]
 
 
 def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from extractor.config import ALBEFConfig
-from extractor.maps import BatchMaps
+from extractor.maps import BatchMaps, patch_share
 
 
 class StandIn:
@@ -35,4 +35,5 @@ class StandIn:
             a = rand(C, 1, T, n_tokens)
             attention[layer] = a / a.sum(-1, keepdim=True)
         gradcam = rand(C, T, n_tokens - 1) * 1e-3 if self.gradcam else None
-        return BatchMaps(rand(C, 2), rand(C) * 2 - 1, attention, gradcam)
+        encoder_cls = patch_share(rand(len(pixels), self.cfg.vision.num_heads, n_tokens))
+        return BatchMaps(rand(C, 2), rand(C) * 2 - 1, attention, gradcam, encoder_cls)

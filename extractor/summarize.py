@@ -35,12 +35,14 @@ def token_maps(maps: BatchMaps, method: str, layer: int) -> Tensor:
 
 
 def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict[str, Tensor]:
-    """Every word's metrics and uint8 map, and every caption's maps, for all slices, on the maps' device.
+    """Every word's metrics and uint8 map, every caption's maps for all slices, and every image's encoder
+    maps, on the maps' device.
 
     Word rows come slice by slice (all W words of the batch for the first slice, then the next);
-    caption rows likewise (all C captions per slice).
+    caption rows likewise (all C captions per slice). A word's specificities are against its image's
+    encoder [CLS] map (the heads' mean) and its caption's [CLS] row of the same slice.
     """
-    word_maps, caption_means, cls_rows = [], [], []
+    word_maps, caption_means, cls_rows, word_rows = [], [], [], []
     for method, layer in slices:
         tokens = token_maps(maps, method, layer)
         merged = torch.bmm(batch.piece_weights, tokens)  # (C, Wmax, N): each word the mean of its pieces
@@ -48,8 +50,14 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
         n_words = batch.piece_weights.any(-1).sum(-1, keepdim=True).clamp(min=1)
         caption_means.append(merged.sum(1) / n_words)
         cls_rows.append(tokens[:, 0])
+        word_rows.append(tokens[batch.word_caption, 0])
     words = torch.cat(word_maps).clamp(min=0)
     n_slices = len(slices)
+    encoder_mean = maps.encoder_cls.mean(1)  # (I, N)
+    references = {
+        "encoder_cls": encoder_mean[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
+        "cls_row": torch.cat(word_rows).clamp(min=0),
+    }
     covers = {}
     if batch.masks is not None:
         index = batch.cover_index.repeat(n_slices)
@@ -59,10 +67,13 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
             "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
             "has_object": index > 0,
         }
-    out = device_metrics.word_metrics(words, **covers)
+    out = device_metrics.word_metrics(words, **covers, **references)
     out["map"], out["map_max"] = device_metrics.encode(words)
     out["caption_map"], out["caption_map_max"] = device_metrics.encode(torch.cat(caption_means).clamp(min=0))
     out["cls_map"], out["cls_map_max"] = device_metrics.encode(torch.cat(cls_rows).clamp(min=0))
+    # Per image its heads in order, then their mean (head -1 in image_maps).
+    encoder = torch.cat([maps.encoder_cls, encoder_mean[:, None]], 1).flatten(0, 1)
+    out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
     return out
@@ -102,7 +113,8 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice], run_id: str) -> dict[str, pa.Table]:
-    """The rows of one batch: words, caption_results, caption_maps, errors and image_status, as Arrow tables."""
+    """The rows of one batch: words, caption_results, caption_maps, image_maps, errors and image_status, as Arrow
+    tables."""
     W, C, S = len(batch.words), len(batch.caption_ids), len(slices)
     image_of_caption = batch.image_ids[batch.image_index.numpy()] if C else np.zeros(0, np.int64)
     word_caption = batch.word_caption.numpy()
@@ -133,6 +145,8 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
         "background_mass": pa.array(_f32(out["background_mass"]), from_pandas=True),
         "pointing_hit": pa.array(out["pointing_hit"], mask=no_object),
         "iou_top60": pa.array(_f32(out["iou_top60"]), from_pandas=True),
+        "specificity_cls": _f32(out["specificity_cls"]),
+        "specificity_row": _f32(out["specificity_row"]),
         "itm_score": np.tile(_f32(out["itm_score"])[word_caption], S),
         "map": _blobs(out["map"]),
         "map_max": out["map_max"],
@@ -156,7 +170,20 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
         "itc_score": out["itc_score"].astype(np.float64),
     })  # fmt: skip
     return {"words": words, "caption_maps": caption_maps, "caption_results": caption_results,
-            **batch_failures(batch, run_id)}  # fmt: skip
+            "image_maps": image_maps(batch, out, run_id), **batch_failures(batch, run_id)}  # fmt: skip
+
+
+def image_maps(batch: Batch, out: dict[str, np.ndarray], run_id: str) -> pa.Table:
+    """Per image of the batch its encoder [CLS] maps: each head (0, 1, ...), then their mean (head -1)."""
+    n_images = len(batch.image_ids)
+    per_image = len(out["encoder_map"]) // n_images if n_images else 0
+    return pa.table({
+        "run_id": _dictionary(run_id, n_images * per_image),
+        "image_id": np.repeat(batch.image_ids, per_image),
+        "head": np.tile(np.r_[np.arange(per_image - 1), -1].astype(np.int16), n_images),
+        "map": _blobs(out["encoder_map"]),
+        "map_max": out["encoder_map_max"],
+    })  # fmt: skip
 
 
 def batch_failures(batch: Batch, run_id: str) -> dict[str, pa.Table]:

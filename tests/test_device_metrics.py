@@ -18,13 +18,17 @@ from extractor.text import Tokenizer, pre_caption
 
 RNG = np.random.default_rng(0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
-FLOATS = ["peak_value", "entropy", "mask_mass", "box_mass", "background_mass", "iou_top60"]
+FLOATS = [
+    "peak_value", "entropy", "mask_mass", "box_mass", "background_mass", "iou_top60", "specificity_cls",
+    "specificity_row",
+]  # fmt: skip
 EXACT = ["peak_row", "peak_col", "pointing_hit", "has_object"]
 
 
 def real_words(shared, res: int) -> dict[str, np.ndarray]:
     """Every word map (both methods, every fusion layer) of val2017-small's captions from the fine-tuned
-    fixture model run at `res` px, with its COCO covers: maps (n, g, g) float32, covers float64."""
+    fixture model run at `res` px, with its COCO covers (float64) and word-blind references: the image
+    encoder's [CLS] map and the caption's [CLS] row of the same map."""
     ckpt = shared / "fixtures" / "albef-reference" / "finetuned-tiny"
     cfg = ALBEFConfig.from_dict({**ALBEFConfig.from_json(ckpt / "config.json").to_dict(), "image_res": res})
     model = ALBEF(cfg).eval()
@@ -51,8 +55,10 @@ def real_words(shared, res: int) -> dict[str, np.ndarray]:
         for grid in [*(maps.attention_grid(layer) for layer in cfg.fusion_layers), maps.gradcam]:
             word_maps = merge_pieces(grid, tok.word_of_token, len(tok.words)).clip(0)
             union = np.broadcast_to(covers[i].union, word_maps.shape)
-            parts.append((word_maps, cat, box, union, has))
-    names = ["maps", "category_cover", "box_cover", "union_cover", "has_object"]
+            encoder = np.broadcast_to(maps.encoder_cls.mean(0), word_maps.shape)
+            cls_row = np.broadcast_to(grid[0].clip(0), word_maps.shape)
+            parts.append((word_maps, cat, box, union, has, encoder, cls_row))
+    names = ["maps", "category_cover", "box_cover", "union_cover", "has_object", "encoder_cls", "cls_row"]
     return {name: np.concatenate(column) for name, column in zip(names, zip(*parts, strict=True), strict=True)}
 
 
@@ -67,15 +73,19 @@ def flat(a: np.ndarray | None, device: str) -> torch.Tensor | None:
 
 
 def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None, union_cover=None,
-                         has_object=None) -> dict[str, float]:  # fmt: skip
+                         has_object=None, encoder_cls=None, cls_row=None) -> dict[str, float]:  # fmt: skip
     """Both implementations on the same (n, g, g) arrays; returns the max |difference| per float metric."""
-    expected = metrics.word_metrics_batch(maps, category_cover, box_cover, union_cover, has_object)
+    expected = metrics.word_metrics_batch(
+        maps, category_cover, box_cover, union_cover, has_object, encoder_cls, cls_row
+    )
     got = device_metrics.word_metrics(
         flat(maps, device),
         flat(category_cover, device),
         flat(box_cover, device),
         flat(union_cover, device),
         None if has_object is None else torch.from_numpy(has_object).to(device),
+        flat(encoder_cls, device),
+        flat(cls_row, device),
     )
     assert got.keys() == expected.keys()
     assert all(value.device.type == device for value in got.values())
@@ -125,6 +135,7 @@ def test_edge_cases_equal_numpy(device, g):
         assert_metrics_equal(device, maps, cover, box, cover.max(0, keepdims=True).repeat(n, 0), has_object)
         assert_metrics_equal(device, maps, cover, box)
         assert_metrics_equal(device, maps)
+        assert_metrics_equal(device, maps, encoder_cls=maps[::-1].copy(), cls_row=maps)  # a map against itself
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -183,6 +183,8 @@ def test_object_metrics_are_null_without_an_object_and_background_without_instan
         "iou_top60",
         "pointing_hit",
         "background_mass",
+        "specificity_cls",
+        "specificity_row",
     }
     assert out["entropy"] is not None and out["peak_value"] is not None
 
@@ -212,6 +214,23 @@ def test_batch_matches_the_single_metric_functions():
     np.testing.assert_allclose(out["background_mass"], metrics.background_mass(maps, cover[0]))
     np.testing.assert_allclose(out["iou_top60"], metrics.iou_top60(maps, cover))
     np.testing.assert_array_equal(out["pointing_hit"], metrics.pointing_hit(maps, cover))
+    refs = metrics.word_metrics_batch(maps, encoder_cls=cover, cls_row=maps[::-1])
+    np.testing.assert_allclose(refs["specificity_cls"], metrics.specificity(maps, cover))
+    np.testing.assert_allclose(refs["specificity_row"], metrics.specificity(maps, maps[::-1]))
+
+
+def test_specificity_is_0_for_the_reference_itself_and_1_for_a_map_elsewhere():
+    m = RNG.random((6, 6))
+    assert metrics.specificity(m, m) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.specificity(3 * m, m) == pytest.approx(0.0, abs=1e-12)  # a distribution: scale does not count
+    assert metrics.specificity(one_hot(6, 0, 0), one_hot(6, 5, 5)) == pytest.approx(1.0)
+    # Half the mass on the reference's cell: JSD of (1/2, 1/2) and (1, 0) = H(3/4, 1/4) - 1/2.
+    half = one_hot(6, 0, 0) + one_hot(6, 5, 5)
+    expected = -(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25)) - 0.5
+    assert metrics.specificity(half, one_hot(6, 0, 0)) == pytest.approx(expected)
+    other = RNG.random((6, 6)) ** 4
+    assert metrics.specificity(m, other) == pytest.approx(metrics.specificity(other, m))  # symmetric
+    assert 0 < metrics.specificity(m, other) < metrics.specificity(one_hot(6, 2, 3), other) < 1
 
 
 def test_a_map_without_mass_reads_as_uniform():

@@ -1,0 +1,87 @@
+"""The image encoder's own [CLS] attention (DINO's view): taken from the encoder's one pass, stored per image
+(each head and their mean), and the reference of each word's `specificity_cls`."""
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from db.codec import decode_map
+from extractor import metrics
+from extractor.checkpoint import load_checkpoint
+from extractor.coco import load_image
+from extractor.config import ALBEFConfig
+from extractor.image import eval_transform
+from extractor.model import ALBEF
+
+
+@pytest.fixture(scope="module")
+def model_and_pixels(shared):
+    ckpt = shared / "fixtures" / "albef-reference" / "finetuned-tiny"
+    cfg = ALBEFConfig.from_json(ckpt / "config.json")
+    model = ALBEF(cfg).eval()
+    load_checkpoint(model, ckpt / "checkpoint.pth")
+    files = sorted((shared / "coco" / "val2017-small" / "val2017").glob("*.jpg"))[:3]
+    return model, torch.stack([eval_transform(load_image(f), cfg.image_res) for f in files])
+
+
+def test_the_encoder_output_is_unchanged_and_its_cls_attention_is_the_blocks_own(model_and_pixels):
+    model, pixels = model_and_pixels
+    with torch.no_grad():
+        tokens = model.encode_image(pixels)
+        got_tokens, got = model.encode_image_attending(pixels)
+        # timm's unfused path computes the attention matrix itself; its dropout module receives it.
+        attn = model.visual_encoder.blocks[-1].attn
+        seen, fused = [], attn.fused_attn
+        hook = attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        try:
+            attn.fused_attn = False
+            model.encode_image(pixels)
+        finally:
+            attn.fused_attn = fused
+            hook.remove()
+    assert torch.equal(got_tokens, tokens)
+    assert got.shape == (len(pixels), model.cfg.vision.num_heads, model.cfg.grid_size**2 + 1)
+    torch.testing.assert_close(got, seen[0][:, :, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(got[:, 0], got[:, 1])  # the heads differ
+
+
+def stored(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+def test_a_run_stores_each_heads_map_and_their_mean_per_image(small_db):
+    con = duckdb.connect(str(small_db), read_only=True)
+    n_heads = 4  # the fine-tuned fixture's ViT
+    done = {i for (i,) in stored(con, "SELECT image_id FROM image_status WHERE status = 'done'")}
+    rows = stored(con, "SELECT image_id, head, map, map_max FROM image_maps ORDER BY image_id, head")
+    assert {i for i, *_ in rows} == done
+    by_image: dict[int, dict[int, np.ndarray]] = {}
+    for image_id, head, blob, peak in rows:
+        by_image.setdefault(image_id, {})[head] = decode_map(blob, peak)
+    for image_id, maps in by_image.items():
+        assert sorted(maps) == [-1, *range(n_heads)], image_id
+        for m in maps.values():  # distributions over the patches, within the uint8 codec's rounding
+            assert abs(m.sum() - 1) <= m.size * m.max() / 510 + 1e-6
+        heads = np.stack([maps[h] for h in range(n_heads)])
+        np.testing.assert_allclose(maps[-1], heads.mean(0), atol=2 * heads.max() / 255)
+
+
+def test_each_words_specificities_are_against_its_stored_references(small_db):
+    con = duckdb.connect(str(small_db), read_only=True)
+    rows = stored(
+        con,
+        """
+        SELECT w.map, w.map_max, e.map, e.map_max, c.cls_map, c.cls_map_max, w.specificity_cls, w.specificity_row
+        FROM words w JOIN image_maps e ON e.run_id = w.run_id AND e.image_id = w.image_id AND e.head = -1
+        JOIN caption_maps c ON (c.run_id, c.caption_id, c.method, c.layer) = (w.run_id, w.caption_id, w.method, w.layer)
+        ORDER BY w.caption_id, w.method, w.layer, w.word_index""",
+    )
+    assert len(rows) == stored(con, "SELECT count(*) FROM words")[0][0]
+    word, encoder, cls_row = (np.stack([decode_map(r[k], r[k + 1]) for r in rows]) for k in (0, 2, 4))
+    spec_cls, spec_row = (np.array([r[k] for r in rows], float) for k in (6, 7))
+    assert ((spec_cls >= 0) & (spec_cls <= 1) & (spec_row >= 0) & (spec_row <= 1)).all()
+    assert spec_cls.std() > 0.01 and spec_row.std() > 0.01
+    # From the uint8 maps the divergences move a little, never by much.
+    np.testing.assert_allclose(metrics.specificity(word, encoder), spec_cls, atol=0.03)
+    np.testing.assert_allclose(metrics.specificity(word, cls_row), spec_row, atol=0.03)
