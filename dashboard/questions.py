@@ -75,6 +75,12 @@ def image_detail(db: Database, image_id: int, run_id: str) -> dict[str, pd.DataF
 
 
 @_cached
+def image_encoder_maps(db: Database, image_id: int, run_id: str) -> pd.DataFrame:
+    """The image encoder's [CLS] attention of one image: head (-1 = mean), map, map_max."""
+    return queries.image_encoder_maps(db.connection(), image_id, run_id)
+
+
+@_cached
 def image_instances(db: Database, image_ids: tuple[int, ...]) -> pd.DataFrame:
     """The labelled objects of a page's images."""
     return queries.image_instances(db.connection(), image_ids)
@@ -201,9 +207,12 @@ def image_overlap(db: Database, run_a: str, run_b: str) -> dict[str, int]:
 
 
 @_cached
-def run_changes(db: Database, a: Slice, b: Slice, metric: str, by: str, min_count: int) -> pd.DataFrame:
-    """Per word or category, the metric's change from slice A to slice B with its bootstrap interval."""
-    return compare.changes(db.connection(), a, b, metric, by, min_count)
+def run_changes(
+    db: Database, a: Slice, b: Slice, metric: str, by: str, min_count: int, order: str, intervals: int
+) -> pd.DataFrame:
+    """Per word or category, the metric's change from slice A to slice B, ranked, with bootstrap intervals
+    for the first `intervals`."""
+    return compare.changes(db.connection(), a, b, metric, by, min_count, order=order, intervals=intervals)
 
 
 @_cached

@@ -487,3 +487,13 @@ def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, object]
     """Run on a fresh cursor: a DuckDB connection object must not be shared by threads at once."""
     with con.cursor() as cur:
         return cur.execute(sql, dict(params or {})).df()
+
+
+def image_encoder_maps(con: duckdb.DuckDBPyConnection, image_id: int, run_id: str) -> pd.DataFrame:
+    """The image encoder's [CLS] attention maps of one image in one run: head (-1 = the heads' mean first, then
+    0, 1, ...), map, map_max; empty for a run extracted before they were stored."""
+    return frame(
+        con,
+        "SELECT head, map, map_max FROM image_maps WHERE image_id = $image_id AND run_id = $run_id ORDER BY head",
+        {"image_id": image_id, "run_id": run_id},
+    )

@@ -1,11 +1,17 @@
 """The image encoder's own [CLS] attention (DINO's view): taken from the encoder's one pass, stored per image
 (each head and their mean), and the reference of each word's `specificity_cls`."""
 
+import sys
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
+import streamlit as st
 import torch
+from streamlit.testing.v1 import AppTest
 
+from dashboard.encoder_panel import top_mass_only
 from db.codec import decode_map
 from extractor import metrics
 from extractor.checkpoint import load_checkpoint
@@ -13,6 +19,8 @@ from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.image import eval_transform
 from extractor.model import ALBEF
+
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +93,43 @@ def test_each_words_specificities_are_against_its_stored_references(small_db):
     # From the uint8 maps the divergences move a little, never by much.
     np.testing.assert_allclose(metrics.specificity(word, encoder), spec_cls, atol=0.03)
     np.testing.assert_allclose(metrics.specificity(word, cls_row), spec_row, atol=0.03)
+
+
+def test_dinos_threshold_keeps_the_fewest_cells_holding_60_percent(small_db):
+    con = duckdb.connect(str(small_db), read_only=True)
+    for blob, peak in stored(con, "SELECT map, map_max FROM image_maps WHERE head >= 0 LIMIT 8"):
+        m = decode_map(blob, peak)
+        kept = decode_map(*top_mass_only(blob, peak))
+        ranked = np.sort(m.ravel())[::-1]
+        n_kept = int((kept > 0).sum())
+        assert kept[kept > 0].sum() >= 0.6 * m.sum() - 1e-6
+        assert ranked[: n_kept - 1].sum() < 0.6 * m.sum()  # one cell fewer would not hold it
+        np.testing.assert_allclose(kept[kept > 0], m[kept > 0], rtol=0.01, atol=peak / 255)
+
+
+def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, monkeypatch, tmp_path):
+    con = duckdb.connect(str(small_db), read_only=True)
+    ((image_id, caption_id, word_index, spec_cls, spec_row, method, layer),) = stored(
+        con,
+        """
+        SELECT image_id, caption_id, word_index, specificity_cls, specificity_row, method, layer FROM words
+        WHERE word_class = 'object' ORDER BY image_id, caption_id, word_index, method, layer LIMIT 1""",
+    )
+    monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), "--db", str(small_db)])
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.query_params.clear()
+    at.query_params.update(image=str(image_id), caption=str(caption_id), w=str(word_index), method=method,
+                           layer=str(layer))  # fmt: skip
+    at = at.switch_page("views/image.py").run()
+    try:
+        assert not at.exception
+        assert any("The image encoder's own attention" in s.value for s in at.subheader)
+        text = " ".join(m.value for m in at.markdown)
+        assert "image encoder [CLS]" in text and "caption [CLS] row" in text
+        assert all(f"head {h}" in text for h in range(4))
+        assert f"spec·enc {spec_cls:.2f}" in text and f"spec·row {spec_row:.2f}" in text
+        n_images = len(at.get("imgs"))
+        at.toggle(key="encoder_top").set_value(True).run()
+        assert not at.exception and len(at.get("imgs")) == n_images
+    finally:
+        st.cache_resource.clear()

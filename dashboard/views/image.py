@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboard import components as ui
 from dashboard import data, paths, questions, state
+from dashboard.encoder_panel import encoder_panel
 from dashboard.markup import literal, marked_caption, plotly_literal
 from dashboard.overlay import display_size
 from dashboard.probe_panel import probe_panel
@@ -325,6 +326,8 @@ for column, (method, layer) in zip(st.columns(2), [(ctx.method, ctx.layer), othe
                 path_text, width, height, *pair_map, big_style, data.instance_tuples(shown), show_mask, show_box
             )
             st.image(side_jpeg, width="stretch")
+
+encoder_panel(ctx, detail, path_text, style, caption_id, selected_word, main_map)
 
 st.subheader("Every word")
 st.caption(f"{slice_label(ctx.method, ctx.layer)}. Click a word to enlarge it above.")
