@@ -40,10 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("single", "ray")
 
 
-def extraction_seconds(commands: list[list[str]], db: Path, limit: int, log: Path) -> float:
-    """Run a variant's processes together: the wall seconds from the first process's extraction start to the
-    last one's end (its session files), which leaves out imports and the database build. Exits when a
-    process fails or an image was not extracted (a chunk that failed costs no time: no measurement)."""
+def extraction_costs(commands: list[list[str]], db: Path, limit: int, log: Path) -> tuple[float, float]:
+    """Run a variant's processes together: (the wall seconds from the first process's extraction start to the
+    last one's end, which leave out imports and the database build; the CPU seconds they record: each
+    single process's, loaders included, or a Ray driver's and its actors' on their chunks, not Ray's own
+    daemons'). Both from the session files. Exits when a process fails or an image was not extracted (a
+    chunk that failed costs no time: no measurement)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
         procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=out, stderr=out) for c in commands]
@@ -57,7 +59,14 @@ def extraction_seconds(commands: list[list[str]], db: Path, limit: int, log: Pat
     parts = partsdir.parts_dir(db)
     (run_id,) = partsdir.run_ids(parts)
     sessions = partsdir.read_sessions(parts, run_id)
-    return max(s["finished_at"] for s in sessions) - min(s["started_at"] for s in sessions)
+    span = max(s["finished_at"] for s in sessions) - min(s["started_at"] for s in sessions)
+    return span, sum(sum(s["cpu"].values()) for s in sessions)
+
+
+def per_image(costs: dict, name: str, p: int, limits: tuple[int, int], k: int) -> float:
+    """Seconds per image (k = 0: wall, 1: CPU): the fastest W + N run less the fastest W run, over N."""
+    fastest = [min(c[k] for c in costs[name, p, limit]) for limit in limits]
+    return (fastest[1] - fastest[0]) / (limits[1] - limits[0])
 
 
 def variant_commands(base: list[str], db: Path, limit: int, ray: bool, p: int) -> list[list[str]]:
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant; the fastest counts")
     args = parser.parse_args(argv)
 
-    spans: dict[tuple[str, int, int], list[float]] = {}
+    costs: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         total = args.warmup + args.images
@@ -99,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         for repeat, p, limit, name in product(range(args.repeats), args.parallelism, (args.warmup, total), VARIANTS):
             db = tmp / f"{name}-{p}-{limit}-{repeat}.duckdb"
             commands = variant_commands(base, db, limit, name == "ray", p)
-            spans.setdefault((name, p, limit), []).append(extraction_seconds(commands, db, limit, tmp / "run.log"))
-            print(f"  {name}, parallelism {p}, {limit} images: {spans[name, p, limit][-1]:.1f} s", flush=True)
-    results = {(name, p): (min(spans[name, p, total]) - min(spans[name, p, args.warmup])) / args.images
-               for name in VARIANTS for p in args.parallelism}  # fmt: skip
+            costs.setdefault((name, p, limit), []).append(extraction_costs(commands, db, limit, tmp / "run.log"))
+            wall, used = costs[name, p, limit][-1]
+            print(f"  {name}, parallelism {p}, {limit} images: {wall:.1f} s extracting, {used:.1f} s CPU", flush=True)
+    results, cpu = ({(name, p): per_image(costs, name, p, (args.warmup, total), k) for name in VARIANTS
+                     for p in args.parallelism} for k in (0, 1))  # fmt: skip
 
     print(f"stand-in (--model null) at {args.image_res} px on CPU, both methods, all fusion layers, torch on one "
           f"thread per process; runs of {args.warmup} and {total} images, the difference divided by "
@@ -111,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         single, ray = results["single", p], results["ray", p]
         print(f"parallelism {p}: single-process {1 / single:.2f} images/s ({1e3 * single:.1f} ms/image), Ray "
               f"{1 / ray:.2f} images/s ({1e3 * ray:.1f} ms/image); Ray / single-process = {ray / single:.3f} "
-              f"(overhead {100 * (ray / single - 1):+.1f}%)")  # fmt: skip
+              f"(overhead {100 * (ray / single - 1):+.1f}%); CPU per image: single-process "
+              f"{1e3 * cpu['single', p]:.1f} ms, Ray {1e3 * cpu['ray', p]:.1f} ms "
+              f"({100 * (cpu['ray', p] / cpu['single', p] - 1):+.1f}%)")  # fmt: skip
     if len(args.parallelism) > 1:
         lo, hi = min(args.parallelism), max(args.parallelism)
         for name in VARIANTS:

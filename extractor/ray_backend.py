@@ -103,10 +103,12 @@ class ChunkActor:
         done = partsdir.run_dir(self.setup.parts, self.setup.run_id) / partsdir.DONE_TABLE
         return any(done.glob(f"{min(r['id'] for r in records):012d}-*.parquet"))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
-        """{chunk, image_ids, pairs} rows -> {chunk, images, failed} rows, once each chunk's parts are written."""
-        out: dict[str, list[int]] = {"chunk": [], "images": [], "failed": []}
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        """{chunk, image_ids, pairs} rows -> {chunk, images, failed, cpu} rows, once each chunk's parts are
+        written (cpu: this process's CPU seconds on the chunk, all its threads)."""
+        out: dict[str, list[float]] = {"chunk": [], "images": [], "failed": [], "cpu": []}
         for chunk, ids, pairs in zip(batch["chunk"], batch["image_ids"], batch["pairs"], strict=True):
+            started = time.process_time()
             if pairs:
                 self.setup.dataset, records = chunk_dataset(str(pairs))
             else:
@@ -118,6 +120,7 @@ class ChunkActor:
             out["chunk"].append(int(chunk))
             out["images"].append(len(records))
             out["failed"].append(failed)
+            out["cpu"].append(time.process_time() - started)
         return out
 
 
@@ -145,9 +148,9 @@ def run_on_cluster(ray: ModuleType, opts: run.Options, actors: int | None) -> st
     chunks = [c for c in ([r for r in c if r["id"] in kept] for c in chunks) if c]
     session = {"shard": list(opts.shard), "started_at": started_at, "images": len(todo)}
     partsdir.write_session(s.parts, s.run_id, journal[1], {**session, "complete": False})
-    complete = False
+    complete, cpu = False, 0.0
     try:
-        finished = run_chunks(ray, s, device, chunks, actors) if chunks else set()
+        finished, cpu = run_chunks(ray, s, device, chunks, actors) if chunks else (set(), 0.0)
         if lost := [c for i, c in enumerate(chunks) if i not in finished]:
             record_lost(s, lost)
         complete = True
@@ -155,16 +158,18 @@ def run_on_cluster(ray: ModuleType, opts: run.Options, actors: int | None) -> st
         raise SystemExit(f"interrupted: {s.parts} keeps every finished chunk; run the same command to resume") from None
     finally:
         seconds = time.perf_counter() - started
-        partsdir.write_session(s.parts, s.run_id, journal[1], {**session, "finished_at": time.time(),
-                                                                 "seconds": seconds, "complete": complete})  # fmt: skip
+        partsdir.write_session(s.parts, s.run_id, journal[1], {
+            **session, "finished_at": time.time(), "seconds": seconds, "complete": complete,
+            "cpu": {"driver": time.process_time(), "actors": cpu}})  # fmt: skip
     log.info("%d images on Ray in %.1f s, %.2f images/s", len(todo), seconds, len(todo) / max(seconds, 1e-9))
     writer.build(opts.db, wait=opts.wait_db)
     return s.run_id
 
 
 def run_chunks(ray: ModuleType, s: run.Setup, device: torch.device, chunks: list[list[dict]],
-               actors: int | None) -> set[int]:  # fmt: skip
-    """Stream the chunks through a pool of `ChunkActor`s with a progress bar; returns the chunks finished."""
+               actors: int | None) -> tuple[set[int], float]:  # fmt: skip
+    """Stream the chunks through a pool of `ChunkActor`s with a progress bar; returns the chunks finished and
+    the actors' CPU seconds on them."""
     opts = s.opts  # its images folder resolved: a WebDataset's actors read no inputs to find it
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = -1  # a chunk that keeps failing is dropped here, and recorded by the caller
@@ -185,14 +190,15 @@ def run_chunks(ray: ModuleType, s: run.Setup, device: torch.device, chunks: list
             max_task_retries=CHUNK_TRIES - 1,
             **({"num_gpus": 1} if cuda else {"num_cpus": 1}),
         )
-    finished, failed = set(), 0
+    finished, failed, cpu = set(), 0, 0.0
     with tqdm(total=sum(map(len, chunks)), unit="img", desc="extracting", dynamic_ncols=True) as bar:
         for row in results.iter_rows():
             finished.add(int(row["chunk"]))
             failed += int(row["failed"])
+            cpu += float(row["cpu"])
             bar.update(int(row["images"]))
     log.info("%d chunks finished on %d actors, %d images failed", len(finished), min(pool, len(chunks)), failed)
-    return finished
+    return finished, cpu
 
 
 def record_lost(s: run.Setup, lost: list[list[dict]]) -> None:
