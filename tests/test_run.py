@@ -111,6 +111,7 @@ RESULT_KEYS = {
     "words": ["image_id", "caption_id", "word_index", "method", "layer"],
     "caption_results": ["caption_id"],
     "caption_maps": ["caption_id", "method", "layer"],
+    "image_maps": ["image_id", "head"],
     "image_status": ["image_id"],
 }
 
