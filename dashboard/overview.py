@@ -79,7 +79,7 @@ def show(ctx: data.Context) -> None:
     """Draw the overview of the context's run slice."""
     run_id = ctx.run["run_id"]
     st.subheader("Where does ALBEF look, across the whole run?")
-    st.caption(
+    st.info(
         "Choose a word or a COCO category above, or start from these rankings of "
         f"{ctx.method} · layer {ctx.layer} (the sidebar changes the map and layer). Click one to see its maps."
     )
