@@ -30,6 +30,8 @@ _NAMES = {
     "iou_top60": "IoU top-60%",
     "itm_score": "caption match (ITM)",
     "pointing_hit": "pointing hit",
+    "specificity_cls": "specificity vs the image",
+    "specificity_row": "specificity vs the caption",
 }
 MORE_MATCHES = 4
 
