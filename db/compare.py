@@ -9,6 +9,7 @@ through db.filters.range_expr (the allow-list); everything else is a bound param
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -19,6 +20,12 @@ from db.filters import range_expr
 from db.queries import frame, rows_of
 
 BY = ("word", "category")
+ORDERS = ("size", "rise", "fall")
+# Narrow slice A to some words, or to the words naming some categories ($keys: their names).
+_KEY_FILTERS = {
+    "word": "word IN (SELECT unnest($keys::VARCHAR[]))",
+    "category": "category_id IN (SELECT category_id FROM categories WHERE name IN (SELECT unnest($keys::VARCHAR[])))",
+}
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,15 @@ def _named(s: Slice) -> dict:
     return {"run": s.run_id, "method": s.method, "layer": s.layer}
 
 
-def _matched(con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, only: str = "TRUE") -> tuple[str, dict]:
-    """SQL of the occurrences in both slices with the metric in both (value_a, value_b), and its parameters.
-    `only` narrows A's side (our own SQL text, over its columns)."""
+def _matched(
+    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", keys: Sequence[str] | None = None
+) -> tuple[str, dict]:
+    """SQL of the occurrences in both slices with the metric in both (value_a, value_b), and its parameters;
+    with `keys`, only the occurrences of these words (or of the words naming these categories)."""
+    if by not in BY:
+        raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
     value = range_expr(metric)
+    only = "TRUE" if keys is None else _KEY_FILTERS[by]
 
     def side(name: str, s: Slice, where: str) -> str:
         return (
@@ -64,28 +76,56 @@ def _matched(con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, on
     sql = f"""
         SELECT a.image_id, a.caption_id, a.word_index, a.word, a.category_id, a.value AS value_a, b.value AS value_b
         FROM ({side("a", a, only)}) AS a JOIN ({side("b", b, "TRUE")}) AS b USING (image_id, caption_id, word_index)"""
-    return sql, {f"{k}_{name}": v for name, s in (("a", a), ("b", b)) for k, v in _named(s).items()}
+    params = {f"{k}_{name}": v for name, s in (("a", a), ("b", b)) for k, v in _named(s).items()}
+    return sql, params | ({} if keys is None else {"keys": list(keys)})
+
+
+def _grouped(by: str) -> tuple[str, str]:
+    """The key expression over matched rows `m`, and the join it needs."""
+    return ("m.word", "") if by == "word" else ("c.name", "JOIN categories AS c USING (category_id)")
+
+
+def key_totals(
+    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", min_count: int = 1
+) -> pd.DataFrame:
+    """Per word or category name with at least `min_count` matched occurrences: key, n, n_images, mean_a,
+    mean_b (the metric's means in A and B) and change (B - A, their difference), by key."""
+    matched, params = _matched(con, a, b, metric, by)
+    key, join = _grouped(by)
+    return frame(
+        con,
+        f"""
+        SELECT {key} AS key, count(*) AS n, count(DISTINCT m.image_id) AS n_images, avg(m.value_a) AS mean_a,
+            avg(m.value_b) AS mean_b, avg(m.value_b - m.value_a) AS change
+        FROM ({matched}) AS m {join}
+        GROUP BY {key} HAVING count(*) >= $min_count ORDER BY key""",
+        params | {"min_count": min_count},
+    )
 
 
 def per_image(
-    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", min_count: int = 1
+    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", keys: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """Per (word or category name, image) of the matched occurrences: key, image_id, n, sum_a, sum_b (the
-    metric's sums in A and B), for the keys with at least `min_count` matched occurrences in all; ordered
-    by key and image."""
-    if by not in BY:
-        raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
-    matched, params = _matched(con, a, b, metric)
-    key, join = ("m.word", "") if by == "word" else ("c.name", "JOIN categories AS c USING (category_id)")
+    """Per (word or category name, image) of the matched occurrences (of `keys` only, if given): key,
+    image_id, n, sum_a, sum_b (the metric's sums in A and B); ordered by key and image."""
+    matched, params = _matched(con, a, b, metric, by, keys)
+    key, join = _grouped(by)
     return frame(
         con,
         f"""
         SELECT {key} AS key, m.image_id, count(*) AS n, sum(m.value_a) AS sum_a, sum(m.value_b) AS sum_b
         FROM ({matched}) AS m {join}
-        GROUP BY key, m.image_id QUALIFY sum(count(*)) OVER (PARTITION BY {key}) >= $min_count
-        ORDER BY key, m.image_id""",
-        params | {"min_count": min_count},
+        GROUP BY {key}, m.image_id ORDER BY key, m.image_id""",
+        params,
     )
+
+
+def ranked(totals: pd.DataFrame, order: str) -> pd.DataFrame:
+    """key_totals in one of ORDERS: the size of the change (either way), its rise or its fall; then by key."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+    by = {"size": totals["change"].abs(), "rise": totals["change"], "fall": -totals["change"]}[order]
+    return totals.assign(_by=by).sort_values(["_by", "key"], ascending=[False, True]).drop(columns="_by")
 
 
 def changes(
@@ -96,35 +136,28 @@ def changes(
     by: str = "word",
     min_count: int = 1,
     *,
+    order: str = "size",
+    intervals: int | None = None,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per word or category, the metric's mean over matched occurrences in A and in B and its change (B - A)
-    with a bootstrap interval over images: key, n, n_images, mean_a, mean_b, change, low, high; largest
-    change first."""
-    rows = per_image(con, a, b, metric, by, min_count)
+    """key_totals ranked by `order`, with a bootstrap interval of each change over images (low, high) for
+    the first `intervals` keys (None: all; the others' are NaN)."""
+    totals = ranked(key_totals(con, a, b, metric, by, min_count), order).reset_index(drop=True)
+    chosen = totals["key"] if intervals is None else totals["key"].head(intervals)
+    rows = per_image(con, a, b, metric, by, chosen.tolist())
     group, keys = pd.factorize(rows["key"], sort=True)
-    image = pd.factorize(rows["image_id"])[0]
-    change, low, high = ratio_ci(
-        group, image, rows["sum_b"] - rows["sum_a"], rows["n"], resamples=resamples, level=level, seed=seed
+    _, low, high = ratio_ci(
+        group,
+        rows["image_id"].to_numpy(),
+        rows["sum_b"] - rows["sum_a"],
+        rows["n"],
+        resamples=resamples,
+        level=level,
+        seed=seed,
     )
-    totals = rows.groupby("key", sort=True).agg(
-        n=("n", "sum"), n_images=("image_id", "size"), sum_a=("sum_a", "sum"), sum_b=("sum_b", "sum")
-    )
-    out = pd.DataFrame(
-        {
-            "key": keys,
-            "n": totals["n"].to_numpy(),
-            "n_images": totals["n_images"].to_numpy(),
-            "mean_a": (totals["sum_a"] / totals["n"]).to_numpy(),
-            "mean_b": (totals["sum_b"] / totals["n"]).to_numpy(),
-            "change": change,
-            "low": low,
-            "high": high,
-        }
-    )
-    return out.sort_values(["change", "key"], ascending=[False, True], ignore_index=True)
+    return totals.merge(pd.DataFrame({"key": keys, "low": low, "high": high}), how="left", on="key")
 
 
 def matched_words(
@@ -133,8 +166,7 @@ def matched_words(
     """The occurrences of one word (or of the words naming one category) in both slices, largest change of
     the metric first: image_id, caption_id, word_index, word, category_id, value_a, value_b, caption, file_name, width,
     height, and each run's map (map_a, map_max_a, map_b, map_max_b; see db.codec)."""
-    only = "word = $key" if by == "word" else "category_id = (SELECT category_id FROM categories WHERE name = $key)"
-    matched, params = _matched(con, a, b, metric, only)
+    matched, params = _matched(con, a, b, metric, by, [key])
     pairs = frame(
         con,
         f"""
@@ -142,7 +174,7 @@ def matched_words(
             i.file_name, i.width, i.height
         FROM ({matched}) AS m JOIN captions AS c USING (caption_id) JOIN images AS i ON i.image_id = m.image_id
         ORDER BY abs(m.value_b - m.value_a) DESC, m.image_id, m.caption_id, m.word_index LIMIT $limit""",
-        params | {"key": key, "limit": limit},
+        params | {"limit": limit},
     )
     # Maps are read from `words` by the page's images (its zone maps), apart: joined, the whole table is read.
     maps = frame(
@@ -154,7 +186,8 @@ def matched_words(
             AND caption_id IN (SELECT unnest($captions::BIGINT[]))
             AND ((run_id = $run_a AND method = $method_a AND layer = $layer_a)
                 OR (run_id = $run_b AND method = $method_b AND layer = $layer_b))""",
-        params | {"images": pairs["image_id"].unique().tolist(), "captions": pairs["caption_id"].unique().tolist()},
+        {k: v for k, v in params.items() if k != "keys"}
+        | {"images": pairs["image_id"].unique().tolist(), "captions": pairs["caption_id"].unique().tolist()},
     )
     keys = ["image_id", "caption_id", "word_index"]
     for side, is_a in (("a", True), ("b", False)):

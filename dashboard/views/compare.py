@@ -15,12 +15,13 @@ import streamlit as st
 from dashboard import components as ui
 from dashboard import data, questions, state
 from dashboard.markup import literal, plotly_literal
-from db.compare import BY, Slice
+from db.compare import BY, ORDERS, Slice
 from db.metrics import METRICS
 
 TOP = 20  # changes in the chart
 PAIRS = 6  # occurrences shown side by side
-RANKS = {"size": "largest change either way", "rise": "largest rise (B > A)", "fall": "largest fall (B < A)"}
+RANKS = dict(zip(ORDERS, ("largest change either way", "largest rise (B > A)", "largest fall (B < A)"), strict=True))
+INTERVALS = 100  # keys with a bootstrap interval, in the table's order: they cost resamples x their images
 CLICKED = "compare_clicked"  # session state: the chart point last applied, so a stale selection does not win
 
 
@@ -54,13 +55,6 @@ def slice_choice(column, name: str, run_id: str, default: str) -> Slice:
     )
     method, layer = value.rsplit("-", 1)
     return Slice(run_id, method, int(layer))
-
-
-def ranked(changes, rank: str):
-    """The changes in the order the user chose."""
-    if rank == "size":
-        return changes.iloc[changes["change"].abs().sort_values(ascending=False, kind="stable").index]
-    return changes.sort_values("change", ascending=rank == "fall", kind="stable")
 
 
 def change_chart(top, metric: str, key_name: str) -> go.Figure:
@@ -170,15 +164,15 @@ if overlap["only_a"] or overlap["only_b"]:
         f"A has {overlap['only_a']:,} more, B has {overlap['only_b']:,} more.",
         icon=":material/join_inner:",
     )
-changes = questions.run_changes(ctx.db, a, b, metric, group, int(min_count))
+changes = questions.run_changes(ctx.db, a, b, metric, group, int(min_count), rank, INTERVALS)
 if changes.empty:
     st.info(f"No {group} has {min_count} occurrences with {ui.metric_label(metric)} in both runs. Lower the minimum.")
     st.stop()
-changes = ranked(changes, rank).reset_index(drop=True)
 st.caption(
     f"{len(changes):,} {group}s · change = mean {ui.metric_label(metric)} of the same caption words in B minus A "
     f"(B: {literal(run_name(by_id[run_b]))}, {b.method} layer {b.layer}; "
-    f"A: {literal(run_name(by_id[run_a]))}, {a.method} layer {a.layer}) · 1,000 resamples of the images."
+    f"A: {literal(run_name(by_id[run_a]))}, {a.method} layer {a.layer}) · intervals: 1,000 resamples of the images, "
+    f"for the first {INTERVALS} in this order."
 )
 chosen_point(
     st.plotly_chart(
