@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from db import queries, rankings, writer
+from db import compare, queries, rankings, writer
 from db.metrics import METRICS
 from db.queries import WordFilter
 from db.sample import caption_words, category_lookup
@@ -147,6 +147,9 @@ def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dic
         "search word by image": lambda c, i: queries.search_images(c, WordFilter(word=words[i], **slice_)),
         "image page of word": lambda c, i: queries.search_words(
             c, WordFilter(word=words[i], image_ids=tuple(images[i : i + 24]), **slice_), limit=None),
+        # Runs compared (issue 12, item 5): the run against itself, matched word by word, 100 intervals.
+        "compare runs": lambda c, i: compare.changes(
+            c, compare.Slice(**slice_), compare.Slice(**slice_), metrics[i], min_count=3, intervals=100),
     }  # fmt: skip
 
 
