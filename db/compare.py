@@ -2,9 +2,10 @@
 
 A word occurrence is matched across runs by (image_id, caption_id, word_index): the same caption word,
 read in a chosen slice (method, layer) of each run. Only occurrences with the metric in both count, so
-the runs are compared on the images they share. SQL aggregates the matched pairs per (word or category,
-image); db.bootstrap resamples those per-image rows, never the word rows. Metric names reach SQL text only
-through db.filters.range_expr (the allow-list); everything else is a bound parameter.
+the runs are compared on the images they share. SQL totals the matched pairs per word or category (every
+key's change), then per (key, image) for the keys that get an interval; db.bootstrap resamples those
+per-image rows, never the word rows. Metric names reach SQL text only through db.filters.range_expr (the
+allow-list); everything else is a bound parameter.
 """
 
 from __future__ import annotations
