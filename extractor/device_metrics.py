@@ -70,8 +70,8 @@ def _bits(p: Tensor) -> Tensor:
     return -(p * torch.where(p > 0, p, 1.0).log2()).sum(-1)
 
 
-def _specificity(p: Tensor, q: Tensor) -> Tensor:
-    return (_bits((p + q) / 2) - (_bits(p) + _bits(q)) / 2).clamp(0.0, 1.0)
+def _specificity(p: Tensor, p_bits: Tensor, q: Tensor) -> Tensor:
+    return (_bits((p + q) / 2) - (p_bits + _bits(q)) / 2).clamp(0.0, 1.0)
 
 
 def word_metrics(
@@ -131,9 +131,10 @@ def word_metrics(
         out["background_mass"] = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
     else:
         out["background_mass"] = _mass(p, 1.0 - union_cover.double())
+    p_bits = _bits(p)  # shared by both references
     for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
         nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
-        out[name] = nan if reference is None else _specificity(p, distribution(reference))
+        out[name] = nan if reference is None else _specificity(p, p_bits, distribution(reference))
     return out
 
 

@@ -248,9 +248,12 @@ def cls_self_attention(attn: Attention, qkv: Tensor) -> Tensor:
     """The [CLS] query's post-softmax attention of a timm ViT block from its qkv projection (B, 1+N, 3C):
     (B, heads, 1+N) float32, as the block's softmax(q k^T * scale) row 0."""
     B, T, _ = qkv.shape
-    q, k, _ = qkv.float().reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(q[:, :, :1]), attn.k_norm(k)
-    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0]
+    h, d = attn.num_heads, attn.head_dim
+    q = attn.q_norm(qkv[:, 0, : h * d].float().reshape(B, h, d)) * attn.scale
+    k = attn.k_norm(qkv[:, :, h * d : 2 * h * d].float().reshape(B, T, h, d)).reshape(B, T, h * d)
+    # Each head's query on a block diagonal (h*d, h): one matmul over the keys as they lie, no permuted copy.
+    heads = torch.eye(h, device=q.device).repeat_interleave(d, 0)
+    return (k @ (q.reshape(B, h * d, 1) * heads)).transpose(1, 2).softmax(-1)
 
 
 def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
