@@ -2,6 +2,7 @@
 (each head and their mean), and the reference of each word's `specificity_cls`."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -12,7 +13,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from dashboard.encoder_panel import top_mass_only
+from db import queries
 from db.codec import decode_map
+from db.queries import WordFilter
 from extractor import metrics
 from extractor.checkpoint import load_checkpoint
 from extractor.coco import load_image
@@ -133,3 +136,20 @@ def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, monkey
         assert not at.exception and len(at.get("imgs")) == n_images
     finally:
         st.cache_resource.clear()
+
+
+def test_searches_filter_and_rank_by_specificity_and_statistics_average_it(small_db):
+    con = duckdb.connect(str(small_db), read_only=True)
+    run_id, method, layer = stored(con, "SELECT run_id, method, layer FROM words WHERE method = 'attention' LIMIT 1")[0]
+    slice_ = WordFilter(run_id=run_id, method=method, layer=int(layer))
+    ranked = queries.search_words(con, slice_, sort="specificity_cls", descending=True, limit=1000, offset=0)
+    values = ranked["specificity_cls"].tolist()
+    assert 10 < len(values) < 1000 and values == sorted(values, reverse=True)  # the whole slice, ranked
+    middle = float(np.median(values))
+    kept = queries.search_words(con, replace(slice_, ranges={"specificity_row": (middle, None)}), sort="entropy",
+                                descending=False, limit=1000, offset=0)  # fmt: skip
+    assert 0 < len(kept) < len(ranked) and (kept["specificity_row"] >= middle).all()
+    stats = queries.word_stats(con, run_id, method, int(layer))  # a row per (word, category it names)
+    total = (stats["n"] * stats["mean_specificity_cls"]).groupby(stats["word"]).sum() / stats.groupby("word")["n"].sum()
+    means = ranked.groupby("word")["specificity_cls"].mean()
+    np.testing.assert_allclose(total[means.index], means, atol=1e-6)
