@@ -23,21 +23,12 @@ import pytest
 
 from db import queries, rankings, review
 from db.review import Actor, Item
+from tests.chromium import SCREENSHOTS, launch
 from tests.conftest import run_extraction
 
 playwright = pytest.importorskip("playwright.sync_api")
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = REPO / "artifacts" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGE_SIZE = 24
 # The goal is 2 s warm on an idle machine; the bound here leaves room for a loaded CI runner.
 WARM_SEARCH_LIMIT_S = 6.0
@@ -133,12 +124,8 @@ def server(extracted_db, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} missing (apt-get install -y chromium)")
-        pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)")
     with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = launch(p)
         yield chromium
         chromium.close()
 

@@ -21,6 +21,7 @@ from db import review
 from extractor import probe as live
 from extractor.coco import MAX_PIXELS
 from extractor.probe import MEAN, ProbeError, ProbeSettings
+from tests.chromium import launch
 from tests.review_app import sign_in
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,14 +259,12 @@ def maps_on_screen(page, box, caption: str) -> float:
 def test_probe_an_uploaded_image_in_chromium(demo_db, tmp_path):
     """Upload a demo scene on the Probe page, type a caption, see every word's map (screenshot kept)."""
     browser_test = pytest.importorskip("tests.test_browser")
-    if not browser_test.CHROMIUM.exists():
-        pytest.skip(f"{browser_test.CHROMIUM} missing (apt-get install -y chromium)")
     image = Path(run_row(demo_db)["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
     with (
         browser_test.streamlit_server(demo_db, tmp_path / "review.sqlite") as base,
         browser_test.playwright.sync_playwright() as p,
     ):
-        chromium = p.chromium.launch(executable_path=str(browser_test.CHROMIUM), args=browser_test.CHROMIUM_ARGS)
+        chromium = launch(p)
         page = chromium.new_page(viewport={"width": 1400, "height": 1800})
         page.goto(f"{base}/probe")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(image))

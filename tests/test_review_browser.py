@@ -2,7 +2,6 @@
 real review store, driven with Playwright through Debian's Chromium. Each reviewer sees the other's
 verdicts after a refresh. Screenshots go to artifacts/screenshots/."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,32 +15,19 @@ from dashboard import auth
 from db import queries, review
 from db.queries import WordFilter
 from db.review import Actor, Item
+from tests.chromium import CHROMIUM_ARGS, SCREENSHOTS, chromium_path
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = REPO / "artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ROLES = {"alice": "reviewer", "bob": "reviewer", "carol": "admin"}
 TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
-    return CHROMIUM
+    return chromium_path()
 
 
 def free_port() -> int:
@@ -139,13 +125,13 @@ def verdict_line(page, user: str, verdict: str):
 
 def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
     store, items = queue
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             alice = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
             bob = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-            sign_in(alice, server, "alice", SHOTS / "review_sign_in.png")
+            sign_in(alice, server, "alice", SCREENSHOTS / "review_sign_in.png")
             sign_in(bob, server, "bob")
             sync_api.expect(bob.get_by_text("No verdict yet.")).to_be_visible()
 
@@ -155,7 +141,7 @@ def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
             bob.keyboard.press("r")  # Streamlit's rerun key: a refresh that keeps the session
             sync_api.expect(verdict_line(bob, "alice", "noisy")).to_be_visible(timeout=TIMEOUT_MS)
             settle(bob)
-            bob.screenshot(path=SHOTS / "review_bob_sees_alice.png", full_page=True)
+            bob.screenshot(path=SCREENSHOTS / "review_bob_sees_alice.png", full_page=True)
 
             bob.get_by_role("button", name="aligned").click()
             sync_api.expect(bob.get_by_text("Item 2 of 4")).to_be_visible(timeout=TIMEOUT_MS)
@@ -176,7 +162,7 @@ def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
             sync_api.expect(verdict_line(alice, "bob", "aligned")).to_be_visible(timeout=TIMEOUT_MS)
             sync_api.expect(verdict_line(alice, "alice", "noisy")).to_be_visible()
             settle(alice)
-            alice.screenshot(path=SHOTS / "review_alice_sees_bob.png", full_page=True)
+            alice.screenshot(path=SCREENSHOTS / "review_alice_sees_bob.png", full_page=True)
         finally:
             browser.close()
 
@@ -187,4 +173,4 @@ def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
     }
     second = review.item_review(con, items[1]).verdicts
     assert [(v.reviewer, v.verdict, v.note) for v in second] == [("bob", "background-heavy", "3 dogs, 1 sofa")]
-    assert (SHOTS / "review_alice_sees_bob.png").stat().st_size > 10_000
+    assert (SCREENSHOTS / "review_alice_sees_bob.png").stat().st_size > 10_000
