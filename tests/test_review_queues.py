@@ -187,7 +187,7 @@ def test_verdicts_and_tags_filter_and_sort_search_and_statistics(make_app, dog_w
 
     at = signed_in(make_app, "victor")
     at.sidebar.radio(key="method").set_value("gradcam").run()
-    at.selectbox(key="word_choice").select(WORD)
+    at.selectbox(key="word_choice").select(WORD).run()  # the ranking controls follow a chosen word
     at.selectbox(key="sort").select("background_mass").run()
     assert card_items(at) == [(r.caption_id, r.word_index) for r in dog_words.itertuples()]
 

@@ -22,7 +22,7 @@ from dashboard.markup import literal, marked_caption
 from dashboard.overlay import OverlayStyle
 from dashboard.review import session
 from db import review
-from db.review import Item
+from db.review import Actor, Item, ItemReview
 
 ITEM_SIDE = 640
 VERDICT_ICONS = {
@@ -208,14 +208,29 @@ def review_panel(
     actor = session.actor()
     flash()
     about = review.item_review(con, item)
-    mine = next((v for v in about.verdicts if v.reviewer == actor.user), None)
-
     status = "resolved" if about.status == "resolved" else "open"
-    by = f" by {about.status_by}, {when(about.status_at)}" if about.status_by else ""
     st.markdown(f"**Review** · {':green-badge[resolved]' if status == 'resolved' else ':orange-badge[open]'}")
-    if by:
-        st.caption(f"{status.capitalize()}{literal(by)}")
+    if about.status_by:
+        st.caption(f"{status.capitalize()}{literal(f' by {about.status_by}, {when(about.status_at)}')}")
+    verdicts_section(item, about, actor, key, shortcuts, after_verdict)
+    tags_section(item, about, actor, key)
+    comments_section(item, about, actor, key)
+    if actor.can_manage:
+        with st.expander("History (audit log)", icon=":material/history:"):
+            log = review.audit_log(con, actor, target=item.key)
+            st.dataframe(log.drop(columns=["target"]), hide_index=True, width="stretch")
 
+
+def verdicts_section(
+    item: Item,
+    about: ItemReview,
+    actor: Actor,
+    key: str,
+    shortcuts: bool,
+    after_verdict: Callable[[], None] | None,
+) -> None:
+    """Each reviewer's verdict and note; for reviewers, buttons to give or withdraw their own."""
+    mine = next((v for v in about.verdicts if v.reviewer == actor.user), None)
     if actor.can_review:
         note_key = f"{key}_note"
         with st.container(horizontal=True, wrap=True, gap="small"):
@@ -253,6 +268,9 @@ def review_panel(
             kwargs={"done": "Verdict withdrawn"},
         )
 
+
+def tags_section(item: Item, about: ItemReview, actor: Actor, key: str) -> None:
+    """The item's tags; for reviewers, forms to add and remove them."""
     st.markdown("**Tags**")
     if about.tags:
         st.dataframe(
@@ -262,65 +280,54 @@ def review_panel(
         )
     else:
         st.caption("No tags.")
-    if actor.can_review:
-        add, remove = st.columns(2)
-        with add.form(f"{key}_tag_form", clear_on_submit=True, border=False):
-            st.text_input("Add a tag", key=f"{key}_tag", max_chars=review.MAX_TAG_CHARS)
+    if not actor.can_review:
+        return
+    add, remove = st.columns(2)
+    with add.form(f"{key}_tag_form", clear_on_submit=True, border=False):
+        st.text_input("Add a tag", key=f"{key}_tag", max_chars=review.MAX_TAG_CHARS)
+        st.form_submit_button(
+            "Add tag",
+            icon=":material/sell:",
+            on_click=_write_text,
+            args=(review.add_tag, item, f"{key}_tag", "Tag added"),
+        )
+    if about.tags:
+        with remove.form(f"{key}_untag_form", border=False):
+            st.selectbox("Remove a tag", [t.tag for t in about.tags], key=f"{key}_untag")
             st.form_submit_button(
-                "Add tag",
-                icon=":material/sell:",
+                "Remove tag",
+                icon=":material/delete:",
                 on_click=_write_text,
-                args=(review.add_tag, item, f"{key}_tag", "Tag added"),
+                args=(review.remove_tag, item, f"{key}_untag", "Tag removed"),
             )
-        if about.tags:
-            with remove.form(f"{key}_untag_form", border=False):
-                st.selectbox("Remove a tag", [t.tag for t in about.tags], key=f"{key}_untag")
-                st.form_submit_button(
-                    "Remove tag",
-                    icon=":material/delete:",
-                    on_click=_write_text,
-                    args=(review.remove_tag, item, f"{key}_untag", "Tag removed"),
-                )
 
+
+def comments_section(item: Item, about: ItemReview, actor: Actor, key: str) -> None:
+    """The comment thread; for reviewers, a form to add one and the resolve / reopen button."""
     st.markdown(f"**Comments** ({len(about.comments)})")
     for comment in about.comments:
         with st.container(border=True):
             st.caption(f"{literal(comment.author)} · {when(comment.at)}")
             st.text(comment.body)
-    if actor.can_review:
-        with st.form(f"{key}_comment_form", clear_on_submit=True, border=False):
-            st.text_area("Add a comment", key=f"{key}_comment", max_chars=review.MAX_TEXT_CHARS, height=90)
-            st.form_submit_button(
-                "Comment",
-                icon=":material/send:",
-                on_click=_write_text,
-                args=(review.add_comment, item, f"{key}_comment", "Comment added"),
-            )
-        if status == "open":
-            st.button(
-                "Resolve",
-                key=f"{key}_resolve",
-                icon=":material/task_alt:",
-                on_click=write,
-                args=(review.resolve, item),
-                kwargs={"done": "Resolved"},
-            )
-        else:
-            st.button(
-                "Reopen",
-                key=f"{key}_reopen",
-                icon=":material/undo:",
-                on_click=write,
-                args=(review.reopen, item),
-                kwargs={"done": "Reopened"},
-            )
-    else:
+    if not actor.can_review:
         st.caption("Read-only: sign in as a reviewer to judge, tag and comment.")
-
-    if actor.can_manage:
-        with st.expander("History (audit log)", icon=":material/history:"):
-            log = review.audit_log(con, actor, target=item.key)
-            st.dataframe(log.drop(columns=["target"]), hide_index=True, width="stretch")
+        return
+    with st.form(f"{key}_comment_form", clear_on_submit=True, border=False):
+        st.text_area("Add a comment", key=f"{key}_comment", max_chars=review.MAX_TEXT_CHARS, height=90)
+        st.form_submit_button(
+            "Comment",
+            icon=":material/send:",
+            on_click=_write_text,
+            args=(review.add_comment, item, f"{key}_comment", "Comment added"),
+        )
+    label, action, icon, done = (
+        ("Reopen", review.reopen, ":material/undo:", "Reopened")
+        if about.status == "resolved"
+        else ("Resolve", review.resolve, ":material/task_alt:", "Resolved")
+    )
+    st.button(
+        label, key=f"{key}_{label.lower()}", icon=icon, on_click=write, args=(action, item), kwargs={"done": done}
+    )
 
 
 def item_with_review(ctx: data.Context, item: Item, **panel: Any) -> None:
