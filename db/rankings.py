@@ -1,8 +1,8 @@
 """The whole run at a glance: words, categories and images ranked by a metric, and where a word grounds best.
 
 Words, categories and the best slice read `word_aggregates` (additive counts and sums per run, method,
-layer, word and category), so they cost the same at 616k captions as at 300. Images are ranked from the
-slice's rows of `words` itself, which is in image order (word_lookup is not), one aggregate per image.
+layer, word and category), images `image_summary` (the same per image), so they cost the same at 616k
+captions as at 300. A run not finalized yet has no summary rows: they are aggregated from its `words` live.
 Metric names reach SQL text only through db.filters.check_metric; everything else is a bound parameter.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from db.filters import all_of, check_metric, range_expr
+from db.filters import all_of, check_metric
 from db.queries import frame, rows_of
 
 # A slice "grounds best" by mean mask mass when enough occurrences have it, else by least background mass.
@@ -22,6 +22,18 @@ def _aggregates_of(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
     """word_summary itself for a finalized run: through the word_aggregates view, a word filter would also
     scan the word column of every `words` row for the view's other branch."""
     return "word_summary" if rows_of(con, run_id) == "word_lookup" else "word_aggregates"
+
+
+def _image_aggregates(con: duckdb.DuckDBPyConnection, run_id: str, metric: str, where: str) -> str:
+    """The image_summary rows matching `where` for a finalized run, else the same of one metric aggregated
+    from `words` (filtered first and only that metric's sums: twice as fast as a view of finalize's)."""
+    if rows_of(con, run_id) == "word_lookup":
+        return f"(SELECT * FROM image_summary WHERE {where})"
+    m = check_metric(metric)
+    return (
+        f"(SELECT image_id, count(*) AS n, count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m} "
+        f"FROM words WHERE {where} GROUP BY image_id)"
+    )
 
 
 def _mean(metric: str) -> str:
@@ -108,8 +120,9 @@ def ranked_images(
         con,
         f"""
         WITH ranked AS (
-            SELECT image_id, count(*) AS n_words, avg({range_expr(metric)}) AS value, count(*) OVER () AS n_images
-            FROM words WHERE {where} GROUP BY image_id
+            SELECT image_id, n AS n_words, sum_{check_metric(metric)} / nullif(n_{metric}, 0) AS value,
+                count(*) OVER () AS n_images
+            FROM {_image_aggregates(con, run_id, metric, where)}
             ORDER BY value {_direction(descending)} NULLS LAST, image_id LIMIT $limit OFFSET $offset)
         SELECT r.image_id, i.file_name, i.width, i.height, r.n_words, r.value, r.n_images
         FROM ranked AS r JOIN images AS i USING (image_id)

@@ -4,8 +4,9 @@ Ids are the deterministic ones of the contract (run_id hash, COCO ids), never se
 merge with plain INSERT ... SELECT. `words` (with the map blobs) has no key or index: it is appended in
 image order, which keeps per-image lookups cheap through DuckDB's min/max zone maps. For lookups by word
 or category, db.writer.finalize writes two derived tables per run: `word_lookup`, the words rows without
-maps, sorted by (method, layer, category, word), and `word_summary`, per-word aggregates. The views
-`word_search` and `word_aggregates` read them for finalized runs and fall back to `words` for the others.
+maps, sorted by (method, layer, category, word), `word_summary`, per-word aggregates, and `image_summary`,
+per-image ones. The views `word_search` and `word_aggregates` read the first two for finalized runs and
+fall back to `words` for the others; db.rankings reads image_summary.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
-SCHEMA_VERSION = 4  # 4: specificity_cls, specificity_row; image_maps
+SCHEMA_VERSION = 5  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
-# never from user input; the CREATE TABLEs of `runs`, `words`, `word_lookup` and `word_summary` are made
+# never from user input; the CREATE TABLEs of `runs`, `words` and the derived tables are made
 # from them.
 
 # The settings of a run, as the extractor passes them to db.writer.start_run (RUN_COLUMNS); the rest of
@@ -78,15 +79,12 @@ LOOKUP_COLUMNS = ", ".join([*_LOOKUP_KEYS, *(m.name for m in WORD_METRICS)])
 # for `word = ?` and for `category_id = ?`.
 LOOKUP_ORDER = "run_id, method, layer, category_id NULLS LAST, word, image_id, caption_id, word_index"
 
-# word_summary keeps additive aggregates (count and sum of each metric), so means over any grouping of
-# its rows are exact, plus medians per word.
-_SUMMARY_AGGREGATES = ",\n    ".join(
-    [f"count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m}" for m in METRICS]
-    + [f"median({m}) AS median_{m}" for m in SCORES]
-)
-_SUMMARY_COLUMNS = ",\n    ".join(
-    [f"n_{m} BIGINT, sum_{m} DOUBLE" for m in METRICS] + [f"median_{m} DOUBLE" for m in SCORES]
-)
+# word_summary and image_summary keep additive aggregates (count and sum of each metric), so means over
+# any grouping of their rows are exact; word_summary also medians per word.
+_SUMS = [f"count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m}" for m in METRICS]
+_SUM_COLUMNS = [f"n_{m} BIGINT, sum_{m} DOUBLE" for m in METRICS]
+_SUMMARY_AGGREGATES = ",\n    ".join(_SUMS + [f"median({m}) AS median_{m}" for m in SCORES])
+_SUMMARY_COLUMNS = ",\n    ".join(_SUM_COLUMNS + [f"median_{m} DOUBLE" for m in SCORES])
 _SUMMARY_SELECT = f"""
 SELECT run_id, method, layer, word, category_id, count(*) AS n,
     {_SUMMARY_AGGREGATES}
@@ -101,13 +99,16 @@ _NOT_FINALIZED = "run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)
 UNFINALIZE_SQL = (
     "DELETE FROM word_lookup WHERE run_id = $run_id",
     "DELETE FROM word_summary WHERE run_id = $run_id",
+    "DELETE FROM image_summary WHERE run_id = $run_id",
     "UPDATE runs SET finalized_at = NULL WHERE run_id = $run_id",
 )
 FINALIZE_SQL = (
-    *UNFINALIZE_SQL[:2],
+    *UNFINALIZE_SQL[:-1],
     f"INSERT INTO word_lookup BY NAME SELECT {LOOKUP_COLUMNS} FROM words WHERE run_id = $run_id "
     f"ORDER BY {LOOKUP_ORDER}",
     "INSERT INTO word_summary BY NAME " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
+    f"INSERT INTO image_summary BY NAME SELECT run_id, method, layer, image_id, count(*) AS n, {', '.join(_SUMS)} "
+    "FROM words WHERE run_id = $run_id GROUP BY run_id, method, layer, image_id ORDER BY method, layer, image_id",
     "UPDATE runs SET finalized_at = now() WHERE run_id = $run_id",
 )
 
@@ -126,7 +127,7 @@ CREATE TABLE IF NOT EXISTS runs (
     n_captions INTEGER,
     n_words BIGINT,
     n_errors INTEGER,
-    finalized_at TIMESTAMP  -- set by db.writer.finalize once word_lookup and word_summary are written
+    finalized_at TIMESTAMP  -- set by db.writer.finalize once the derived tables are written
 );
 CREATE TABLE IF NOT EXISTS categories (
     category_id INTEGER PRIMARY KEY,
@@ -216,6 +217,15 @@ CREATE TABLE IF NOT EXISTS word_summary (
     category_id INTEGER,
     n BIGINT NOT NULL,
     {_SUMMARY_COLUMNS}
+);
+-- Derived by db.writer.finalize: one row per (run, method, layer, image), in image order (db.rankings).
+CREATE TABLE IF NOT EXISTS image_summary (
+    run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    layer SMALLINT NOT NULL,
+    image_id BIGINT NOT NULL,
+    n BIGINT NOT NULL,
+    {", ".join(_SUM_COLUMNS)}
 );
 -- What queries read: the derived tables for finalized runs, `words` itself for the others (a run that
 -- crashed or is still being written stays browsable, only slower). The derived tables hold rows of

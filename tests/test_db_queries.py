@@ -288,6 +288,18 @@ def test_images_rank_by_the_mean_of_their_words_and_filter_by_category(con, ever
     assert set(dogs["image_id"]) == with_dog and 0 < len(with_dog) < len(means)
 
 
+def test_finalize_writes_one_image_summary_row_per_image_of_each_slice(dbs, everything):
+    """The finalized run ranks images from image_summary; the unfinished one has none and aggregates words."""
+    summary = dbs["final"].execute("SELECT * FROM image_summary").df().set_index(["method", "layer", "image_id"])
+    groups = everything.groupby(["method", "layer", "image_id"])
+    assert len(summary) == groups.ngroups > 0 and (summary["n"] == groups.size()).all()
+    for metric in ("background_mass", "pointing_hit"):
+        values = everything.assign(v=everything[metric].astype(float)).groupby(["method", "layer", "image_id"])["v"]
+        assert (summary[f"n_{metric}"] == values.count()).all()
+        np.testing.assert_allclose(summary[f"sum_{metric}"], values.sum(min_count=1).loc[summary.index], rtol=1e-6)
+    assert dbs["live"].execute("SELECT count(*) FROM image_summary").fetchone() == (0,)
+
+
 def test_best_slice_is_where_the_word_grounds_best(con, everything):
     for word in ("dog", "refrigerator"):
         means = everything[everything["word"] == word].groupby(["method", "layer"])["mask_mass"].mean()
