@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, paths, state
+from dashboard import data, paths, questions, state
 from dashboard.markup import code, literal, marked_caption
 from dashboard.overlay import COLORMAPS, SHARED_TOP, OverlayStyle, colour_strip, scale_ticks
 from db.metrics import BY_NAME, METRICS, SCORES
@@ -47,9 +47,33 @@ def metric_help(metric: str) -> str:
     return definition[0].upper() + definition[1:] + "."
 
 
-def metrics_help() -> str:
-    """The help text of a choice of metric: every ranked metric's definition, one a paragraph."""
-    return "\n\n".join(f"**{metric_label(m)}**: {metric_help(m)}" for m in METRICS)
+def metrics_help(metrics: Sequence[str] = METRICS) -> str:
+    """The help text of a choice of metric: each ranked metric's definition, one a paragraph."""
+    return "\n\n".join(f"**{metric_label(m)}**: {metric_help(m)}" for m in metrics)
+
+
+def run_metrics(ctx: data.Context) -> tuple[str, ...]:
+    """The ranked metrics the context's run has values of (every one for a run without word rows yet)."""
+    return questions.present_metrics(ctx.db, ctx.run["run_id"]) or METRICS
+
+
+def absent_metrics_note(metrics: Sequence[str]) -> None:
+    """Name the ranked metrics missing from `metrics` (the run's), which the page does not offer."""
+    absent = [m for m in METRICS if m not in metrics]
+    if not absent:
+        return
+    why = (
+        " Object metrics and background mass need labelled objects (COCO with `--instances`); a pairs table or "
+        "WebDataset shards have none."
+        if any(BY_NAME[m].needs_object or m == "background_mass" for m in absent)
+        else ""
+    )
+    st.caption(f"Not measured in this run: {', '.join(metric_label(m) for m in absent)}.{why}")
+
+
+def preferred(metrics: Sequence[str], *choices: str) -> str:
+    """The first of `choices` the run has, else its first metric."""
+    return next((m for m in choices if m in metrics), metrics[0])
 
 
 def overlay_controls() -> tuple[OverlayStyle, bool, bool]:
@@ -137,10 +161,10 @@ def badges(row: Mapping[str, Any], highlight: str | None = None) -> str:
     return " ".join(parts)
 
 
-def badge_legend() -> None:
+def badge_legend(metrics: Sequence[str] = METRICS) -> None:
     """What the badges of the cards stand for (their definitions on hover)."""
-    names = ", ".join(f"**{BY_NAME[m].label}** = {metric_label(m)}" for m in METRICS)
-    st.caption(f"Badges: {names}. Hover the ? for their definitions.", help=metrics_help())
+    names = ", ".join(f"**{BY_NAME[m].label}** = {metric_label(m)}" for m in metrics)
+    st.caption(f"Badges: {names}. Hover the ? for their definitions.", help=metrics_help(metrics))
 
 
 def more_matches(rows: pd.DataFrame, sort: str) -> None:

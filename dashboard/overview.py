@@ -14,7 +14,6 @@ from dashboard import components as ui
 from dashboard import data, paths, questions, state
 from dashboard.markup import literal
 from dashboard.overlay import OverlayStyle
-from db.metrics import METRICS
 
 TOP = 24
 COLUMNS = 3
@@ -95,16 +94,18 @@ def show(ctx: data.Context) -> None:
         bind=state.BIND,
         on_change=first_page,
     )
+    metrics = ui.run_metrics(ctx)
     metric = state.url_choice(
         "By the mean of",
-        list(METRICS),
+        list(metrics),
         param="rank_by",
-        default="background_mass",
+        default=ui.preferred(metrics, "background_mass", "entropy"),
         widget=st.segmented_control,
         on_change=first_page,
         format_func=ui.metric_label,
-        help=ui.metrics_help(),
+        help=ui.metrics_help(metrics),
     )
+    ui.absent_metrics_note(metrics)
     filter_col, min_col = st.columns([3, 1])
     descending = worst_descending(metric, worst == "worst first")
     where = f"mean {ui.metric_label(metric)}, {'highest' if descending else 'lowest'} first"

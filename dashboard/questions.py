@@ -149,6 +149,12 @@ def best_slices(db: Database, run_id: str, word: str | None = None, category_id:
 
 
 @_cached
+def present_metrics(db: Database, run_id: str) -> tuple[str, ...]:
+    """The ranked metrics the run has values of (db.rankings.present_metrics)."""
+    return rankings.present_metrics(db.connection(), run_id)
+
+
+@_cached
 def ranked(
     db: Database,
     run_id: str,

@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 
 from db.filters import all_of, check_metric
+from db.metrics import METRICS
 from db.queries import frame, rows_of
 
 # A slice "grounds best" by mean mask mass when enough occurrences have it, else by least background mass.
@@ -156,3 +157,12 @@ def best_slices(
             method, layer""",
         params | {"min_count": min_count},
     )
+
+
+def present_metrics(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, ...]:
+    """The ranked metrics (in db.metrics.METRICS order) that at least one word row of the run has: a run
+    without object labels (a pairs table, WebDataset shards, COCO without instances) lacks the object
+    metrics and background mass, which are NULL there."""
+    counts = ", ".join(f"coalesce(sum(n_{check_metric(m)}), 0) > 0 AS {m}" for m in METRICS)
+    has = frame(con, f"SELECT {counts} FROM {_aggregates_of(con, run_id)} WHERE run_id = $run_id", {"run_id": run_id})
+    return tuple(m for m in METRICS if bool(has[m].iloc[0]))

@@ -300,6 +300,12 @@ def test_finalize_writes_one_image_summary_row_per_image_of_each_slice(dbs, ever
     assert dbs["live"].execute("SELECT count(*) FROM image_summary").fetchone() == (0,)
 
 
+def test_present_metrics_are_those_some_row_has(dbs, everything):
+    has = tuple(m for m in METRICS if everything[m].notna().any())
+    assert rankings.present_metrics(dbs["final"], RUN) == rankings.present_metrics(dbs["live"], RUN) == has
+    assert "mask_mass" in has and rankings.present_metrics(dbs["final"], "no such run") == ()
+
+
 def test_best_slice_is_where_the_word_grounds_best(con, everything):
     for word in ("dog", "refrigerator"):
         means = everything[everything["word"] == word].groupby(["method", "layer"])["mask_mass"].mean()

@@ -14,7 +14,6 @@ from dashboard.markup import literal
 from dashboard.review import controls as review_controls
 from dashboard.review import exports as review_exports
 from dashboard.review import session as review_session
-from db.metrics import METRICS
 from db.queries import WordFilter
 from db.review import joined
 
@@ -108,35 +107,46 @@ if target is None:
     overview.show(ctx)
     st.stop()
 
+# Only the metrics the run has: without object labels, ranking or filtering by the others finds nothing.
+metrics = ui.run_metrics(ctx)
 with st.expander("Filters and ranking", icon=":material/filter_alt:"):
+    ui.absent_metrics_note(metrics)
     left, right = st.columns(2)
     sort = state.url_choice(
         "Rank by",
-        METRICS,
+        metrics,
         param="sort",
         widget=left.selectbox,
         on_change=first_page,
         format_func=ui.metric_label,
-        help=ui.metrics_help(),
+        help=ui.metrics_help(metrics),
     )
     order = right.radio(
         "Order", ["descending", "ascending"], key="order", bind=state.BIND, horizontal=True, on_change=first_page
     )
-    has_object = left.radio(
-        "Named object in the image",
-        list(OBJECT_FILTER),
-        key="object",
-        bind=state.BIND,
-        horizontal=True,
-        on_change=first_page,
-        help="labelled: the object the word names is labelled in the image (object "
-        "metrics defined); not labelled: the word names a category the image lacks.",
+    has_object = (
+        left.radio(
+            "Named object in the image",
+            list(OBJECT_FILTER),
+            key="object",
+            bind=state.BIND,
+            horizontal=True,
+            on_change=first_page,
+            help="labelled: the object the word names is labelled in the image (object "
+            "metrics defined); not labelled: the word names a category the image lacks.",
+        )
+        if "mask_mass" in metrics
+        else "any"
     )
-    pointing = right.radio(
-        "Pointing game", list(POINTING_FILTER), key="hit", bind=state.BIND, horizontal=True, on_change=first_page
+    pointing = (
+        right.radio(
+            "Pointing game", list(POINTING_FILTER), key="hit", bind=state.BIND, horizontal=True, on_change=first_page
+        )
+        if "pointing_hit" in metrics
+        else "any"
     )
     ranges = {}
-    for i, metric in enumerate(ui.RANGE_METRICS):
+    for i, metric in enumerate(m for m in ui.RANGE_METRICS if m in metrics):
         low, high = (left, right)[i % 2].slider(
             ui.metric_label(metric),
             0.0,
@@ -203,7 +213,7 @@ note = None if ctx.best is None or ctx.best.name is None else best_view_note(ctx
 if note:
     st.caption(note)
 ui.colour_key(style)
-ui.badge_legend()
+ui.badge_legend(metrics)
 stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
 csv_col, parquet_col = downloads.columns(2)
 csv_col.download_button(

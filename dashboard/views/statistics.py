@@ -15,7 +15,6 @@ from dashboard import components as ui
 from dashboard import data, questions, state
 from dashboard.markup import literal, plotly_labels
 from dashboard.review import controls as review_controls
-from db.metrics import METRICS
 
 VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods", "reviews")
 DISTRIBUTION_WORDS = 12
@@ -51,17 +50,19 @@ st.caption(
     "Click a word or category to open its search."
 )
 
+metrics = ui.run_metrics(ctx)  # the run's: a run without object labels has no object metrics to chart
 left, middle, right = st.columns([2, 2, 1])
 view = left.selectbox("View", VIEWS, key="view", bind=state.BIND)
 metric = state.url_choice(
     "Metric",
-    METRICS,
+    metrics,
     param="metric",
     widget=middle.selectbox,
     format_func=ui.metric_label,
     disabled=view == "leaderboards",  # they rank by entropy and by background mass
-    help=ui.metrics_help(),
+    help=ui.metrics_help(metrics),
 )
+ui.absent_metrics_note(metrics)
 min_count = right.number_input(
     "Min. occurrences",
     1,
@@ -156,7 +157,7 @@ elif view == "word x category":
 elif view == "leaderboards":
     categories = questions.category_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)
     boards = (("entropy", "Noisiest", "H"), ("background_mass", "Most background-heavy", "bg"))
-    for board_metric, title, short in boards:
+    for board_metric, title, short in (board for board in boards if board[0] in metrics):
         threshold = st.slider(
             f"{title}: mean {ui.metric_label(board_metric)} at least",
             0.0,
