@@ -235,6 +235,14 @@ def word_card(
         "views/image.py",
         label=label,
         icon=":material/open_in_new:",
-        query_params=state.link_params(image=row["image_id"], caption=row["caption_id"], w=row["word_index"]),
+        # The card's own run and slice, not the sidebar's: a Compare runs card may show run B.
+        query_params=state.link_params(
+            run=ctx.run["run_id"],
+            method=ctx.method,
+            layer=ctx.layer,
+            image=row["image_id"],
+            caption=row["caption_id"],
+            w=row["word_index"],
+        ),
     )
     return found

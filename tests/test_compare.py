@@ -5,7 +5,7 @@ and pandas on the matched word rows."""
 
 import sys
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import duckdb
 import numpy as np
@@ -202,6 +202,9 @@ def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, monkeypat
     assert at.query_params["pick"] == pick and at.query_params["slice_b"] == f"gradcam-{layer}"
     captions = [c.value for c in at.caption]
     assert sum(c.startswith("Run A:") for c in captions) == sum(c.startswith("Run B:") for c in captions) > 0
+    cards = [dict(parse_qsl(link.proto.query_string)) for link in at.get("page_link") if link.proto.page == "image"]
+    sides = [(ids[side], "gradcam", str(layer)) for side in "ab"] * (len(cards) // 2)
+    assert [(card["run"], card["method"], card["layer"]) for card in cards] == sides and cards  # each its own run
     assert not [m for m in at.info if "different images" in m.value]  # same images: no note
     # The deep link round-trips: the URL it wrote opens the same view.
     link = dict(at.query_params)

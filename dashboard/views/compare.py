@@ -30,12 +30,14 @@ def run_name(run: dict) -> str:
     return f"{data.run_label(run)} · {run['run_id'][:8]}"
 
 
-def run_context(ctx: data.Context, run: dict) -> data.Context:
-    """The page's context for one compared run: its own image folder when the sidebar's is not its."""
+def run_context(ctx: data.Context, run: dict, shown: Slice) -> data.Context:
+    """The page's context for one compared run and slice (its cards link to them): its own image folder when
+    the sidebar's is not its."""
+    own = replace(ctx, run=run, method=shown.method, layer=shown.layer)
     if run["run_id"] == ctx.run["run_id"]:
-        return ctx
+        return own
     images = data.images_dir(run, None, ctx.db)
-    return replace(ctx, run=run, images_dir=images if images is not None and images.is_dir() else ctx.images_dir)
+    return replace(own, images_dir=images if images is not None and images.is_dir() else ctx.images_dir)
 
 
 def slice_choice(column, name: str, run_id: str, default: str) -> Slice:
@@ -204,4 +206,4 @@ pick = state.url_choice(
     help="Click a bar or choose here: its occurrences with the largest change, run A's map beside run B's.",
 )
 pairs = questions.matched_words(ctx.db, a, b, metric, pick, group, PAIRS)
-side_by_side((run_context(ctx, by_id[run_a]), run_context(ctx, by_id[run_b])), pairs, metric)
+side_by_side((run_context(ctx, by_id[run_a], a), run_context(ctx, by_id[run_b], b)), pairs, metric)
