@@ -5,8 +5,9 @@ word rows: the real caption texts of captions_val2017.json repeated over 123,287
 frequencies follow COCO's own Zipf curve), synthetic metrics, and real-size 24 x 24 map blobs, written
 through db.writer.write_images in image order like an extraction. That file is the baseline: rows in
 image order, so a word lookup scans the whole table, and per-word aggregates are computed live. A copy
-goes through db.writer.finalize (word_lookup sorted by category and word, word_summary). The same
-db.queries calls are then timed on both files, side by side, in one process.
+goes through db.writer.finalize (word_lookup sorted by category and word, word_summary, image_summary).
+The same db.queries calls are then timed on both files, side by side, in one process. Files of an older
+schema version are rebuilt.
 
     .venv/bin/python -m bench.dashboard_bench --workdir /tmp/albef-dashboard-bench
 """
@@ -21,12 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
 from db import compare, queries, rankings, writer
 from db.queries import WordFilter
 from db.sample import caption_words, category_lookup
+from db.schema import SCHEMA_VERSION, schema_version
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "coco"
 RUN_ID = "be0c0c0000000001"
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = {"threads": args.threads, "memory_limit": args.memory_limit}
     raw, final = args.workdir / "raw.duckdb", args.workdir / "finalized.duckdb"
-    if args.rebuild or not (raw.is_file() and final.is_file()):
+    if args.rebuild or not all(current_schema(path) for path in (raw, final)):
         build(args, raw, final, config)
     cons = {path: queries.connect_readonly(path, config) for path in (raw, final)}
     summary = queries.run_summary(cons[final], RUN_ID)
@@ -104,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")  # fmt: skip
     print(f"databases: {raw} (raw: as extracted), {final} (finalized)")
     return 0
+
+
+def current_schema(path: Path) -> bool:
+    """Whether `path` is a database of this code's schema version."""
+    if not path.is_file():
+        return False
+    with duckdb.connect(str(path), read_only=True) as con:
+        return schema_version(con) == SCHEMA_VERSION
 
 
 def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dict[str, Callable]:
