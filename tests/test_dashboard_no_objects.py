@@ -4,16 +4,19 @@ The run is a real `run --pairs` extraction of val2017-subset's first images (tes
 mask, box, IoU, pointing and background values are NULL. Expected rankings come from db.rankings.
 """
 
+import sys
 from urllib.parse import parse_qsl
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from dashboard.components import metric_label
 from db import queries, rankings
 from db.metrics import BY_NAME, METRICS
 from tests import test_dashboard as base
+from tests.review_app import sign_in
 from tests.test_dashboard import assert_clean, card_links, open_page, shown_slice
 from tests.test_inputs import pairs_run, subset_pairs
 
@@ -96,3 +99,14 @@ def test_statistics_offer_only_the_runs_metrics(open_app, pairs_db, view):
     assert "Not measured in this run" in captions(at)
     if view == "leaderboards":  # the background board is gone, the noisiest one stays
         assert [s.key for s in at.slider] == ["min_H"]
+
+
+def test_the_admin_queue_form_ranks_by_what_the_run_has(pairs_db, accounts, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["app.py", "--db", str(pairs_db), "--review-db", str(tmp_path / "r.sqlite")])
+    at = AppTest.from_file(str(base.APP), default_timeout=60)
+    at.secrets["auth"] = {"public_read": False, "users": accounts}
+    sign_in(at.run(), "carol").switch_page("review/views/admin.py").run()
+    assert_clean(at)
+    sort = at.selectbox(key="nq_sort")
+    assert sort.value == "entropy" and sort.options == [metric_label(m) for m in METRICS if m not in OBJECT_METRICS]
+    assert not [r for r in at.radio if r.key in ("nq_object", "nq_hit")]

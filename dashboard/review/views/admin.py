@@ -69,14 +69,25 @@ def new_queue() -> None:
         target = left.selectbox("COCO category", named["name"].tolist(), index=None, key="nq_category")
         ids = dict(zip(named["name"], named["category_id"], strict=True))
         spec = {"category_id": None if target is None else int(ids[target])}
-    sort = right.selectbox("Rank by", METRICS, index=METRICS.index("background_mass"), key="nq_sort")
+    # Only the metrics the run has: a run without object labels has no mask, pointing or background values.
+    metrics = questions.present_metrics(ctx.db, run_id) or METRICS
+    default = ui.preferred(metrics, "background_mass", "entropy")
+    sort = right.selectbox("Rank by", metrics, index=metrics.index(default), key="nq_sort", format_func=ui.metric_label)
     order = left.radio("Order", ["descending", "ascending"], key="nq_order", horizontal=True)
-    has_object = right.radio("Named object in the image", list(OBJECT_FILTER), key="nq_object", horizontal=True)
-    pointing = left.radio("Pointing game", list(POINTING_FILTER), key="nq_hit", horizontal=True)
+    has_object = (
+        right.radio("Named object in the image", list(OBJECT_FILTER), key="nq_object", horizontal=True)
+        if "mask_mass" in metrics
+        else "any"
+    )
+    pointing = (
+        left.radio("Pointing game", list(POINTING_FILTER), key="nq_hit", horizontal=True)
+        if "pointing_hit" in metrics
+        else "any"
+    )
     ranges = {}
     with st.expander("Metric ranges", icon=":material/tune:"):
         columns = st.columns(2)
-        for i, metric in enumerate(ui.RANGE_METRICS):
+        for i, metric in enumerate(m for m in ui.RANGE_METRICS if m in metrics):
             low, high = columns[i % 2].slider(
                 ui.metric_label(metric), 0.0, 1.0, FULL_RANGE, 0.01, key=f"nq_{metric}", help=ui.metric_help(metric)
             )
@@ -91,8 +102,8 @@ def new_queue() -> None:
         run_id=run_id, method=method, layer=layer, ranges=ranges or None, has_object=OBJECT_FILTER[has_object], **spec
     )
     total = questions.count_words(ctx.db, where)
-    st.markdown(f"**{total:,}** matching words, ranked by **{sort}** ({order}).")
-    name = f"{sort.replace('_', ' ')} {'high' if order == 'descending' else 'low'} · {target} · {method} layer {layer}"
+    st.markdown(f"**{total:,}** matching words, ranked by **{ui.metric_label(sort)}** ({order}).")
+    name = f"{ui.metric_label(sort)} {'high' if order == 'descending' else 'low'} · {target} · {method} layer {layer}"
     controls.queue_form(ctx.db, (where, sort, order == "descending"), name, total, key="nq")
 
 
