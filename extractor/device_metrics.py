@@ -10,6 +10,7 @@ the cumulative sums would move DINO's top-60% boundary.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -32,8 +33,8 @@ def _peak(p: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
     return flat // g, flat % g, p.gather(-1, flat[:, None])[:, 0]
 
 
-def _entropy(p: Tensor) -> Tensor:
-    return -(p * torch.where(p > 0, p, 1.0).log()).sum(-1) / math.log(p.shape[-1])
+def _nats(p: Tensor) -> Tensor:
+    return -(p * torch.where(p > 0, p, 1.0).log()).sum(-1)
 
 
 def _mass(p: Tensor, cover: Tensor) -> Tensor:
@@ -70,8 +71,21 @@ def _bits(p: Tensor) -> Tensor:
     return -(p * torch.where(p > 0, p, 1.0).log2()).sum(-1)
 
 
-def _specificity(p: Tensor, p_bits: Tensor, q: Tensor) -> Tensor:
-    return (_bits((p + q) / 2) - (p_bits + _bits(q)) / 2).clamp(0.0, 1.0)
+@dataclass(frozen=True)
+class Reference:
+    """Word-blind reference maps shared by many words: (R, N) maps, and per word (n,) the row of its own
+    (its image's encoder [CLS] map, its caption's [CLS] row)."""
+
+    maps: Tensor
+    index: Tensor
+
+
+def _specificity(p: Tensor, p_bits: Tensor, reference: Reference) -> Tensor:
+    # Each reference's distribution and entropy once, then gathered per word: row-wise, so the same values.
+    q = distribution(reference.maps)
+    q_bits = _bits(q)
+    q, q_bits = q[reference.index], q_bits[reference.index]
+    return (_bits((p + q) / 2) - (p_bits + q_bits) / 2).clamp(0.0, 1.0)
 
 
 def word_metrics(
@@ -80,8 +94,8 @@ def word_metrics(
     box_cover: Tensor | None = None,
     union_cover: Tensor | None = None,
     has_object: Tensor | None = None,
-    encoder_cls: Tensor | None = None,
-    cls_row: Tensor | None = None,
+    encoder_cls: Reference | None = None,
+    cls_row: Reference | None = None,
 ) -> dict[str, Tensor]:
     """:func:`extractor.metrics.word_metrics_batch` on flattened maps, on their device.
 
@@ -94,7 +108,7 @@ def word_metrics(
         union_cover: (N,) or (n, N) cover of the union of all the image's masks; None when no
             instances file was given.
         has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
-        encoder_cls, cls_row: (n, N) each word's word-blind references (see word_metrics_batch), or None.
+        encoder_cls, cls_row: each word's word-blind reference (see word_metrics_batch), or None.
 
     Returns:
         Tensors of length n on the maps' device: peak_row, peak_col (int64), peak_value, entropy,
@@ -112,7 +126,8 @@ def word_metrics(
         raise ValueError("category_cover and box_cover go together")
     p = distribution(maps)
     row, col, value = _peak(p, g)
-    out = {"peak_row": row, "peak_col": col, "peak_value": value, "entropy": _entropy(p)}
+    nats = _nats(p)  # the entropy, and in bits each specificity's H(p)
+    out = {"peak_row": row, "peak_col": col, "peak_value": value, "entropy": nats / math.log(N)}
     if category_cover is None:
         has_object = torch.zeros(n, dtype=torch.bool, device=p.device)
         category_cover = box_cover = torch.zeros_like(p)
@@ -131,10 +146,10 @@ def word_metrics(
         out["background_mass"] = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
     else:
         out["background_mass"] = _mass(p, 1.0 - union_cover.double())
-    p_bits = _bits(p)  # shared by both references
+    p_bits = nats / math.log(2)
     for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
         nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
-        out[name] = nan if reference is None else _specificity(p, p_bits, distribution(reference))
+        out[name] = nan if reference is None else _specificity(p, p_bits, reference)
     return out
 
 

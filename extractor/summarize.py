@@ -18,6 +18,7 @@ from torch import Tensor
 from extractor import device_metrics
 from extractor.batch import Batch
 from extractor.dataset import ErrorRow
+from extractor.device_metrics import Reference
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
 
 Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
@@ -42,7 +43,7 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     caption rows likewise (all C captions per slice). A word's specificities are against its image's
     encoder [CLS] map (the heads' mean) and its caption's [CLS] row of the same slice.
     """
-    word_maps, caption_means, cls_rows, word_rows = [], [], [], []
+    word_maps, caption_means, cls_rows = [], [], []
     for method, layer in slices:
         tokens = token_maps(maps, method, layer)
         merged = torch.bmm(batch.piece_weights, tokens)  # (C, Wmax, N): each word the mean of its pieces
@@ -50,14 +51,14 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
         n_words = batch.piece_weights.any(-1).sum(-1, keepdim=True).clamp(min=1)
         caption_means.append(merged.sum(1) / n_words)
         cls_rows.append(tokens[:, 0])
-        word_rows.append(tokens[batch.word_caption, 0])
-    words = torch.cat(word_maps).clamp(min=0)
-    n_slices = len(slices)
+    words, cls_all = torch.cat(word_maps).clamp(min=0), torch.cat(cls_rows).clamp(min=0)
+    n_slices, n_captions = len(slices), len(batch.caption_ids)
     encoder_mean = maps.encoder_cls.mean(1)  # (I, N)
+    slice_offsets = torch.arange(n_slices, device=batch.word_caption.device).repeat_interleave(len(batch.word_caption))
     references = {
-        "encoder_cls": encoder_mean[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
-        "cls_row": torch.cat(word_rows).clamp(min=0),
-    }
+        "encoder_cls": Reference(encoder_mean, batch.image_index[batch.word_caption].repeat(n_slices)),
+        "cls_row": Reference(cls_all, batch.word_caption.repeat(n_slices) + n_captions * slice_offsets),
+    }  # fmt: skip
     covers = {}
     if batch.masks is not None:
         index = batch.cover_index.repeat(n_slices)
@@ -70,7 +71,7 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     out = device_metrics.word_metrics(words, **covers, **references)
     out["map"], out["map_max"] = device_metrics.encode(words)
     out["caption_map"], out["caption_map_max"] = device_metrics.encode(torch.cat(caption_means).clamp(min=0))
-    out["cls_map"], out["cls_map_max"] = device_metrics.encode(torch.cat(cls_rows).clamp(min=0))
+    out["cls_map"], out["cls_map_max"] = device_metrics.encode(cls_all)
     # Per image its heads in order, then their mean (head -1 in image_maps).
     encoder = torch.cat([maps.encoder_cls, encoder_mean[:, None]], 1).flatten(0, 1)
     out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)

@@ -72,6 +72,14 @@ def flat(a: np.ndarray | None, device: str) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a).reshape(len(a), -1)).to(device)
 
 
+def shared_reference(a: np.ndarray | None, device: str) -> device_metrics.Reference | None:
+    """(n, g, g) per-word references -> their distinct maps once and each word's row among them."""
+    if a is None:
+        return None
+    distinct, index = np.unique(np.ascontiguousarray(a).reshape(len(a), -1), axis=0, return_inverse=True)
+    return device_metrics.Reference(torch.from_numpy(distinct).to(device), torch.from_numpy(index.ravel()).to(device))
+
+
 def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None, union_cover=None,
                          has_object=None, encoder_cls=None, cls_row=None) -> dict[str, float]:  # fmt: skip
     """Both implementations on the same (n, g, g) arrays; returns the max |difference| per float metric."""
@@ -84,8 +92,8 @@ def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None,
         flat(box_cover, device),
         flat(union_cover, device),
         None if has_object is None else torch.from_numpy(has_object).to(device),
-        flat(encoder_cls, device),
-        flat(cls_row, device),
+        shared_reference(encoder_cls, device),
+        shared_reference(cls_row, device),
     )
     assert got.keys() == expected.keys()
     assert all(value.device.type == device for value in got.values())
