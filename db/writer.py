@@ -76,31 +76,40 @@ def lock_holder(error: Exception) -> str:
     return f"{Path(found[1]).name}, PID {found[2]}" if found else "unknown process"
 
 
-def build(db_path: str | Path, wait: float = 0.0) -> list[str]:
-    """Make the database at db_path up to date with its parts folder; returns the ids of the runs built.
+def build(db_path: str | Path, wait: float = 0.0, parts: partsdir.Where | None = None) -> list[str]:
+    """Make the database at db_path up to date with its parts folder (`parts`, default X.parts beside it: a
+    path or a URI, see db.parts.open_store); returns the ids of the runs built.
 
     Dataset rows are added (kept where their id exists). A run whose done chunks changed since the last
     build has its rows replaced by those of its parts, in one transaction; a complete run (every shard
     finished) is then finalized. Idempotent: building again with no new parts changes nothing.
     """
-    parts = partsdir.parts_dir(db_path)
+    store = partsdir.open_store(parts or partsdir.parts_dir(db_path))
     con = connect(db_path, wait=wait)
     try:
         with _transaction(con):
-            for table in DATASET_TABLES:
-                if files := partsdir.dataset_files(parts, table):
-                    con.execute(
-                        f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM read_parquet(?) "
-                        f"ORDER BY {DATASET_TABLES[table]}",
-                        [[str(f) for f in files]],
-                    )
-        built = [run_id for run_id in partsdir.run_ids(parts) if _build_run(con, parts, run_id)]
+            for table, order in DATASET_TABLES.items():
+                _insert_parts(con, store, table, partsdir.dataset_files(store, table), "OR IGNORE ", order)
+        built = [run_id for run_id in partsdir.run_ids(store) if _build_run(con, store, run_id)]
     finally:
         con.close()
     return built
 
 
-def _build_run(con: duckdb.DuckDBPyConnection, parts: Path, run_id: str) -> bool:
+def _insert_parts(con: duckdb.DuckDBPyConnection, store: partsdir.Store, table: str, files: list[str],
+                  conflict: str = "", order: str | None = None) -> None:  # fmt: skip
+    """Insert Parquet parts into `table`, one file at a time through Arrow (local or remote alike), by name:
+    parts written before a column existed (a run resumed across a schema change) read it as NULL."""
+    for path in files:
+        con.register("_part", partsdir.read_parquet(store, path))
+        try:
+            con.execute(f"INSERT {conflict}INTO {table} BY NAME SELECT * FROM _part"
+                        + (f" ORDER BY {order}" if order else ""))  # fmt: skip
+        finally:
+            con.unregister("_part")
+
+
+def _build_run(con: duckdb.DuckDBPyConnection, parts: partsdir.Store, run_id: str) -> bool:
     """Replace a run's rows by its parts unless they are unchanged since the last build; True when built."""
     sessions = partsdir.read_sessions(parts, run_id)
     complete = partsdir.run_complete(sessions)
@@ -127,13 +136,8 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: Path, run_id: str) -> bool
             ],
         )
         for table in (*RESULT_TABLES, "errors", "image_status"):
-            # Files are named by their first image: read in name order, rows stay in image order. By name, so
-            # parts written before a column existed (a run resumed across a schema change) read it as NULL.
-            if files := partsdir.done_files(parts, run_id, table):
-                con.execute(
-                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)",
-                    [[str(f) for f in files]],
-                )
+            # Files are named by their first image: read in name order, rows stay in image order.
+            _insert_parts(con, parts, table, partsdir.done_files(parts, run_id, table))
         _refresh_counts(con, run_id)
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, signature])
     if complete:
@@ -142,11 +146,11 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: Path, run_id: str) -> bool
     return True
 
 
-def parts_signature(parts: Path, run_id: str) -> str:
+def parts_signature(parts: partsdir.Where, run_id: str) -> str:
     """What a build of the run reads: its done chunks and whether it is complete (stored in `meta`)."""
     done = partsdir.done_files(parts, run_id, partsdir.DONE_TABLE)
     complete = partsdir.run_complete(partsdir.read_sessions(parts, run_id))
-    return hashlib.sha256(json.dumps([[p.name for p in done], complete]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([[p.rsplit("/", 1)[-1] for p in done], complete]).encode()).hexdigest()
 
 
 def start_run(con: duckdb.DuckDBPyConnection, run: Mapping[str, object]) -> bool:

@@ -14,7 +14,6 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -125,7 +124,12 @@ class ChunkWriter:
     calling `on_saved(n_images)` when a chunk is on disk."""
 
     def __init__(
-        self, parts: Path, run_id: str, chunk_images: int, on_saved: Callable[[int], object], clock: StageClock
+        self,
+        parts: partsdir.Store,
+        run_id: str,
+        chunk_images: int,
+        on_saved: Callable[[int], object],
+        clock: StageClock,
     ):
         self.parts, self.run_id, self.chunk_images, self.on_saved = parts, run_id, chunk_images, on_saved
         self.clock = clock

@@ -95,13 +95,12 @@ class ChunkActor:
         pairs = opts.captions is None
         self.setup = run.setup(opts, torch.device(device), dataset=chunk_dataset("[]")[0] if pairs else None)
         self.records = {} if pairs else {r["id"]: r for r in self.setup.dataset.images_with_captions()}
-        self.journal = (journal_dir(self.setup.parts, self.setup.run_id), partsdir.new_token())
+        self.journal = (journal_dir(self.setup.scratch, self.setup.run_id), partsdir.new_token())
 
     def saved(self, records: list[dict]) -> bool:
         """Whether an earlier try of this chunk wrote its parts (it died before Ray heard back): a chunk's
         parts are named by its smallest image id."""
-        done = partsdir.run_dir(self.setup.parts, self.setup.run_id) / partsdir.DONE_TABLE
-        return any(done.glob(f"{min(r['id'] for r in records):012d}-*.parquet"))
+        return partsdir.chunk_done(self.setup.parts, self.setup.run_id, min(r["id"] for r in records))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[float]]:
         """{chunk, image_ids, pairs} rows -> {chunk, images, failed, cpu} rows, once each chunk's parts are
@@ -162,7 +161,7 @@ def run_on_cluster(ray: ModuleType, opts: run.Options, actors: int | None) -> st
             **session, "finished_at": time.time(), "seconds": seconds, "complete": complete,
             "cpu": {"driver": time.process_time(), "actors": cpu}})  # fmt: skip
     log.info("%d images on Ray in %.1f s, %.2f images/s", len(todo), seconds, len(todo) / max(seconds, 1e-9))
-    writer.build(opts.db, wait=opts.wait_db)
+    writer.build(opts.db, wait=opts.wait_db, parts=s.parts)
     return s.run_id
 
 

@@ -86,6 +86,7 @@ class Options:
     webdataset: str | None = None
     image_column: str = "image"
     caption_column: str = "caption"
+    parts: str | None = None  # the parts folder: a path or a URI (s3://...); None = X.parts beside --db
 
 
 def resolve_config(opts: Options) -> ALBEFConfig:
@@ -159,7 +160,8 @@ class Setup:
     run_id: str
     attention_layers: list[int]
     gradcam: bool
-    parts: Path
+    parts: partsdir.Store  # the run's output, maybe remote
+    scratch: Path  # this machine's own: the covers cache and the suspects journal (X.parts beside --db)
 
     @property
     def slices(self) -> list[Slice]:
@@ -184,8 +186,9 @@ def setup(opts: Options, device: torch.device, with_model: bool = True, dataset:
     vocab = resolve_vocab(opts)
     tokenizer = Tokenizer(vocab, cfg.bert.max_position_embeddings)
     run_id = run_identity(cfg, checkpoint_sha, file_sha256(vocab), opts.method, attention_layers)
+    scratch = partsdir.parts_dir(opts.db)
     return Setup(opts, device, dataset, cfg, tokenizer, mapper, checkpoint_sha, run_id, attention_layers, gradcam,
-                 partsdir.parts_dir(opts.db))  # fmt: skip
+                 partsdir.open_store(opts.parts or scratch), scratch)  # fmt: skip
 
 
 def record_run(s: Setup) -> bool:
@@ -201,7 +204,7 @@ def record_run(s: Setup) -> bool:
         "instances_file": str(opts.instances.resolve()) if opts.instances else None, "device": str(s.device),
     })  # fmt: skip
     key = dataset_key(opts)
-    if not any(p.parent.name == key for p in partsdir.dataset_files(s.parts, partsdir.DATASET_TABLES[-1])):
+    if not any(f"/{key}/" in p for p in partsdir.dataset_files(s.parts, partsdir.DATASET_TABLES[-1])):
         fill_sizes(s.dataset, opts.images)  # a pairs input's images without sizes: read once per dataset
         partsdir.write_dataset(s.parts, key, dict(zip(partsdir.DATASET_TABLES, s.dataset.frames(cfg.max_words),
                                                       strict=True)))  # fmt: skip
@@ -211,8 +214,8 @@ def record_run(s: Setup) -> bool:
 def start_images(s: Setup, todo: list[dict]) -> tuple[list[dict], tuple[Path, str]]:
     """Settle the images an earlier process died on (`set_aside_poisoned`), then start this process's
     journal; returns the images left to run and the journal (folder, token)."""
-    todo = set_aside_poisoned(s.parts, s.run_id, todo, partial(prepare_image, s.opts, s.dataset, s.cfg))
-    return todo, (suspects.clear_attempts(s.parts, s.run_id), partsdir.new_token())
+    todo = set_aside_poisoned(s, todo, partial(prepare_image, s.opts, s.dataset, s.cfg))
+    return todo, (suspects.clear_attempts(s.scratch, s.run_id), partsdir.new_token())
 
 
 def extract(opts: Options) -> str:
@@ -230,7 +233,7 @@ def extract(opts: Options) -> str:
              "loaders %.1f ms; "
              "%d images, %.1f images/s", 1e3 * cpu["main"] / n, *(1e3 * stages[k] / n for k in STAGES),
              1e3 * cpu["loaders"] / n, len(todo), len(todo) / session["seconds"])  # fmt: skip
-    writer.build(opts.db, wait=opts.wait_db)
+    writer.build(opts.db, wait=opts.wait_db, parts=s.parts)
     return s.run_id
 
 
@@ -244,7 +247,7 @@ def image_rows(s: Setup, records: list[dict], journal: tuple[Path, str]) -> Rows
     device_decode = (s.opts.decode or ("device" if s.device.type == "cuda" else "cpu")) == "device"
     covers_at = None
     if s.opts.instances:
-        folder = cache_dir(s.parts, s.opts.instances, s.opts.images, s.cfg.grid_size)
+        folder = cache_dir(s.scratch, s.opts.instances, s.opts.images, s.cfg.grid_size)
         try:
             covers_at = fill_cache(folder, records, s.dataset, s.opts.images, s.cfg.grid_size, workers, journal)
         except BrokenProcessPool as e:
@@ -308,7 +311,7 @@ def write_parts(s: Setup, token: str, rows: Rows, n_images: int, started_at: flo
     return session
 
 
-def worker_died(error: Exception, parts: Path) -> str:
+def worker_died(error: Exception, parts: partsdir.Store) -> str:
     return (
         f"a worker process died ({error}); {parts} keeps every finished chunk: run the same command to "
         "resume, and the images in hand are tried alone first"
@@ -326,20 +329,20 @@ def prepare_image(opts: Options, dataset: CocoDataset, cfg: ALBEFConfig, record:
         resized_pixels(load_image(image_source(opts.images, record)), cfg.image_res)
 
 
-def set_aside_poisoned(parts: Path, run_id: str, todo: list[dict], prepare: Callable[[dict], None]) -> list[dict]:
-    """The images to run: `todo` less those that crashed a process and fail again alone, which are
-    written as failed (one chunk) so that no later run tries them."""
-    found = suspects.poisoned(parts, run_id, todo, prepare)
+def set_aside_poisoned(s: Setup, todo: list[dict], prepare: Callable[[dict], None]) -> list[dict]:
+    """The images to run: `todo` less those that crashed a process (by this machine's journal) and fail
+    again alone, which are written as failed (one chunk) so that no later run tries them."""
+    found = suspects.poisoned(s.scratch, s.run_id, todo, prepare)
     if not found:
         return todo
     bad = [r for r in todo if r["id"] in found]
     for r in bad:
         log.warning("image %d (%s) set aside: %s", r["id"], r["file_name"], found[r["id"]])
-    write_failed(parts, run_id, bad, found)
+    write_failed(s.parts, s.run_id, bad, found)
     return [r for r in todo if r["id"] not in found]
 
 
-def write_failed(parts: Path, run_id: str, records: list[dict], why: dict[int, str]) -> None:
+def write_failed(parts: partsdir.Store, run_id: str, records: list[dict], why: dict[int, str]) -> None:
     """Record `records` as failed, each with an `image` error row saying why, in one chunk: no run tries them
     again."""
     tables = failure_tables(run_id, [], [r["id"] for r in records],
@@ -425,8 +428,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         help="output DuckDB file X, built when the run completes; "
-        "the run's Parquet parts (and the object-cover cache) go to X.parts/ beside it",
+        "the run's Parquet parts (unless --parts) and the object-cover cache go to X.parts/ beside it",
     )
+    p.add_argument("--parts", metavar="URI", help="where the run's Parquet parts go (default X.parts beside "
+                   "--db): a path (NFS for a cluster) or a URI pyarrow's filesystems understand, s3://bucket/prefix, "
+                   "gs://bucket/prefix, file:///path; `finalize --parts` builds X from it")  # fmt: skip
     p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")

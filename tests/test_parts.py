@@ -4,6 +4,7 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -53,8 +54,8 @@ def test_orphan_files_of_an_unfinished_chunk_are_never_read(shared, tmp_path):
     folder = parts.parts_dir(db)
     (run_id,) = parts.run_ids(folder)
     (words,) = parts.done_files(folder, run_id, "words")
-    orphan = words.with_name("000000000001-crashed.parquet")  # a chunk killed before its image_status file
-    orphan.write_bytes(words.read_bytes())
+    orphan = Path(words).with_name("000000000001-crashed.parquet")  # a chunk killed before its image_status file
+    orphan.write_bytes(Path(words).read_bytes())
     assert parts.done_files(folder, run_id, "words") == [words]
     assert writer.build(db) == []
 
