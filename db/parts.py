@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 DATASET_TABLES = ("categories", "images", "captions", "instances")
-RESULT_TABLES = ("caption_results", "caption_maps", "words", "image_maps", "errors")
+RESULT_TABLES = ("caption_results", "caption_maps", "words", "image_maps", "word_heads", "errors")
 DONE_TABLE = "image_status"
 
 

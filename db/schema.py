@@ -15,7 +15,7 @@ import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
-SCHEMA_VERSION = 5  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary
+SCHEMA_VERSION = 6  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words` and the derived tables are made
@@ -186,6 +186,16 @@ CREATE TABLE IF NOT EXISTS image_maps (
     head SMALLINT NOT NULL,
     map BLOB,
     map_max FLOAT
+);
+-- Grounding heads: per word with an object (mask_mass not NULL), each fusion layer's heads' own mask mass.
+CREATE TABLE IF NOT EXISTS word_heads (
+    run_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    caption_id BIGINT NOT NULL,
+    word_index SMALLINT NOT NULL,
+    layer SMALLINT NOT NULL,
+    head SMALLINT NOT NULL,
+    mask_mass FLOAT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS words (
     {_WORDS_DDL}

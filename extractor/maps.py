@@ -55,6 +55,8 @@ class BatchMaps:
     # (I, heads, N) float32: each head's attention of the image encoder's [CLS] over the patches in its last
     # block, renormalised over the patches (DINO's view); word-blind, a reference for specificity
     encoder_cls: Tensor
+    # fusion layer -> (C, heads, T, 1+N) each head's attention where `attention` holds their mean; None: not kept
+    head_attention: dict[int, Tensor] | None = None
 
     def attention_grid(self, layer: int) -> Tensor:
         """Head-mean raw attention over the patches (image [CLS] column dropped): (C, T, N) float32."""
@@ -104,11 +106,11 @@ def batch_maps(
             attn = fused.cross_attentions[cfg.gradcam_block - cfg.bert.fusion_layer]
             (grad,) = torch.autograd.grad(logits[:, 1].sum(), attn)
             cams = gradcam_from(attn.detach(), grad).float()
-    attention = {}
+    attention, heads = {}, {}
     for layer in layers:
-        a = fused.cross_attentions[layer - cfg.bert.fusion_layer].detach()
+        heads[layer] = a = fused.cross_attentions[layer - cfg.bert.fusion_layer].detach()
         attention[layer] = a if keep_heads else a.float().mean(1, keepdim=True)
-    return BatchMaps(logits.detach(), itc.float(), attention, cams, patch_share(encoder_cls))
+    return BatchMaps(logits.detach(), itc.float(), attention, cams, patch_share(encoder_cls), heads)
 
 
 def caption_maps(

@@ -75,9 +75,27 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     # Per image its heads in order, then their mean (head -1 in image_maps).
     encoder = torch.cat([maps.encoder_cls, encoder_mean[:, None]], 1).flatten(0, 1)
     out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)
+    if maps.head_attention is not None and batch.masks is not None:
+        out["head_mask_mass"] = head_mask_mass(maps.head_attention, batch, [la for m, la in slices if m == ATTENTION])
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
     return out
+
+
+def head_mask_mass(head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int]) -> Tensor:
+    """(L, Wo, H) float32: the mask mass of each head's whole-word map, per layer, for the Wo words with an
+    object (mask_mass not NULL), in word order. A head's map is its patch columns, renormalised as every
+    word map is (device_metrics.distribution)."""
+    rows = (batch.cover_index > 0).nonzero()[:, 0]
+    slots = batch.word_slots[rows]
+    cover = batch.masks[batch.cover_index[rows]].double()  # (Wo, N)
+    masses = []
+    for layer in layers:
+        patches = head_attention[layer][..., 1:].float()  # (C, H, T, N)
+        merged = torch.einsum("cwt,chtn->cwhn", batch.piece_weights, patches).flatten(0, 1)[slots]  # (Wo, H, N)
+        p = device_metrics.distribution(merged.clamp(min=0).flatten(0, 1)).view(merged.shape)
+        masses.append((p * cover[:, None]).sum(-1).float())
+    return torch.stack(masses) if masses else torch.zeros(0, len(rows), 0)
 
 
 class HostCopy:
@@ -171,7 +189,8 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
         "itc_score": out["itc_score"].astype(np.float64),
     })  # fmt: skip
     return {"words": words, "caption_maps": caption_maps, "caption_results": caption_results,
-            "image_maps": image_maps(batch, out, run_id), **batch_failures(batch, run_id)}  # fmt: skip
+            "image_maps": image_maps(batch, out, run_id), "word_heads": word_heads(batch, out, slices, run_id),
+            **batch_failures(batch, run_id)}  # fmt: skip
 
 
 def image_maps(batch: Batch, out: dict[str, np.ndarray], run_id: str) -> pa.Table:
@@ -184,6 +203,25 @@ def image_maps(batch: Batch, out: dict[str, np.ndarray], run_id: str) -> pa.Tabl
         "head": np.tile(np.r_[np.arange(per_image - 1), -1].astype(np.int16), n_images),
         "map": _blobs(out["encoder_map"]),
         "map_max": out["encoder_map_max"],
+    })  # fmt: skip
+
+
+def word_heads(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice], run_id: str) -> pa.Table:
+    """Per attention layer, per word with an object, per head: that head's mask mass (none without heads or covers)."""
+    masses = out.get("head_mask_mass", np.zeros((0, 0, 0), np.float32))  # (L, Wo, H)
+    L, Wo, H = masses.shape
+    rows = np.flatnonzero(batch.cover_index.numpy() > 0) if Wo else np.zeros(0, np.int64)
+    caption = batch.word_caption.numpy()[rows]
+    image_of_caption = batch.image_ids[batch.image_index.numpy()] if len(batch.caption_ids) else np.zeros(0, np.int64)
+    per_word = L * H
+    return pa.table({
+        "run_id": _dictionary(run_id, Wo * per_word),
+        "image_id": np.tile(np.repeat(image_of_caption[caption], H), L),
+        "caption_id": np.tile(np.repeat(batch.caption_ids[caption], H), L),
+        "word_index": np.tile(np.repeat(batch.word_index[rows], H), L).astype(np.int16),
+        "layer": np.repeat(np.array([la for m, la in slices if m == ATTENTION], np.int16)[:L], Wo * H),
+        "head": np.tile(np.arange(H, dtype=np.int16), L * Wo),
+        "mask_mass": masses.reshape(-1),
     })  # fmt: skip
 
 
