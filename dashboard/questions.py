@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import Database
-from db import compare, queries, rankings
+from db import compare, heads, queries, rankings
 from db.compare import Slice
 from db.queries import WordFilter
 
@@ -120,6 +120,18 @@ def metric_values(
 ) -> pd.DataFrame:
     """Values of one metric (word, value) of a run slice, for distribution plots."""
     return queries.metric_values(db.connection(), metric, run_id, method, layer, words)
+
+
+@_cached
+def head_mask_mass(db: Database, run_id: str, category_id: int | None) -> pd.DataFrame:
+    """Per fusion layer and head of a run: n words with an object and their mean mask mass (db.heads)."""
+    return heads.head_mask_mass(db.connection(), run_id, category_id)
+
+
+@_cached
+def head_top_words(db: Database, run_id: str, layer: int, head: int, limit: int) -> pd.DataFrame:
+    """The word occurrences one head grounds best (db.heads.head_top_words)."""
+    return heads.head_top_words(db.connection(), run_id, layer, head, limit)
 
 
 @_cached

@@ -2,11 +2,17 @@
 head's maps, relate to the head-mean map's mask mass as mass's linearity says, and the Statistics view
 draws their layer x head heatmap."""
 
+import json
+import sys
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import streamlit as st
 import torch
+from streamlit.testing.v1 import AppTest
 
 from db import heads
 from extractor import metrics
@@ -105,3 +111,41 @@ def test_layer_by_head_means_are_the_stored_masses_means(small_db, stored_and_di
         assert 0 < one["n"].sum() < grid["n"].sum()
         top = heads.head_top_words(con, run_id, int(grid["layer"][0]), 0, limit=5)
     assert len(top) == 5 and top["mask_mass"].is_monotonic_decreasing
+
+
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+
+
+def statistics_heads(monkeypatch, tmp_path, db: Path, category: str | None = None) -> AppTest:
+    """The Statistics page's grounding-heads view, headless, optionally for one category."""
+    monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), "--db", str(db)])
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.query_params.update(view="grounding heads")
+    at = at.switch_page("views/statistics.py").run()
+    if category:
+        at = at.selectbox(key="heads_category").select(category).run()
+    return at
+
+
+def heatmap_of(at: AppTest) -> dict:
+    (chart,) = at.get("plotly_chart")
+    return json.loads(chart.proto.spec)["data"][0]
+
+
+def test_statistics_draws_the_layer_by_head_heatmap(monkeypatch, tmp_path, small_db):
+    try:
+        at = statistics_heads(monkeypatch, tmp_path, small_db)
+        assert not at.exception, [e.value for e in at.exception]
+        with duckdb.connect(str(small_db), read_only=True) as con:
+            run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+            grid = heads.head_mask_mass(con, run_id)
+            person = heads.head_mask_mass(con, run_id, 1)  # COCO's person, the subset's most named category
+        shown = heatmap_of(at)
+        expected = grid.pivot(index="layer", columns="head", values="mean_mask_mass")
+        np.testing.assert_allclose(np.array(shown["z"], dtype=float), expected.to_numpy(), rtol=1e-6)
+        assert list(shown["y"]) == expected.index.tolist()
+        at = statistics_heads(monkeypatch, tmp_path, small_db, "person")
+        one = person.pivot(index="layer", columns="head", values="mean_mask_mass")
+        np.testing.assert_allclose(np.array(heatmap_of(at)["z"], dtype=float), one.to_numpy(), rtol=1e-6)
+    finally:
+        st.cache_resource.clear()  # the dashboard's cached DuckDB connections

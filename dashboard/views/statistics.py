@@ -12,11 +12,19 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, questions, state
+from dashboard import data, heads_view, questions, state
 from dashboard.markup import literal, plotly_labels
 from dashboard.review import controls as review_controls
 
-VIEWS = ("distributions", "frequency vs alignment", "word x category", "leaderboards", "layers and methods", "reviews")
+VIEWS = (
+    "distributions",
+    "frequency vs alignment",
+    "word x category",
+    "leaderboards",
+    "layers and methods",
+    "reviews",
+    "grounding heads",
+)
 DISTRIBUTION_WORDS = 12
 LEADERBOARD_SIZE = 15
 MATRIX_WORDS = 40
@@ -194,6 +202,9 @@ elif view == "leaderboards":
                 fig.update_xaxes(rangemode="tozero")
                 fig.update_traces(texttemplate="%{x:.3f}", textposition="inside")
                 open_search(chart(fig, f"board_{short}_{label}"), label, sort=board_metric)
+
+elif view == "grounding heads":
+    heads_view.render(ctx)
 
 elif view == "reviews":  # team review: verdicts and tags per word (dashboard/review/controls.py)
     review_controls.statistics_view(ctx, words, column)
