@@ -31,6 +31,17 @@ def test_a_run_into_a_file_uri_and_its_finalize_give_the_rows_of_the_default_lay
     assert_same_results(db, small_db)
 
 
+def test_a_ray_run_writes_its_parts_at_the_uri(shared, small_db, tmp_path):
+    pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    elsewhere = tmp_path / "shared-storage" / "parts"
+    db = run_extraction(shared, tmp_path / "ray.duckdb", SMALL, "--ray", "--chunk-images", "4",
+                        "--parts", elsewhere.as_uri())  # fmt: skip
+    assert_same_results(db, small_db)
+    (run_id,) = parts.run_ids(elsewhere)
+    assert len(parts.done_files(elsewhere, run_id, parts.DONE_TABLE)) == 3
+    assert parts.run_ids(parts.parts_dir(db)) == []
+
+
 @pytest.fixture
 def memory_store(monkeypatch) -> parts.Store:
     """memory://bucket/parts opens a pyarrow filesystem over fsspec's memory one, as s3:// would open S3."""
