@@ -98,10 +98,10 @@ def build(db_path: str | Path, wait: float = 0.0, parts: partsdir.Where | None =
 
 def _insert_parts(con: duckdb.DuckDBPyConnection, store: partsdir.Store, table: str, files: list[str],
                   conflict: str = "", order: str | None = None) -> None:  # fmt: skip
-    """Insert Parquet parts into `table`, one file at a time through Arrow (local or remote alike), by name:
-    parts written before a column existed (a run resumed across a schema change) read it as NULL."""
-    for path in files:
-        con.register("_part", partsdir.read_parquet(store, path))
+    """Insert Parquet parts into `table` through Arrow (local or remote alike), a group of files at a time, by
+    name: parts written before a column existed (a run resumed across a schema change) read it as NULL."""
+    for rows in partsdir.read_groups(store, files):
+        con.register("_part", rows)
         try:
             con.execute(f"INSERT {conflict}INTO {table} BY NAME SELECT * FROM _part"
                         + (f" ORDER BY {order}" if order else ""))  # fmt: skip

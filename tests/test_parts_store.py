@@ -62,6 +62,7 @@ def test_a_run_into_a_store_without_renames_and_its_finalize(shared, small_db, t
     names = [i.base_name for i in memory_store.fs.get_file_info(pafs.FileSelector(memory_store.root, recursive=True))]
     assert sum(n.endswith(".parquet") for n in names) > 3 and not [n for n in names if n.endswith(".tmp")]
     assert len(parts.done_files(memory_store, run_id, parts.DONE_TABLE)) == 3  # chunks of 4, 4 and 2 images
+    assert len(parts.done_image_ids(memory_store, run_id)) == 10
     db.unlink()
     assert finalize(db, "--parts", "memory://bucket/parts") == 0
     assert_same_results(db, small_db)
