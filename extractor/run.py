@@ -430,9 +430,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="output DuckDB file X, built when the run completes; "
         "the run's Parquet parts (unless --parts) and the object-cover cache go to X.parts/ beside it",
     )
-    p.add_argument("--parts", metavar="URI", help="where the run's Parquet parts go (default X.parts beside "
-                   "--db): a path (NFS for a cluster) or a URI pyarrow's filesystems understand, s3://bucket/prefix, "
-                   "gs://bucket/prefix, file:///path; `finalize --parts` builds X from it")  # fmt: skip
+    p.add_argument("--parts", metavar="URI", help="the Parquet parts' folder (default X.parts beside --db): "
+                   "a path or a URI pyarrow opens (s3://bucket/prefix, gs://..., file:///...)")  # fmt: skip
     p.add_argument("--method", choices=METHODS, default="both", help="Grad-CAM, raw attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="fusion layers whose raw attention to store (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs")
