@@ -216,7 +216,8 @@ def word_frame(batch: Batch, out: dict[str, np.ndarray], slices: list[Slice], he
 
 def head_maps(maps: BatchMaps, head: int) -> BatchMaps:
     """One head's raw attention as a batch's maps (no Grad-CAM): what `word_outputs` reads as the mean."""
-    return replace(maps, attention={la: a[:, head : head + 1] for la, a in maps.attention.items()}, gradcam=None)
+    heads = {la: a[:, head : head + 1] for la, a in maps.attention.items()}
+    return replace(maps, attention=heads, gradcam=None, head_attention=None)
 
 
 def probe_with(
