@@ -53,6 +53,11 @@ class Store:
     def path(self, *names: str) -> str:
         return "/".join((self.root, *names))
 
+    @property
+    def local(self) -> bool:
+        """Whether its paths are this machine's own (DuckDB can read them directly)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def __str__(self) -> str:
         return self.root if _renames(self.fs) else f"{self.fs.type_name}://{self.root}"
 
