@@ -84,18 +84,27 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
 
 def head_mask_mass(head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int]) -> Tensor:
     """(L, Wo, H) float32: the mask mass of each head's whole-word map, per layer, for the Wo words with an
-    object (mask_mass not NULL), in word order. A head's map is its patch columns, renormalised as every
-    word map is (device_metrics.distribution)."""
+    object (mask_mass not NULL), in word order; a head's map is its patch columns, as a distribution.
+
+    Mass is linear in the map: sum(p * cover) = sum_t w_t a_t . cover / sum_t w_t sum(a_t) over the word's
+    pieces t, so only the object words' piece rows are read, never a merged map of every word and head.
+    """
     rows = (batch.cover_index > 0).nonzero()[:, 0]
-    slots = batch.word_slots[rows]
-    cover = batch.masks[batch.cover_index[rows]].double()  # (Wo, N)
+    weights = batch.piece_weights.flatten(0, 1)[batch.word_slots[rows]]  # (Wo, T)
+    word, token = weights.nonzero(as_tuple=True)  # every (object word, piece) pair
+    caption = batch.word_slots[rows][word] // batch.piece_weights.shape[1]
+    covers = batch.masks[batch.cover_index[rows]]  # (Wo, N) float64
+    w, cover = weights[word, token].double()[:, None], covers[word][:, None]
     masses = []
     for layer in layers:
-        patches = head_attention[layer][..., 1:].float()  # (C, H, T, N)
-        merged = torch.einsum("cwt,chtn->cwhn", batch.piece_weights, patches).flatten(0, 1)[slots]  # (Wo, H, N)
-        p = device_metrics.distribution(merged.clamp(min=0).flatten(0, 1)).view(merged.shape)
-        masses.append((p * cover[:, None]).sum(-1).float())
-    return torch.stack(masses) if masses else torch.zeros(0, len(rows), 0)
+        a = head_attention[layer][caption, :, token, 1:].double()  # (P, H, N)
+        inside = torch.zeros(len(rows), a.shape[1], dtype=a.dtype, device=a.device).index_add_(
+            0, word, w * (a * cover).sum(-1)
+        )
+        total = torch.zeros_like(inside).index_add_(0, word, w * a.sum(-1))
+        # A map without mass reads as uniform (device_metrics.distribution): its mass is the cover's mean.
+        masses.append(torch.where(total > 0, inside / total.where(total > 0, 1.0), covers.mean(-1, keepdim=True)))
+    return torch.stack(masses).float() if masses else torch.zeros(0, len(rows), 0)
 
 
 class HostCopy:
