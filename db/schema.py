@@ -73,7 +73,8 @@ def _columns(columns: dict[str, str]) -> str:
 _WORDS_DDL = _columns(_WORD_KEYS | {m.name: m.sql_type for m in words_order()} | {"map": "BLOB", "map_max": "FLOAT"})
 _LOOKUP_DDL = _columns({k: _WORD_KEYS[k] for k in _LOOKUP_KEYS} | {m.name: m.sql_type for m in WORD_METRICS})
 # The words columns that searches filter, rank and return: everything but the map blob.
-LOOKUP_COLUMNS = ", ".join([*_LOOKUP_KEYS, *(m.name for m in WORD_METRICS)])
+LOOKUP_NAMES = (*_LOOKUP_KEYS, *(m.name for m in WORD_METRICS))
+LOOKUP_COLUMNS = ", ".join(LOOKUP_NAMES)
 # word_lookup's order: each (run, method, layer) slice is contiguous, category words come first grouped by
 # category, and each word's rows are adjacent, so the zone maps of a row group prune nearly all others
 # for `word = ?` and for `category_id = ?`.

@@ -20,7 +20,7 @@ from db import queries
 from db.queries import WordFilter
 from db.review.model import IMAGE_COLUMNS, ITEM_COLUMNS, VERDICTS
 from db.review.reads import find_items, review_summary
-from db.schema import METRICS
+from db.schema import LOOKUP_NAMES
 
 ANY = "any"
 UNREVIEWED = "unreviewed"
@@ -55,9 +55,7 @@ FROM {_REVIEWS_VIEW} AS r LEFT JOIN (
 WHERE {_REVIEW_WHERE}
 ORDER BY {{review_order}}r.position"""
 _KEYS_VIEW = "review_item_keys"
-_WORD_COLUMNS = ", ".join(
-    f"w.{c}" for c in (*ITEM_COLUMNS, "word", "category_id", "n_pieces", "peak_row", "peak_col", *METRICS)
-)
+_WORD_COLUMNS = ", ".join(f"w.{c}" for c in LOOKUP_NAMES)  # a search row's columns (db.queries.search_words)
 _ITEM_WORDS = f"""
 SELECT {_WORD_COLUMNS}{{maps}}, cat.name AS category, c.text AS caption, c.raw AS caption_raw,
     i.file_name, i.width, i.height, i.coco_url
@@ -76,7 +74,7 @@ def item_words(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, *, with_maps
     """The `words` rows of the word items in `items` (a frame with the ITEM_COLUMNS), in their order.
 
     Rows without a word (image items) and items the database lacks are left out; duplicates once.
-    Columns: ITEM_COLUMNS, word, category_id, n_pieces, peak_row, peak_col, the METRICS, with
+    Columns: a search row's (db.schema.LOOKUP_NAMES: keys, binding, every metric), with
     `with_maps` map and map_max, then category (name), caption, caption_raw, file_name, width, height,
     coco_url: the columns of db.queries.search_words, so a page draws them the same way.
     """
