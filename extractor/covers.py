@@ -188,7 +188,9 @@ def fill_cache(
     finally:
         _job = None
         if pool:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Waiting lets the pool's manager thread close its wake-up pipe before the interpreter exits;
+            # otherwise, after a worker died, the exit hook can write to the pipe as it closes (a traceback).
+            pool.shutdown(wait=True, cancel_futures=True)
     return locations
 
 
