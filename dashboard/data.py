@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
+from dashboard import paths
 from dashboard.markup import code
 from dashboard.overlay import (
     OverlayStyle,
@@ -149,7 +150,7 @@ def load_image(path: Path | None, width: int, height: int) -> tuple[Image.Image,
     """The image at ``path`` (RGB), or a grey stand-in of the COCO size; the flag says it was found."""
     if path is not None:
         try:
-            with Image.open(path) as img:
+            with paths.open_image_file(path) as f, Image.open(f) as img:
                 return img.convert("RGB"), True
         except (OSError, UnidentifiedImageError) as exc:
             logger.warning("cannot read image %s: %s", path, exc)

@@ -6,8 +6,12 @@ name a symlink that points elsewhere. Every image the dashboard opens goes throu
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
+from functools import lru_cache
 from pathlib import Path, PureWindowsPath
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +40,31 @@ def image_path(root: Path | None, file_name: str) -> Path | None:
     except ValueError:
         logger.warning("refusing image path %r outside %s", file_name, root)
         return None
+
+
+def open_image_file(path: Path) -> BinaryIO:
+    """The image file at `path` opened for reading, or, when `path` names a member of a WebDataset shard
+    ("shards/00001.tar/KEY.jpg", as the extractor stores such images), that member's bytes."""
+    if path.is_file():
+        return path.open("rb")
+    for shard in path.parents:
+        if shard.suffix == ".tar" and shard.is_file():
+            where = _shard_members(str(shard), shard.stat().st_mtime_ns).get(path.relative_to(shard).as_posix())
+            if where is None:
+                break
+            with shard.open("rb") as f:
+                f.seek(where[0])
+                return io.BytesIO(f.read(where[1]))
+    raise FileNotFoundError(f"no image file or shard member at {path}")
+
+
+@lru_cache(maxsize=64)
+def _shard_members(shard: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    """A shard's members: name -> (offset, size) of its data (none for a damaged shard); read once per shard
+    and version of it."""
+    try:
+        with tarfile.open(shard) as tar:
+            return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+    except tarfile.TarError as exc:
+        logger.warning("cannot read shard %s: %s", shard, exc)
+        return {}

@@ -5,6 +5,7 @@ import io
 import json
 import tarfile
 from contextlib import suppress
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -15,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from dashboard import paths
+from dashboard.data import load_image
 from extractor.__main__ import main
 from extractor.pairs import load_webdataset, stable_id
 
@@ -117,21 +120,44 @@ def test_a_pairs_table_gives_the_coco_runs_maps(shared, coco_run, tmp_path, suff
     assert len(sizes) == N_IMAGES and sizes <= image_sizes(coco_run)
 
 
-def test_webdataset_shards_give_the_coco_runs_maps(shared, coco_run, tmp_path):
+@pytest.fixture(scope="module")
+def webdataset_run(shared, tmp_path_factory) -> tuple[Path, dict[str, str], list[tuple[str, str]]]:
+    """A run over img2dataset shards of the same images, each with its first caption: (db, key -> COCO file,
+    (COCO file, caption) pairs)."""
+    folder = tmp_path_factory.mktemp("wds")
     images = shared / "coco" / "val2017-subset" / "val2017"
     firsts = list({f: c for f, c in reversed(subset_pairs(shared))}.items())[::-1]  # each image's first caption
     keys = {f"{i:09d}": f for i, (f, _) in enumerate(firsts)}
-    names = write_shards(tmp_path / "shards", [(k, (images / f).read_bytes(), c) for (k, f), (_, c) in
-                                               zip(keys.items(), firsts, strict=True)], per_shard=5)  # fmt: skip
+    names = write_shards(folder / "shards", [(k, (images / f).read_bytes(), c) for (k, f), (_, c) in
+                                             zip(keys.items(), firsts, strict=True)], per_shard=5)  # fmt: skip
     assert names == ["00000.tar", "00001.tar", "00002.tar"]
-    db = tmp_path / "wds.duckdb"
-    pairs_run(shared, db, "--webdataset", str(tmp_path / "shards" / "{00000..00002}.tar"))
+    db = folder / "wds.duckdb"
+    pairs_run(shared, db, "--webdataset", str(folder / "shards" / "{00000..00002}.tar"))
+    return db, keys, firsts
+
+
+def test_webdataset_shards_give_the_coco_runs_maps(coco_run, webdataset_run):
+    db, keys, firsts = webdataset_run
     coco_file = lambda name: keys[name.split("/")[1].removesuffix(".jpg")]  # noqa: E731
     got = word_rows(db, coco_file)
     assert set(got.index.get_level_values("raw")) == {c for _, c in firsts}
     assert_same_words(got, word_rows(coco_run))
     sizes = image_sizes(db, coco_file)  # from each sample's KEY.json
     assert len(sizes) == N_IMAGES and sizes <= image_sizes(coco_run)
+
+
+def test_the_dashboard_shows_images_from_inside_the_shards(shared, webdataset_run):
+    db, keys, _ = webdataset_run
+    with duckdb.connect(str(db), read_only=True) as con:
+        images_dir = Path(con.execute("SELECT images_dir FROM runs").fetchone()[0])
+        files = [r[0] for r in con.execute("SELECT file_name FROM images ORDER BY file_name").fetchall()]
+    assert len(files) == N_IMAGES
+    for name in files:
+        image, found = load_image(paths.image_path(images_dir, name), 1, 1)
+        original = Image.open(shared / "coco" / "val2017-subset" / "val2017" / keys[Path(name).stem])
+        assert found and np.array_equal(np.asarray(image), np.asarray(original.convert("RGB")))
+    _, found = load_image(paths.image_path(images_dir, "00000.tar/missing.jpg"), 4, 3)
+    assert not found
 
 
 def test_pairs_runs_have_no_object_metrics_but_name_categories(shared, tmp_path):
