@@ -18,10 +18,10 @@ from dashboard import components as ui
 from dashboard import data, questions, state
 from dashboard.markup import literal
 from dashboard.overlay import OverlayStyle
+from dashboard.probe_panel import MEAN
 from db.codec import decode_map, encode_map
 from extractor.metrics import TOP_MASS_FRACTION, top_mass_cells
 
-MEAN = -1  # the `head` of the heads' mean in image_maps
 REFERENCE_SIDE = 360
 HEAD_SIDE = 200
 HEADS_PER_ROW = 6

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Dataset tables and the column their rows are stored in order of.
 DATASET_TABLES = {"categories": "category_id", "images": "image_id", "instances": "image_id", "captions": "image_id"}
-RESULT_TABLES = ("caption_results", "caption_maps", "words", "image_maps", "word_heads")  # keyed by (run_id, image_id)
+RESULT_TABLES = partsdir.RESULT_TABLES[:-1]  # keyed by (run_id, image_id): every part table but errors
 BATCH_TABLES = (*RESULT_TABLES, "errors")  # what write_images accepts
 _MERGE_ALIAS = "_merge_source"
 

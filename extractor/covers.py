@@ -82,8 +82,16 @@ def _no_objects(g: int) -> tuple[np.ndarray, ...]:
 
 def cache_dir(parts: Path, instances: Path, images_dir: Path, g: int) -> Path:
     """The cache of one instances file on one grid (the images folder counts: masks follow the files)."""
-    key = hashlib.sha256(f"{file_sha256(instances)}|{images_dir.resolve()}|{g}".encode()).hexdigest()
+    stat = instances.stat()
+    digest = _file_digest(str(instances), stat.st_mtime_ns, stat.st_size)
+    key = hashlib.sha256(f"{digest}|{images_dir.resolve()}|{g}".encode()).hexdigest()
     return parts / "covers" / f"g{g}-{key[:16]}"
+
+
+@lru_cache(maxsize=8)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    """file_sha256, once per file version in a process (a Ray actor asks for every chunk it runs)."""
+    return file_sha256(path)
 
 
 def cached_locations(folder: Path) -> dict[int, tuple[str, int]]:

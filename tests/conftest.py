@@ -29,6 +29,14 @@ def con(tmp_path):
     con.close()
 
 
+def require_ray() -> None:
+    """Ray is optional for users but `make test` installs it: in CI a missing Ray fails, elsewhere it skips."""
+    if os.environ.get("CI") == "true":
+        import ray  # noqa: F401
+    else:
+        pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+
+
 def run_extraction(shared: Path, db: Path, subset: str = "val2017-subset", *extra: str) -> Path:
     """Run the real extractor CLI in-process on a shared COCO subset with the fine-tuned fixture checkpoint."""
     from extractor.__main__ import main

@@ -8,7 +8,7 @@ import pytest
 
 from db import parts
 from extractor.__main__ import main
-from tests.conftest import run_extraction
+from tests.conftest import require_ray, run_extraction
 from tests.test_run import assert_same_results
 
 SMALL = "val2017-small"
@@ -32,7 +32,7 @@ def test_a_run_into_a_file_uri_and_its_finalize_give_the_rows_of_the_default_lay
 
 
 def test_a_ray_run_writes_its_parts_at_the_uri(shared, small_db, tmp_path):
-    pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    require_ray()
     elsewhere = tmp_path / "shared-storage" / "parts"
     db = run_extraction(shared, tmp_path / "ray.duckdb", SMALL, "--ray", "--chunk-images", "4",
                         "--parts", elsewhere.as_uri())  # fmt: skip

@@ -8,18 +8,13 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-import pytest
-
 from db import parts
 from extractor.__main__ import main
-from tests.conftest import REPO, run_extraction
+from tests.conftest import REPO, require_ray, run_extraction
 from tests.test_inputs import CHECKPOINT, write_shards
 from tests.test_run import RESUME_LIMIT, assert_same_results, cli, rows
 
-if os.environ.get("CI") == "true":
-    import ray  # noqa: F401  (make test installs it: in CI a missing Ray fails, never skips)
-else:
-    pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+require_ray()
 
 
 def test_a_ray_run_gives_the_same_rows(shared, small_db, tmp_path):

@@ -201,7 +201,9 @@ if total == 0:
 
 # One card per image: a page of images ranked by their best occurrence (not with review filters).
 grouped = by_image and reviewed is None
-n_images = int(questions.search_images(ctx.db, where, sort, descending, 1, 0)["n_images"].iloc[0]) if grouped else 0
+# The first page's query (cached) also counts the images, so page 1 asks once.
+first = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, 0) if grouped else None
+n_images = int(first["n_images"].iloc[0]) if grouped and not first.empty else 0
 n_pages = math.ceil((n_images if grouped else total) / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
 header.markdown(
