@@ -15,7 +15,7 @@ import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
-SCHEMA_VERSION = 6  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads
+SCHEMA_VERSION = 7  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads. 7: this session
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words` and the derived tables are made
