@@ -40,13 +40,26 @@ def run_context(ctx: data.Context, run: dict, shown: Slice) -> data.Context:
     return replace(own, images_dir=images if images is not None and images.is_dir() else ctx.images_dir)
 
 
+def second_run_command(run: dict, db_path: str) -> str:
+    """The extractor command that adds another checkpoint's run over this run's images to this database."""
+    inputs = [("--images", run.get("images_dir")), ("--captions", run.get("captions_file")),
+              ("--instances", run.get("instances_file"))]  # fmt: skip
+    given = " ".join(f"{flag} {value}" for flag, value in inputs if value)
+    return f"python -m extractor run {given} --checkpoint OTHER.pth --db {db_path}"
+
+
+def slice_options(run_id: str) -> list[str]:
+    """A run's slices as "method-layer"."""
+    slices = questions.run_summary(ctx.db, run_id)["slices"]
+    return [f"{method}-{int(layer)}" for method, layer in zip(slices["method"], slices["layer"], strict=True)]
+
+
 def slice_choice(column, name: str, run_id: str, default: str) -> Slice:
     """A run's method and layer, kept in the URL as slice_<name> = "method-layer"."""
-    slices = questions.run_summary(ctx.db, run_id)["slices"]
-    if slices.empty:
+    options = slice_options(run_id)
+    if not options:
         st.info(f"Run {name} has no word maps yet.")
         st.stop()
-    options = [f"{method}-{int(layer)}" for method, layer in zip(slices["method"], slices["layer"], strict=True)]
     value = state.url_choice(
         f"Map of run {name}",
         options,
@@ -117,6 +130,12 @@ ctx = data.context()
 st.title("Compare runs")
 runs = questions.list_runs(ctx.db)
 by_id = {row["run_id"]: row for row in runs.to_dict("records")}
+if len(by_id) < 2:
+    st.info(
+        "This database holds a single run: two of its maps compare, but to compare checkpoints, extract a second "
+        f"one over the same images, e.g.\n\n`{second_run_command(ctx.run, ctx.db.path)}`",
+        icon=":material/compare_arrows:",
+    )
 left, right = st.columns(2)
 run_a = state.url_choice(
     "Run A",
@@ -138,7 +157,16 @@ run_b = state.url_choice(
 )
 sidebar_slice = f"{ctx.method}-{ctx.layer}"
 a = slice_choice(left, "A", run_a, sidebar_slice)
-b = slice_choice(right, "B", run_b, f"{a.method}-{a.layer}")
+shown_a = f"{a.method}-{a.layer}"
+other_slice = next((o for o in slice_options(run_b) if o != shown_a), shown_a) if run_b == run_a else shown_a
+b = slice_choice(right, "B", run_b, other_slice)
+if a == b:
+    st.warning(
+        "Run A and run B are the same run with the same map: every change would be 0. Choose another map of "
+        "this run, or another run, on either side.",
+        icon=":material/compare_arrows:",
+    )
+    st.stop()
 metric_col, group_col, count_col, rank_col = st.columns([2, 1, 1, 2])
 metric = state.url_choice(
     "Metric", METRICS, param="metric", widget=metric_col.selectbox, format_func=ui.metric_label, help=ui.metrics_help()

@@ -1,0 +1,83 @@
+"""The Compare runs page when there is nothing to compare: a database of one run (its two maps still compare,
+and the page says how to add a second checkpoint's run), and one run with one map chosen on both sides. On real
+extractions of the shared val2017-small images; the expected command and slices are read with the test's own SQL."""
+
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import run_extraction
+
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+ONE_RUN = "This database holds a single run"
+SAME = "the same run with the same map"
+
+
+@pytest.fixture(scope="module")
+def two_runs(shared, tmp_path_factory) -> Path:
+    """A database with the fine-tuned and the pre-trained fixture checkpoints' runs over the same images."""
+    db = tmp_path_factory.mktemp("two_runs") / "two.duckdb"
+    pretrain = shared / "fixtures" / "albef-reference" / "pretrain-tiny" / "checkpoint.pth"
+    run_extraction(shared, db, "val2017-small")
+    return run_extraction(shared, db, "val2017-small", "--checkpoint", str(pretrain))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_cached_connections():
+    yield
+    st.cache_resource.clear()
+
+
+def sql(db: Path, query: str) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(query).fetchall()
+
+
+def open_compare(db: Path, monkeypatch, tmp_path, **query: str) -> AppTest:
+    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(db), "--review-db", str(tmp_path / "r.sqlite")])
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.switch_page("views/compare.py").run()
+
+
+def notes(at: AppTest) -> str:
+    return " ".join(m.value for m in [*at.info, *at.warning])
+
+
+def test_one_run_says_how_to_extract_a_second_and_still_compares_two_of_its_maps(small_db, monkeypatch, tmp_path):
+    ((images, captions, instances),) = sql(small_db, "SELECT images_dir, captions_file, instances_file FROM runs")
+    at = open_compare(small_db, monkeypatch, tmp_path)
+    assert not at.exception
+    note = notes(at)
+    assert ONE_RUN in note and SAME not in note
+    want = f"python -m extractor run --images {images} --captions {captions} --instances {instances} "
+    assert f"{want}--checkpoint OTHER.pth --db {small_db}" in note
+    assert at.query_params["slice_a"] != at.query_params["slice_b"]  # B defaults to another map of the run
+    table = at.dataframe[0].value
+    assert len(table) > 0 and table["change"].abs().max() > 0
+
+
+def test_the_same_run_and_map_on_both_sides_is_refused_with_a_note(small_db, monkeypatch, tmp_path):
+    ((run_id, method, layer),) = sql(small_db, "SELECT run_id, method, max(layer) FROM word_summary "
+                                               "WHERE method = 'gradcam' GROUP BY ALL")  # fmt: skip
+    chosen = f"{method}-{layer}"
+    at = open_compare(small_db, monkeypatch, tmp_path, run_a=run_id, run_b=run_id, slice_a=chosen, slice_b=chosen)
+    assert not at.exception
+    assert SAME in notes(at)
+    assert not at.dataframe and not at.get("plotly_chart")
+
+
+def test_two_runs_compare_without_a_note(two_runs, monkeypatch, tmp_path):
+    at = open_compare(two_runs, monkeypatch, tmp_path)
+    assert not at.exception
+    note = notes(at)
+    assert ONE_RUN not in note and SAME not in note
+    run_ids = {r for (r,) in sql(two_runs, "SELECT run_id FROM runs")}
+    assert {at.query_params["run_a"], at.query_params["run_b"]} == run_ids
+    assert len(at.dataframe[0].value) > 0
