@@ -1,11 +1,17 @@
 """Two runs compared over the same images: which words and categories a metric changes for, and by how much.
 
-A word occurrence is matched across runs by (image_id, caption_id, word_index): the same caption word,
-read in a chosen slice (method, layer) of each run. Only occurrences with the metric in both count, so
-the runs are compared on the images they share. SQL totals the matched pairs per word or category (every
-key's change), then per (key, image) for the keys that get an interval; db.bootstrap resamples those
-per-image rows, never the word rows. Metric names reach SQL text only through db.filters.range_expr (the
-allow-list); everything else is a bound parameter.
+The runs are matched per (key, image): a key is a word or a COCO category (over the words naming it),
+read in a chosen slice (method, layer) of each run, and only the (key, image) pairs where both slices have
+the metric count, so runs over different image (or caption) sets are compared on their intersection. Each
+pair's change is the difference of the key's mean in that image, B's minus A's, weighted by the
+occurrences that pair up, min(n_a, n_b); a key's change is the weighted mean of its images' changes. Over
+the same captions (n_a = n_b everywhere) that is exactly the mean change per matched caption word. A
+finalized run's side is read from `word_image_summary` (counts and sums per run, slice, word, category
+and image, written by db.writer.finalize), another's aggregated from its word rows live. SQL totals the
+pairs per key (every key's change), then lists them per (key, image) for the keys that get an interval;
+db.bootstrap resamples those per-image rows. matched_words pairs single caption words, by (image_id,
+caption_id, word_index), to show both runs' maps. Metric names reach SQL text only through
+db.filters.check_metric and range_expr (the allow-list); everything else is a bound parameter.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import duckdb
 import pandas as pd
 
 from db.bootstrap import ratio_ci
-from db.filters import range_expr
-from db.queries import frame, rows_of
+from db.filters import check_metric, range_expr
+from db.queries import frame
 
 BY = ("word", "category")
 ORDERS = ("size", "rise", "fall")
@@ -52,71 +58,134 @@ def image_overlap(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> dic
     return {name: int(counts[name].iloc[0]) for name in ("both", "only_a", "only_b")}
 
 
+def finalized_runs(con: duckdb.DuckDBPyConnection, *run_ids: str) -> set[str]:
+    """Which of `run_ids` are finalized (read from their derived tables): one lookup for a whole call."""
+    found = frame(
+        con,
+        "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest($ids::VARCHAR[])) AND finalized_at IS NOT NULL",
+        {"ids": list(run_ids)},
+    )
+    return set(found["run_id"])
+
+
 def _named(s: Slice) -> dict:
     return {"run": s.run_id, "method": s.method, "layer": s.layer}
 
 
-def _matched(
-    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", keys: Sequence[str] | None = None
+def _params(a: Slice, b: Slice, keys: Sequence[str] | None) -> dict:
+    params = {f"{k}_{name}": v for name, s in (("a", a), ("b", b)) for k, v in _named(s).items()}
+    return params | ({} if keys is None else {"keys": list(keys)})
+
+
+def _slice_where(name: str, only: str) -> str:
+    return f"run_id = $run_{name} AND method = $method_{name} AND layer = $layer_{name} AND {only}"
+
+
+def _image_sums(name: str, finalized: bool, metric: str, by: str, only: str) -> str:
+    """SQL of one slice's (key, image_id, n, total): per word or category name and image, the occurrences with
+    the metric and its sum; from word_image_summary when the run is finalized, else from its word rows."""
+    where = _slice_where(name, only)
+    if finalized:
+        m = check_metric(metric)
+        rows = f"SELECT word, category_id, image_id, n_{m} AS n, sum_{m} AS total FROM word_image_summary "
+        rows += f"WHERE {where} AND n_{m} > 0"
+    else:
+        value = range_expr(metric)
+        rows = (
+            f"SELECT word, category_id, image_id, count({value}) AS n, sum({value}) AS total FROM word_search "
+            f"WHERE {where} AND {value} IS NOT NULL GROUP BY word, category_id, image_id"
+        )
+    key, join = ("s.word", "") if by == "word" else ("c.name", "JOIN categories AS c USING (category_id)")
+    return (
+        f"SELECT {key} AS key, s.image_id, sum(s.n)::BIGINT AS n, sum(s.total) AS total "
+        f"FROM ({rows}) AS s {join} GROUP BY ALL"
+    )
+
+
+def _pairs(
+    con: duckdb.DuckDBPyConnection,
+    a: Slice,
+    b: Slice,
+    metric: str,
+    by: str,
+    keys: Sequence[str] | None,
+    finalized: set[str] | None,
 ) -> tuple[str, dict]:
-    """SQL of the occurrences in both slices with the metric in both (value_a, value_b), and its parameters;
-    with `keys`, only the occurrences of these words (or of the words naming these categories)."""
+    """SQL of the (key, image) pairs both slices have the metric for (of `keys` only, if given): key, image_id,
+    n (the occurrences that pair up: the smaller count), mean_a and mean_b (the key's means in that image),
+    and its parameters. `finalized`: finalized_runs of a and b, looked up here when None."""
+    if by not in BY:
+        raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
+    done = finalized_runs(con, a.run_id, b.run_id) if finalized is None else finalized
+    only = "TRUE" if keys is None else _KEY_FILTERS[by]
+    side_a, side_b = (_image_sums(name, s.run_id in done, metric, by, only) for name, s in (("a", a), ("b", b)))
+    sql = f"""
+        SELECT key, image_id, least(a.n, b.n) AS n, a.total / a.n AS mean_a, b.total / b.n AS mean_b
+        FROM ({side_a}) AS a JOIN ({side_b}) AS b USING (key, image_id)"""
+    return sql, _params(a, b, keys)
+
+
+def _matched(
+    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str, keys: Sequence[str]
+) -> tuple[str, dict]:
+    """SQL of the caption words of `keys` in both slices, matched by (image_id, caption_id, word_index), with
+    the metric in both (value_a, value_b), and its parameters."""
     if by not in BY:
         raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
     value = range_expr(metric)
-    only = "TRUE" if keys is None else _KEY_FILTERS[by]
+    done = finalized_runs(con, a.run_id, b.run_id)
 
-    def side(name: str, s: Slice, where: str) -> str:
+    def side(name: str, s: Slice) -> str:
+        rows = "word_lookup" if s.run_id in done else "word_search"
         return (
-            f"SELECT image_id, caption_id, word_index, word, category_id, {value} AS value "
-            f"FROM {rows_of(con, s.run_id)} "
-            f"WHERE run_id = $run_{name} AND method = $method_{name} AND layer = $layer_{name} "
-            f"AND {value} IS NOT NULL AND {where}"
+            f"SELECT image_id, caption_id, word_index, word, category_id, {value} AS value FROM {rows} "
+            f"WHERE {_slice_where(name, _KEY_FILTERS[by])} AND {value} IS NOT NULL"
         )
 
     sql = f"""
         SELECT a.image_id, a.caption_id, a.word_index, a.word, a.category_id, a.value AS value_a, b.value AS value_b
-        FROM ({side("a", a, only)}) AS a JOIN ({side("b", b, "TRUE")}) AS b USING (image_id, caption_id, word_index)"""
-    params = {f"{k}_{name}": v for name, s in (("a", a), ("b", b)) for k, v in _named(s).items()}
-    return sql, params | ({} if keys is None else {"keys": list(keys)})
-
-
-def _grouped(by: str) -> tuple[str, str]:
-    """The key expression over matched rows `m`, and the join it needs."""
-    return ("m.word", "") if by == "word" else ("c.name", "JOIN categories AS c USING (category_id)")
+        FROM ({side("a", a)}) AS a JOIN ({side("b", b)}) AS b USING (image_id, caption_id, word_index)"""
+    return sql, _params(a, b, keys)
 
 
 def key_totals(
-    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", min_count: int = 1
+    con: duckdb.DuckDBPyConnection,
+    a: Slice,
+    b: Slice,
+    metric: str,
+    by: str = "word",
+    min_count: int = 1,
+    finalized: set[str] | None = None,
 ) -> pd.DataFrame:
-    """Per word or category name with at least `min_count` matched occurrences: key, n, n_images, mean_a,
-    mean_b (the metric's means in A and B) and change (B - A, their difference), by key."""
-    matched, params = _matched(con, a, b, metric, by)
-    key, join = _grouped(by)
+    """Per word or category name with at least `min_count` paired occurrences: key, n, n_images, mean_a,
+    mean_b (the metric's means in A and B over its paired images, weighted by n) and change (B - A, their
+    difference), by key."""
+    pairs, params = _pairs(con, a, b, metric, by, None, finalized)
     return frame(
         con,
         f"""
-        SELECT {key} AS key, count(*) AS n, count(DISTINCT m.image_id) AS n_images, avg(m.value_a) AS mean_a,
-            avg(m.value_b) AS mean_b, avg(m.value_b - m.value_a) AS change
-        FROM ({matched}) AS m {join}
-        GROUP BY {key} HAVING count(*) >= $min_count ORDER BY key""",
+        SELECT key, sum(n)::BIGINT AS n, count(*) AS n_images, sum(n * mean_a) / sum(n) AS mean_a,
+            sum(n * mean_b) / sum(n) AS mean_b, sum(n * (mean_b - mean_a)) / sum(n) AS change
+        FROM ({pairs}) GROUP BY key HAVING sum(n) >= $min_count ORDER BY key""",
         params | {"min_count": min_count},
     )
 
 
 def per_image(
-    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str = "word", keys: Sequence[str] | None = None
+    con: duckdb.DuckDBPyConnection,
+    a: Slice,
+    b: Slice,
+    metric: str,
+    by: str = "word",
+    keys: Sequence[str] | None = None,
+    finalized: set[str] | None = None,
 ) -> pd.DataFrame:
-    """Per (word or category name, image) of the matched occurrences (of `keys` only, if given): key,
-    image_id, n, sum_a, sum_b (the metric's sums in A and B); ordered by key and image."""
-    matched, params = _matched(con, a, b, metric, by, keys)
-    key, join = _grouped(by)
+    """Per paired (word or category name, image) (of `keys` only, if given): key, image_id, n, sum_a, sum_b
+    (n times the key's mean in that image in A and in B); ordered by key and image."""
+    pairs, params = _pairs(con, a, b, metric, by, keys, finalized)
     return frame(
         con,
-        f"""
-        SELECT {key} AS key, m.image_id, count(*) AS n, sum(m.value_a) AS sum_a, sum(m.value_b) AS sum_b
-        FROM ({matched}) AS m {join}
-        GROUP BY {key}, m.image_id ORDER BY key, m.image_id""",
+        f"SELECT key, image_id, n, n * mean_a AS sum_a, n * mean_b AS sum_b FROM ({pairs}) ORDER BY key, image_id",
         params,
     )
 
@@ -145,9 +214,10 @@ def changes(
 ) -> pd.DataFrame:
     """key_totals ranked by `order`, with a bootstrap interval of each change over images (low, high) for
     the first `intervals` keys (None: all; the others' are NaN)."""
-    totals = ranked(key_totals(con, a, b, metric, by, min_count), order).reset_index(drop=True)
+    finalized = finalized_runs(con, a.run_id, b.run_id)
+    totals = ranked(key_totals(con, a, b, metric, by, min_count, finalized), order).reset_index(drop=True)
     chosen = totals["key"] if intervals is None else totals["key"].head(intervals)
-    rows = per_image(con, a, b, metric, by, chosen.tolist())
+    rows = per_image(con, a, b, metric, by, chosen.tolist(), finalized)
     group, keys = pd.factorize(rows["key"], sort=True)
     _, low, high = ratio_ci(
         group,

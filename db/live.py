@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 
 from db import parts as partsdir
-from db.schema import check_schema, init_db
+from db.schema import DERIVED_TABLES, check_schema, init_db
 from db.writer import RUN_COLUMNS, parts_signature
 
 FILE = "extraction"  # the catalog the database file is attached as
@@ -79,7 +79,7 @@ def _union(table: str, parts: Path, runs: list[str]) -> str:
         return f"{own} UNION ALL BY NAME ({new})" if files and runs else own
     if table == "runs":
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs) UNION ALL BY NAME SELECT * FROM live_runs"
-    if table in RESULT_TABLES or table in ("word_lookup", "word_summary", "image_summary"):
+    if table in RESULT_TABLES or table in DERIVED_TABLES:
         files = [f for r in runs for f in partsdir.done_files(parts, r, table)] if table in RESULT_TABLES else []
         parquet = (
             f" UNION ALL BY NAME SELECT * FROM read_parquet({_list(files)}, union_by_name = true)" if files else ""

@@ -16,6 +16,7 @@ import duckdb
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
 SCHEMA_VERSION = 7  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads. 7: this session
+# v7 adds: word_image_summary (db.compare).
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words` and the derived tables are made
@@ -27,6 +28,7 @@ RUN_SETTINGS = {
     "run_id": "VARCHAR PRIMARY KEY",
     "checkpoint_path": "VARCHAR",
     "checkpoint_sha256": "VARCHAR",
+    "vocab": "JSON",  # v7: {"path", "sha256"} of the vocab.txt the run read, which the probe then reads
     "config": "JSON",
     "method": "VARCHAR CHECK (method IN ('gradcam', 'attention', 'both'))",
     "layers": "INTEGER[]",
@@ -93,14 +95,15 @@ FROM words
 WHERE {{runs}}
 GROUP BY run_id, method, layer, word, category_id
 """
+# word_image_summary: per (word, category, image), what db.compare matches two runs on; sorted like word_lookup.
+WORD_IMAGE_ORDER = "run_id, method, layer, category_id NULLS LAST, word, image_id"
 _NOT_FINALIZED = "run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)"
 
 # Run by db.writer for one run ($run_id), each list in one transaction. Derived rows exist exactly for
 # the runs with finalized_at set.
+DERIVED_TABLES = ("word_lookup", "word_summary", "image_summary", "word_image_summary")
 UNFINALIZE_SQL = (
-    "DELETE FROM word_lookup WHERE run_id = $run_id",
-    "DELETE FROM word_summary WHERE run_id = $run_id",
-    "DELETE FROM image_summary WHERE run_id = $run_id",
+    *(f"DELETE FROM {table} WHERE run_id = $run_id" for table in DERIVED_TABLES),
     "UPDATE runs SET finalized_at = NULL WHERE run_id = $run_id",
 )
 FINALIZE_SQL = (
@@ -110,6 +113,8 @@ FINALIZE_SQL = (
     "INSERT INTO word_summary BY NAME " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
     f"INSERT INTO image_summary BY NAME SELECT run_id, method, layer, image_id, count(*) AS n, {', '.join(_SUMS)} "
     "FROM words WHERE run_id = $run_id GROUP BY run_id, method, layer, image_id ORDER BY method, layer, image_id",
+    f"INSERT INTO word_image_summary BY NAME SELECT run_id, method, layer, category_id, word, image_id, count(*) AS n, "
+    f"{', '.join(_SUMS)} FROM words WHERE run_id = $run_id GROUP BY ALL ORDER BY {WORD_IMAGE_ORDER}",
     "UPDATE runs SET finalized_at = now() WHERE run_id = $run_id",
 )
 
@@ -234,6 +239,17 @@ CREATE TABLE IF NOT EXISTS image_summary (
     run_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
     layer SMALLINT NOT NULL,
+    image_id BIGINT NOT NULL,
+    n BIGINT NOT NULL,
+    {", ".join(_SUM_COLUMNS)}
+);
+-- Derived by db.writer.finalize: one row per (run, method, layer, word, category, image), in WORD_IMAGE_ORDER.
+CREATE TABLE IF NOT EXISTS word_image_summary (
+    run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    layer SMALLINT NOT NULL,
+    category_id INTEGER,
+    word VARCHAR NOT NULL,
     image_id BIGINT NOT NULL,
     n BIGINT NOT NULL,
     {", ".join(_SUM_COLUMNS)}

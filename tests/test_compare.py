@@ -1,8 +1,9 @@
 """Runs compared (db/compare.py, db/bootstrap.py, the Compare runs page) on three real extractions in one
 database: the fine-tuned and the pre-trained fixture checkpoints over the same images of the shared COCO
 subset, and a pre-trained Grad-CAM-only run over fewer of them. Expected values come from the test's own SQL
-and pandas on the matched word rows."""
+and pandas on the word rows."""
 
+import shutil
 import sys
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -16,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import compare, queries
 from db.compare import Slice
+from db.schema import UNFINALIZE_SQL
 from tests.conftest import run_extraction
 from tests.test_browser import browser, page, shoot, streamlit_server, wait_for_overlays  # noqa: F401
 
@@ -71,20 +73,35 @@ def word_rows(runs, s: Slice) -> pd.DataFrame:
         ).df()
 
 
+def key_image_means(rows: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
+    """Per (word or category name, image) of one slice's rows with the metric: n and the metric's mean."""
+    rows = rows.assign(key=rows["word"] if by == "word" else rows["name"]).dropna(subset=["key", metric])
+    rows = rows.astype({metric: float})
+    return rows.groupby(["key", "image_id"])[metric].agg(n="size", mean="mean").reset_index()
+
+
 def expected_changes(runs, a: Slice, b: Slice, metric: str, by: str) -> pd.DataFrame:
-    """Per word or category name: n, n_images, mean_a, mean_b and mean change over the matched rows, in pandas."""
+    """Per word or category name, in pandas: the (key, image) pairs both slices have, each weighted by its
+    occurrences that pair up (the smaller count): n, n_images, mean_a, mean_b and the mean change."""
+    pairs = key_image_means(word_rows(runs, a), metric, by).merge(
+        key_image_means(word_rows(runs, b), metric, by), on=["key", "image_id"], suffixes=("_a", "_b")
+    )
+    pairs["w"] = np.minimum(pairs["n_a"], pairs["n_b"])
+    pairs = pairs.assign(wa=pairs["w"] * pairs["mean_a"], wb=pairs["w"] * pairs["mean_b"])
+    sums = pairs.groupby("key").agg(n=("w", "sum"), n_images=("image_id", "size"), wa=("wa", "sum"), wb=("wb", "sum"))
+    return sums.assign(mean_a=sums["wa"] / sums["n"], mean_b=sums["wb"] / sums["n"],
+                       change=(sums["wb"] - sums["wa"]) / sums["n"]).drop(columns=["wa", "wb"])  # fmt: skip
+
+
+def occurrence_changes(runs, a: Slice, b: Slice, metric: str, by: str) -> pd.DataFrame:
+    """Per word or category name, in pandas: the mean change over caption words matched by (image, caption,
+    word index) with the metric in both slices, and their number n."""
     both = word_rows(runs, a).merge(word_rows(runs, b), on=KEYS, suffixes=("_a", "_b"))
     both = both.dropna(subset=[f"{metric}_a", f"{metric}_b"])
     both["key"] = both["word_a"] if by == "word" else both["name_a"]
     both = both.dropna(subset=["key"]).astype({f"{metric}_a": float, f"{metric}_b": float})
     both["diff"] = both[f"{metric}_b"] - both[f"{metric}_a"]
-    return both.groupby("key").agg(
-        n=("diff", "size"),
-        n_images=("image_id", "nunique"),
-        mean_a=(f"{metric}_a", "mean"),
-        mean_b=(f"{metric}_b", "mean"),
-        change=("diff", "mean"),
-    )
+    return both.groupby("key").agg(n=("diff", "size"), change=("diff", "mean"))
 
 
 def test_the_overlap_counts_images_in_both_runs_and_in_one_only(runs, con):
@@ -104,11 +121,12 @@ def test_the_overlap_counts_images_in_both_runs_and_in_one_only(runs, con):
 
 
 @pytest.mark.parametrize(
-    ("metric", "by"),
-    [("mask_mass", "word"), ("entropy", "word"), ("pointing_hit", "word"), ("background_mass", "category")],
-)
-def test_changes_equal_a_direct_computation_on_the_matched_rows(runs, con, metric, by):
-    a, b = gradcam(runs, "a"), gradcam(runs, "b")
+    ("metric", "by", "other"),
+    [("mask_mass", "word", "b"), ("entropy", "word", "b"), ("pointing_hit", "word", "b"),
+     ("background_mass", "category", "b"), ("entropy", "word", "c"), ("mask_mass", "category", "c")],
+)  # fmt: skip
+def test_changes_equal_a_direct_computation_on_the_paired_rows(runs, con, metric, by, other):
+    a, b = gradcam(runs, "a"), gradcam(runs, other)
     got = compare.changes(con, a, b, metric, by).set_index("key").sort_index()
     want = expected_changes(runs, a, b, metric, by).sort_index()
     assert len(got) > 10 and got.index.tolist() == want.index.tolist()
@@ -118,6 +136,30 @@ def test_changes_equal_a_direct_computation_on_the_matched_rows(runs, con, metri
     assert got["change"].abs().max() > 0  # two different checkpoints do differ
     got_min = compare.changes(con, a, b, metric, by, min_count=5)
     assert set(got_min["key"]) == set(want.index[want["n"] >= 5])
+
+
+@pytest.mark.parametrize(("metric", "by"), [("mask_mass", "word"), ("entropy", "category")])
+def test_over_the_same_captions_the_change_is_the_mean_change_per_caption_word(runs, con, metric, by):
+    a, b = gradcam(runs, "a"), Slice(runs["ids"]["b"], "attention", runs["gradcam_layer"])
+    got = compare.changes(con, a, b, metric, by).set_index("key").sort_index()
+    want = occurrence_changes(runs, a, b, metric, by).sort_index()
+    assert len(got) > 10 and got.index.tolist() == want.index.tolist() and (got["n"] == want["n"]).all()
+    np.testing.assert_allclose(got["change"], want["change"], atol=1e-9)
+
+
+def test_a_run_not_finalized_compares_from_its_word_rows_as_a_finalized_one(runs, con, tmp_path):
+    a, b = gradcam(runs, "a"), gradcam(runs, "c")
+    copy = tmp_path / "unfinalized.duckdb"
+    shutil.copyfile(runs["db"], copy)
+    with duckdb.connect(str(copy)) as own:
+        for sql in UNFINALIZE_SQL:
+            own.execute(sql, {"run_id": b.run_id})
+        assert own.execute("SELECT count(*) FROM word_image_summary WHERE run_id = ?", [b.run_id]).fetchone() == (0,)
+    with queries.connect_readonly(copy) as live:
+        assert compare.finalized_runs(live, a.run_id, b.run_id) == {a.run_id}
+        for by in compare.BY:
+            pd.testing.assert_frame_equal(compare.changes(live, a, b, "mask_mass", by),
+                                          compare.changes(con, a, b, "mask_mass", by), rtol=1e-12)  # fmt: skip
 
 
 def test_the_interval_holds_the_estimate_and_narrows_with_more_images(runs, con):
