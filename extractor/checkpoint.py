@@ -14,9 +14,12 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from extractor.config import ALBEFConfig
 from extractor.digest import file_sha256
+from extractor.model import ALBEF
 
 log = logging.getLogger(__name__)
+DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bert-base-uncased" / "vocab.txt"
 
 # Keys of ALBEF checkpoints that inference does not use: momentum encoders, ITC queues, MLM head,
 # and BERT's position-id buffer and pooler (neither is a weight we need).
@@ -149,3 +152,19 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> str:
         raise CheckpointError(f"checkpoint {path} does not fit the model config:\n  " + "\n  ".join(problems))
     model.load_state_dict(state, strict=True)
     return file_sha256(path)
+
+
+def frozen_albef(cfg: ALBEFConfig, checkpoint: Path) -> tuple[ALBEF, str]:
+    """ALBEF with the checkpoint's weights, in eval mode and without gradients, on the CPU; and the
+    checkpoint's sha256. Raises CheckpointError as `load_checkpoint`."""
+    model = ALBEF(cfg).eval()
+    sha = load_checkpoint(model, checkpoint)
+    model.requires_grad_(False)
+    return model, sha
+
+
+def default_vocab(checkpoint: Path) -> Path:
+    """The vocab read with a checkpoint when none is given: a vocab.txt beside it (the demo's), else the shared
+    bert-base-uncased one."""
+    beside = checkpoint.with_name("vocab.txt")
+    return beside if beside.is_file() else DEFAULT_VOCAB

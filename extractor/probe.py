@@ -30,15 +30,15 @@ from PIL import Image
 from extractor.batch import Batch, ImageItem, collate
 from extractor.binding import tag_words
 from extractor.categories import match_words
-from extractor.checkpoint import CheckpointError, load_checkpoint
+from extractor.checkpoint import CheckpointError, default_vocab, frozen_albef
 from extractor.coco import MAX_PIXELS, CocoFormatError, ImageError, load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import grid_covers
 from extractor.dataset import CocoDataset, load_coco
+from extractor.digest import file_sha256
 from extractor.image import normalize, resized_pixels
 from extractor.maps import ATTENTION, BatchMaps, batch_maps
-from extractor.model import ALBEF
-from extractor.run import DEFAULT_VOCAB, resolve_device
+from extractor.run import resolve_device
 from extractor.summarize import HostCopy, Slice, batch_tables, run_slices, word_outputs
 from extractor.text import Tokenizer, pre_caption
 
@@ -62,6 +62,8 @@ class ProbeSettings:
     gradcam_layer: int | None
     captions_file: Path | None = None
     instances_file: Path | None = None
+    vocab_file: Path | None = None  # the run's; None (a run that did not record it): `default_vocab(checkpoint)`
+    vocab_sha256: str | None = None
 
     @classmethod
     def from_run(cls, run: Mapping[str, Any]) -> ProbeSettings:
@@ -71,6 +73,8 @@ class ProbeSettings:
             return Path(run[key]) if run.get(key) else None
 
         gradcam = run.get("gradcam_layer")
+        vocab = run.get("vocab")  # JSON text as DuckDB returns it, a dict as run.json holds it, or NULL
+        vocab = json.loads(vocab) if isinstance(vocab, str) else vocab if isinstance(vocab, Mapping) else {}
         return cls(
             checkpoint=Path(run["checkpoint_path"]),
             checkpoint_sha256=run.get("checkpoint_sha256"),
@@ -79,6 +83,8 @@ class ProbeSettings:
             gradcam_layer=None if gradcam is None or pd.isna(gradcam) else int(gradcam),
             captions_file=path("captions_file"),
             instances_file=path("instances_file"),
+            vocab_file=Path(vocab["path"]) if vocab.get("path") else None,
+            vocab_sha256=vocab.get("sha256"),
         )
 
     @property
@@ -91,9 +97,8 @@ class ProbeSettings:
 
     @property
     def vocab(self) -> Path:
-        """The vocab a run of this checkpoint reads by default (`extractor.run.resolve_vocab`)."""
-        beside = self.checkpoint.with_name("vocab.txt")
-        return beside if beside.is_file() else DEFAULT_VOCAB
+        """The run's vocab; for a run that did not record it, the one a run of this checkpoint reads by default."""
+        return self.vocab_file or default_vocab(self.checkpoint)
 
 
 @dataclass
@@ -119,15 +124,12 @@ def loaded_model(checkpoint: str, sha256: str | None, config: str, device: str) 
     path = Path(checkpoint)
     if not path.is_file():
         raise ProbeError(f"The run's checkpoint {path} is not on this machine: copy it there to probe this run.")
-    model = ALBEF(ALBEFConfig.from_dict(json.loads(config))).eval()
     try:
-        found = load_checkpoint(model, path)
+        model, found = frozen_albef(ALBEFConfig.from_dict(json.loads(config)), path)
     except CheckpointError as e:
         raise ProbeError(str(e).splitlines()[0]) from None
     if sha256 and found != sha256:
         raise ProbeError(f"The checkpoint at {path} is not the run's (its sha256 differs): the maps would not compare.")
-    for p in model.parameters():
-        p.requires_grad_(False)
     log.info("probe model %s loaded on %s", path, device)
     return model.to(device)
 
@@ -135,6 +137,26 @@ def loaded_model(checkpoint: str, sha256: str | None, config: str, device: str) 
 @lru_cache(maxsize=4)
 def tokenizer(vocab: Path, max_tokens: int) -> Tokenizer:
     return Tokenizer(vocab, max_tokens)
+
+
+@lru_cache(maxsize=4)
+def vocab_sha256(vocab: Path, mtime_ns: int) -> str:
+    return file_sha256(vocab)
+
+
+def run_vocab(settings: ProbeSettings) -> Path:
+    """The run's vocab file, checked against the sha256 the run recorded.
+
+    Raises:
+        ProbeError: the file is not on this machine, or is not the one the run read.
+    """
+    vocab = settings.vocab
+    if not vocab.is_file():
+        raise ProbeError(f"The vocab {vocab} is not on this machine: put bert-base-uncased's vocab.txt there.")
+    if settings.vocab_sha256 and vocab_sha256(vocab, vocab.stat().st_mtime_ns) != settings.vocab_sha256:
+        raise ProbeError(f"The vocab at {vocab} is not the run's (its sha256 differs): words would not split as the "
+                         "run split them.")  # fmt: skip
+    return vocab
 
 
 @lru_cache(maxsize=2)
@@ -192,9 +214,7 @@ def probe_item(
     """
     cfg = settings.cfg
     dataset = dataset_of(settings)
-    if not settings.vocab.is_file():
-        raise ProbeError(f"The vocab {settings.vocab} is not on this machine: put bert-base-uncased's vocab.txt there.")
-    (tok,) = tokenizer(settings.vocab, cfg.bert.max_position_embeddings)([pre_caption(caption, cfg.max_words)])
+    (tok,) = tokenizer(run_vocab(settings), cfg.bert.max_position_embeddings)([pre_caption(caption, cfg.max_words)])
     if not tok.words:
         raise ProbeError("The caption is empty after ALBEF's cleaning: type some words.")
     record = dataset.images.get(image_id) if dataset is not None else None

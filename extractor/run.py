@@ -39,7 +39,7 @@ from db import parts as partsdir
 from db import writer
 from extractor import suspects
 from extractor.batch import ImageFiles, collate, worker_init
-from extractor.checkpoint import load_checkpoint
+from extractor.checkpoint import default_vocab, frozen_albef
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import cache_dir, fill_cache, grid_covers
@@ -47,7 +47,6 @@ from extractor.dataset import CocoDataset
 from extractor.digest import file_sha256
 from extractor.image import resized_pixels
 from extractor.maps import batch_maps
-from extractor.model import ALBEF
 from extractor.pairs import add_input_arguments, fill_sizes, image_source, input_files, read_inputs
 from extractor.pipeline import STAGES, ChunkWriter, Mapper, StageClock, batch_rows
 from extractor.standin import StandIn
@@ -55,7 +54,6 @@ from extractor.summarize import Slice, failure_tables, run_slices
 from extractor.text import Tokenizer
 
 log = logging.getLogger(__name__)
-DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bert-base-uncased" / "vocab.txt"
 METHODS = ("both", "gradcam", "attention")
 
 
@@ -118,17 +116,13 @@ def load_mapper(opts: Options, device: torch.device, layers: list[int], gradcam:
     cfg = resolve_config(opts)
     if opts.model == "null":
         return StandIn(cfg, layers, gradcam), file_sha256(opts.checkpoint)
-    model = ALBEF(cfg).eval()
-    checkpoint_sha = load_checkpoint(model, opts.checkpoint)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model, checkpoint_sha = frozen_albef(cfg, opts.checkpoint)
     return partial(batch_maps, model.to(device), layers=layers, gradcam=gradcam), checkpoint_sha
 
 
 def resolve_vocab(opts: Options) -> Path:
     """--vocab, else a vocab.txt beside the checkpoint (the demo's), else the shared bert-base-uncased one."""
-    beside = opts.checkpoint.with_name("vocab.txt")
-    return opts.vocab or (beside if beside.is_file() else DEFAULT_VOCAB)
+    return opts.vocab or default_vocab(opts.checkpoint)
 
 
 def parallelism(opts: Options, device: torch.device) -> tuple[int, int]:
@@ -157,6 +151,7 @@ class Setup:
     tokenizer: Tokenizer
     mapper: Mapper | None  # None where only the run's identity is needed (a Ray driver)
     checkpoint_sha: str
+    vocab: dict[str, str]  # {"path", "sha256"} of the vocab read, as the run records it
     run_id: str
     attention_layers: list[int]
     gradcam: bool
@@ -184,11 +179,12 @@ def setup(opts: Options, device: torch.device, with_model: bool = True, dataset:
         load_mapper(opts, device, attention_layers, gradcam) if with_model else (None, file_sha256(opts.checkpoint))
     )
     vocab = resolve_vocab(opts)
+    vocab_record = {"path": str(vocab.resolve()), "sha256": file_sha256(vocab)}
     tokenizer = Tokenizer(vocab, cfg.bert.max_position_embeddings)
-    run_id = run_identity(cfg, checkpoint_sha, file_sha256(vocab), opts.method, attention_layers)
+    run_id = run_identity(cfg, checkpoint_sha, vocab_record["sha256"], opts.method, attention_layers)
     scratch = partsdir.parts_dir(opts.db)
-    return Setup(opts, device, dataset, cfg, tokenizer, mapper, checkpoint_sha, run_id, attention_layers, gradcam,
-                 partsdir.open_store(opts.parts or scratch), scratch)  # fmt: skip
+    return Setup(opts, device, dataset, cfg, tokenizer, mapper, checkpoint_sha, vocab_record, run_id,
+                 attention_layers, gradcam, partsdir.open_store(opts.parts or scratch), scratch)  # fmt: skip
 
 
 def record_run(s: Setup) -> bool:
@@ -196,7 +192,7 @@ def record_run(s: Setup) -> bool:
     opts, cfg = s.opts, s.cfg
     resuming = partsdir.write_run(s.parts, {
         "run_id": s.run_id, "checkpoint_path": str(opts.checkpoint.resolve()), "checkpoint_sha256": s.checkpoint_sha,
-        "config": json.dumps(cfg.to_dict()), "method": opts.method, "layers": s.attention_layers,
+        "vocab": s.vocab, "config": json.dumps(cfg.to_dict()), "method": opts.method, "layers": s.attention_layers,
         "gradcam_layer": cfg.gradcam_block if s.gradcam else None, "image_res": cfg.image_res,
         "patch_size": cfg.patch_size, "grid_size": cfg.grid_size, "code_version": extractor.__version__,
         "images_dir": str(opts.images.resolve()),

@@ -4,7 +4,9 @@ Real extractions: the shared COCO subset with the fine-tuned fixture checkpoint 
 a small demo database made by `extractor.demo.prepare` with the committed demo model.
 """
 
+import hashlib
 import io
+import json
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from db import review
+from extractor import checkpoint
 from extractor import probe as live
 from extractor.coco import MAX_PIXELS
 from extractor.probe import MEAN, ProbeError, ProbeSettings
@@ -114,7 +117,7 @@ def test_each_head_on_request_averages_to_the_stored_mean(demo_db):
 
 def test_the_model_loads_once_per_process(demo_db, monkeypatch):
     loads = []
-    monkeypatch.setattr(live, "load_checkpoint", lambda model, path: loads.append(path) or live_load(model, path))
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda model, path: loads.append(path) or live_load(model, path))
     live.loaded_model.cache_clear()
     run = run_row(demo_db)
     settings = ProbeSettings.from_run(run)
@@ -125,10 +128,7 @@ def test_the_model_loads_once_per_process(demo_db, monkeypatch):
     assert first.words["word"].nunique() == 3 and second.words["word"].nunique() == 7
 
 
-def live_load(model, path):
-    from extractor.checkpoint import load_checkpoint
-
-    return load_checkpoint(model, path)
+live_load = checkpoint.load_checkpoint
 
 
 def huge_image() -> Image.Image:
@@ -175,13 +175,42 @@ def test_what_cannot_be_probed_is_said_in_one_sentence(demo_db, tmp_path, change
     assert "/tmp" not in text or image is None  # an upload is not named by its temporary file
 
 
-def test_a_missing_vocab_is_said_in_one_sentence(demo_db, tmp_path, monkeypatch):
+def test_the_probe_reads_the_vocab_the_run_recorded(demo_db, tmp_path):
+    """The run records its --vocab path and sha256; the probe reads that file even where another vocab.txt lies
+    beside the checkpoint, and says in one sentence when the file is gone or differs."""
     from dataclasses import replace
 
     run = run_row(demo_db)
+    recorded = json.loads(run["vocab"])
+    vocab = Path(recorded["path"])
+    assert vocab.is_file() and recorded["sha256"] == hashlib.sha256(vocab.read_bytes()).hexdigest()
+    settings = ProbeSettings.from_run(run)
+    assert (settings.vocab, settings.vocab_sha256) == (vocab, recorded["sha256"])
+    image = Path(run["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
+    moved = tmp_path / "vocab.txt"
+    moved.write_bytes(vocab.read_bytes())
+    assert live.probe(replace(settings, vocab_file=moved), image, "a red circle").words["word"].nunique() == 3
+    with pytest.raises(ProbeError, match=r"^The vocab .* is not on this machine: [^\n]*$"):
+        live.probe(replace(settings, vocab_file=tmp_path / "gone" / "vocab.txt"), image, "a red circle")
+    moved.write_text(vocab.read_text() + "extra\n")
+    with pytest.raises(ProbeError, match=r"^The vocab at .* is not the run's \(its sha256 differs\)[^\n]*$"):
+        live.probe(replace(settings, vocab_file=moved), image, "a red circle")
+
+
+def test_a_run_records_the_vocab_it_read(small_db, shared):
+    vocab = shared / "bert-base-uncased" / "vocab.txt"  # conftest's --vocab
+    want = {"path": str(vocab.resolve()), "sha256": hashlib.sha256(vocab.read_bytes()).hexdigest()}
+    assert json.loads(run_row(small_db)["vocab"]) == want
+
+
+def test_a_run_without_a_recorded_vocab_reads_the_checkpoints_default(demo_db, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    run = run_row(demo_db) | {"vocab": None}
     alone = tmp_path / "checkpoint.pth"  # the demo's checkpoint without its vocab.txt beside it
     alone.write_bytes(Path(run["checkpoint_path"]).read_bytes())
-    monkeypatch.setattr(live, "DEFAULT_VOCAB", tmp_path / "bert-base-uncased" / "vocab.txt")
+    assert ProbeSettings.from_run(run).vocab == Path(run["checkpoint_path"]).with_name("vocab.txt")
+    monkeypatch.setattr(checkpoint, "DEFAULT_VOCAB", tmp_path / "bert-base-uncased" / "vocab.txt")
     settings = replace(ProbeSettings.from_run(run), checkpoint=alone)
     image = Path(run["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
     with pytest.raises(ProbeError, match=r"^The vocab .* is not on this machine: [^\n]*$"):
