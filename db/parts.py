@@ -22,7 +22,7 @@ import json
 import os
 import posixpath
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,9 +246,18 @@ def _parquet_names(store: Store, run_id: str, table: str) -> list[str]:
 def done_files(parts: Where, run_id: str, table: str) -> list[str]:
     """The files of `table` that belong to done chunks, in name (first image id) order: paths on the store's
     filesystem (for a local folder, absolute paths)."""
+    return done_parts(parts, run_id, [table])[table]
+
+
+def done_parts(
+    parts: Where, run_id: str, tables: Sequence[str], done: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """done_files of each of `tables`, listing each folder once (a round trip on an object store); `done`: the
+    run's done_files of DONE_TABLE when the caller has them (then that folder is not listed again)."""
     store = open_store(parts)
-    done = set(_parquet_names(store, run_id, DONE_TABLE))
-    return [store.path("runs", run_id, table, n) for n in _parquet_names(store, run_id, table) if n in done]
+    chunks = _parquet_names(store, run_id, DONE_TABLE) if done is None else [p.rsplit("/", 1)[-1] for p in done]
+    names, kept = {t: chunks if t == DONE_TABLE else _parquet_names(store, run_id, t) for t in tables}, set(chunks)
+    return {t: [store.path("runs", run_id, t, n) for n in found if n in kept] for t, found in names.items()}
 
 
 def chunk_done(parts: Where, run_id: str, first_image: int) -> bool:

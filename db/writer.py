@@ -118,11 +118,13 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: partsdir.Store, run_id: st
     """Replace a run's rows by its parts unless they are unchanged since the last build; True when built."""
     sessions = partsdir.read_sessions(parts, run_id)
     complete = partsdir.run_complete(sessions)
-    signature = parts_signature(parts, run_id)
+    done = partsdir.done_files(parts, run_id, partsdir.DONE_TABLE)
+    signature = _signature(done, complete)
     key = f"parts:{run_id}"
     if con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall() == [(signature,)]:
         return False
     run = partsdir.read_run(parts, run_id)
+    tables = partsdir.done_parts(parts, run_id, (*RESULT_TABLES, "errors", partsdir.DONE_TABLE), done)
     finished = [s["finished_at"] for s in sessions if s.get("finished_at")]
     with _transaction(con):
         _run_script(con, UNFINALIZE_SQL, run_id)
@@ -140,9 +142,9 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: partsdir.Store, run_id: st
                 run_id,
             ],
         )
-        for table in (*RESULT_TABLES, "errors", "image_status"):
-            # Files are named by their first image: read in name order, rows stay in image order.
-            _insert_parts(con, parts, table, partsdir.done_files(parts, run_id, table))
+        # Files are named by their first image: read in name order, rows stay in image order.
+        for table, files in tables.items():
+            _insert_parts(con, parts, table, files)
         _refresh_counts(con, run_id)
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, signature])
     if complete:
@@ -154,7 +156,11 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: partsdir.Store, run_id: st
 def parts_signature(parts: partsdir.Where, run_id: str) -> str:
     """What a build of the run reads: its done chunks and whether it is complete (stored in `meta`)."""
     done = partsdir.done_files(parts, run_id, partsdir.DONE_TABLE)
-    complete = partsdir.run_complete(partsdir.read_sessions(parts, run_id))
+    return _signature(done, partsdir.run_complete(partsdir.read_sessions(parts, run_id)))
+
+
+def _signature(done: list[str], complete: bool) -> str:
+    """parts_signature of the run's done_files of image_status and whether it is complete."""
     return hashlib.sha256(json.dumps([[p.rsplit("/", 1)[-1] for p in done], complete]).encode()).hexdigest()
 
 
