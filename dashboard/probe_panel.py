@@ -19,7 +19,7 @@ import streamlit as st
 from PIL import Image
 
 from dashboard import components as ui
-from dashboard import data
+from dashboard import data, paths
 from dashboard.markup import literal, marked_caption
 from dashboard.overlay import OverlayStyle, attention_overlay, encode
 from dashboard.review import session as review_session
@@ -55,6 +55,18 @@ def overlay_jpeg(picture: bytes, blob: bytes, map_max: float, style: OverlayStyl
     """JPEG of a probed map over the image's bytes."""
     with Image.open(io.BytesIO(picture)) as image:
         return encode(attention_overlay(image.convert("RGB"), decode_map(blob, map_max), style), "JPEG")
+
+
+def image_bytes(image: str | bytes) -> bytes | None:
+    """An upload's bytes as given; an image file's, or a WebDataset shard member's (`paths.open_image_file`), as
+    read; None when it is not on this machine."""
+    if isinstance(image, bytes):
+        return image
+    try:
+        with paths.open_image_file(Path(image)) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def word_labels(words: pd.DataFrame) -> dict[int, str]:
@@ -157,9 +169,10 @@ def save_and_export(result: Any, run_id: str, image_id: int | None, key: str) ->
 def probe_panel(
     ctx: data.Context, image: str | bytes | None, style: OverlayStyle, image_id: int | None = None, key: str = "probe"
 ) -> None:
-    """Caption box, then the probe's maps and metrics for `image` (a path, or an upload's bytes; None: the
-    file is not on this machine)."""
-    if image is None:
+    """Caption box, then the probe's maps and metrics for `image` (a path, maybe of a WebDataset shard member, or
+    an upload's bytes; None: the file is not on this machine)."""
+    picture = None if image is None else image_bytes(image)
+    if picture is None:
         st.warning("The image file is not on this machine, so it cannot be probed.")
         return
     caption = st.text_input(
@@ -178,11 +191,11 @@ def probe_panel(
     try:
         with st.spinner("Probing (the first probe loads the model)…"):
             folder = str(ctx.images_dir) if ctx.images_dir else None
-            result = probed(dict(ctx.run), image, caption, heads, image_id, folder)
+            source = image if isinstance(image, bytes) or Path(image).is_file() else picture  # a shard member: bytes
+            result = probed(dict(ctx.run), source, caption, heads, image_id, folder)
     except ProbeError as exc:
         st.error(literal(str(exc)))
         return
-    picture = image if isinstance(image, bytes) else Path(image).read_bytes()
     st.markdown(f"**{marked_caption(result.caption, None)}** :small[ITM {result.itm_score:.2f} · "
                 f"{1e3 * result.seconds:.0f} ms]")  # fmt: skip
     labels = word_labels(result.words)

@@ -27,6 +27,7 @@ from extractor.probe import MEAN, ProbeError, ProbeSettings
 from tests.chromium import launch
 from tests.review_app import sign_in
 from tests.test_dashboard import run_row
+from tests.test_inputs import pairs_run, subset_pairs, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
@@ -260,6 +261,35 @@ def test_type_a_caption_see_its_maps_and_save_them_as_a_note(image_page, demo_db
         con.close()
     assert len(about.comments) == 1 and about.comments[0].author == "alice"
     assert "circle" in about.comments[0].body and "ITM" in about.comments[0].body
+
+
+@pytest.fixture(scope="module")
+def shards_db(shared, tmp_path_factory) -> Path:
+    """A run over one WebDataset shard of two subset images, each with its first caption."""
+    folder = tmp_path_factory.mktemp("probe_wds")
+    images = shared / "coco" / "val2017-subset" / "val2017"
+    firsts = list({f: c for f, c in reversed(subset_pairs(shared))}.items())[:2]
+    write_shards(folder / "shards", [(f"{i:09d}", (images / f).read_bytes(), c) for i, (f, c) in enumerate(firsts)],
+                 per_shard=2)  # fmt: skip
+    db = folder / "wds.duckdb"
+    pairs_run(shared, db, "--webdataset", str(folder / "shards" / "00000.tar"))
+    return db
+
+
+def test_an_image_inside_a_webdataset_shard_is_probed_on_its_page(shards_db, monkeypatch, tmp_path):
+    cap = stored_captions(shards_db, 1).iloc[0]
+    assert ".tar/" in cap.file_name  # the image is a shard member, not a file
+    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(shards_db), "--review-db", str(tmp_path / "r.sqlite")])
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.query_params.update({"image": str(int(cap.image_id))})
+    at = at.switch_page("views/image.py").run()
+    at.text_input(key="probe_caption").input(cap.raw).run()
+    assert not at.exception and not at.error and not probe_box(at).warning
+    table = probe_box(at).dataframe[0].value.sort_values(["method", "layer"], kind="stable")
+    stored = stored_words(shards_db, int(cap.caption_id))
+    assert table["word"].tolist() == stored["word"].tolist() and len(table) > 0
+    for column in ("entropy", "peak_value", "specificity_row"):  # the stored caption's own metrics, probed again
+        np.testing.assert_allclose(table[column].astype(float), stored[column].astype(float), atol=1e-4)
 
 
 # The demo scene shows a yellow diamond, a red triangle, a pink star and a purple hexagon; "a" comes twice.
