@@ -1,32 +1,42 @@
-"""Statistics view "grounding heads": which head of which fusion layer attends to the named object.
+"""Grounding heads: which head of which fusion layer attends to the named object.
 
-A layer x head heatmap of the mean mask mass over the run (of one category on request); clicking a cell
-lists the word occurrences that head grounds best (db.heads). Ranking the Search by one head's map needs
-the per-head maps, which are not stored.
+The Statistics view draws a layer x head heatmap of the mean of a per-head metric (db.heads.HEAD_METRICS)
+over the run, of one category on request; clicking a cell opens the Search ranked by that head
+(``head=LAYER.HEAD`` and ``head_metric`` in the URL). Per-head maps are not stored: a Search card shows the
+layer's map with the head's value beside the layer's, and computes the head's own map with the live probe
+on request.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import questions, state
-from dashboard.data import Context
+from dashboard import components as ui
+from dashboard import data, paths, probe_panel, questions, state
+from dashboard.markup import literal
+from dashboard.overlay import OverlayStyle
+from db.heads import ATTENTION, HEAD_METRICS, Head
 
 ALL = "all categories"
-TOP_WORDS = 20
+HEAD_PARAMS = ("head", "head_metric")
+COMPUTED = "head_maps_computed"  # session: the cards whose head map was asked for
 
 
-def heatmap(grid: pd.DataFrame, title: str) -> go.Figure:
-    """Layers as rows, heads as columns, the mean mask mass as colour; hover names the word count."""
-    mean = grid.pivot(index="layer", columns="head", values="mean_mask_mass")
+def heatmap(grid: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """Layers as rows, heads as columns, the metric's mean as colour; hover names the word count."""
+    label = f"mean {ui.metric_label(metric)}"
+    mean = grid.pivot(index="layer", columns="head", values="mean")
     n = grid.pivot(index="layer", columns="head", values="n").reindex_like(mean)
     fig = go.Figure(go.Heatmap(
         z=mean.to_numpy().tolist(), x=mean.columns.tolist(), y=mean.index.tolist(),
-        customdata=n.to_numpy().tolist(), colorscale="Viridis",
-        colorbar={"title": "mean mask mass"},
-        hovertemplate="layer %{y} · head %{x}<br>mean mask mass %{z:.3f}<br>%{customdata} words<extra></extra>",
+        customdata=n.to_numpy().tolist(), colorscale="Viridis", colorbar={"title": label},
+        hovertemplate=f"layer %{{y}} · head %{{x}}<br>{label} %{{z:.3f}}<br>%{{customdata}} words<extra></extra>",
     ))  # fmt: skip
     fig.update_layout(title=title, clickmode="event+select", margin={"t": 40}, height=120 + 40 * len(mean))
     fig.update_xaxes(title="head", dtick=1)
@@ -40,20 +50,103 @@ def clicked_cell(event: dict | None) -> tuple[int, int] | None:
     return (int(points[0]["y"]), int(points[0]["x"])) if points else None
 
 
-def render(ctx: Context) -> None:
+def head_param(head: Head) -> dict[str, str]:
+    """The query parameters naming a head ranking: ``head=LAYER.HEAD`` and its metric."""
+    return {"head": f"{head.layer}.{head.head}", "head_metric": head.metric}
+
+
+def url_head() -> Head | None:
+    """The head the URL ranks by (``head=3.7``: layer 3, head 7), None when absent; a malformed one is said."""
+    raw, metric = st.query_params.get("head"), st.query_params.get("head_metric", HEAD_METRICS[0])
+    if raw is None:
+        return None
+    try:
+        layer, head = (int(part) for part in raw.split("."))
+        return Head(layer, head, metric)
+    except ValueError:
+        st.warning(f"Head “{literal(raw)}” ({literal(metric)}) from the link is not one: expected LAYER.HEAD.")
+        return None
+
+
+def clear_head() -> None:
+    """Drop the head ranking (a callback)."""
+    state.forget(*HEAD_PARAMS)
+    state.first_page("p")
+
+
+def head_header(head: Head, total: int, order: str) -> None:
+    """What the Search ranks by, with the way back to ranking by the layer's metrics."""
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    left.markdown(
+        f"**{total:,}** occurrences · Ranked by head {head.head} of layer {head.layer} "
+        f"(its {ui.metric_label(head.metric)}) · {order}"
+    )
+    right.button("Clear head ranking", key="clear_head", icon=":material/close:", on_click=clear_head)
+    st.caption(
+        f"The cards show layer {head.layer}'s map (the mean over its heads), as stored; "
+        "“Compute this head's map” draws the head's own with the live probe."
+    )
+
+
+def value_badges(row: Mapping[str, Any], head: Head) -> str:
+    """The head's value beside the layer mean map's, as badges."""
+    label = ui.metric_label(head.metric)
+    mean = row[head.metric]
+    return f":primary-badge[head {head.head} {label} {row['head_value']:.2f}] :gray-badge[layer mean {mean:.2f}]"
+
+
+def head_card(ctx: data.Context, row: Mapping[str, Any], head: Head, style: OverlayStyle) -> None:
+    """Below a Search card: the head's value badges, and its own map computed by the live probe on request."""
+    st.markdown(value_badges(row, head))
+    key = (row["caption_id"], row["word_index"], head)
+    computed = st.session_state.setdefault(COMPUTED, set())
+    if key not in computed and not st.button("Compute this head's map", key=f"head_map_{key[0]}_{key[1]}"):
+        return
+    computed.add(key)
+    from extractor.probe import ProbeError  # torch: only once someone probes
+
+    path = paths.image_path(ctx.images_dir, row["file_name"])
+    if path is None or not Path(path).is_file():
+        st.warning("The image file is not on this machine, so the head's map cannot be computed.")
+        return
+    try:
+        with st.spinner("Computing the head's map (the first probe loads the model)…"):
+            folder = str(ctx.images_dir) if ctx.images_dir else None
+            result = probe_panel.probed(
+                dict(ctx.run), str(path), row["caption_raw"], True, int(row["image_id"]), folder
+            )
+    except ProbeError as exc:
+        st.error(literal(str(exc)))
+        return
+    words = result.words
+    mine = words[(words["method"] == ATTENTION) & (words["layer"] == head.layer) & (words["head"] == head.head)]
+    mine = mine[mine["word_index"] == row["word_index"]].to_dict("records")
+    if not mine:
+        st.warning(f"The probe has no map of head {head.head} of layer {head.layer} for this word.")
+        return
+    picture = Path(path).read_bytes()
+    st.image(probe_panel.overlay_jpeg(picture, mine[0]["map"], float(mine[0]["map_max"]), style), width="stretch")
+    st.caption(f"Head {head.head} of layer {head.layer}, computed now: {ui.badges(mine[0], head.metric)}")
+
+
+def render(ctx: data.Context) -> None:
     run_id = ctx.run["run_id"]
     categories = questions.list_categories(ctx.db, run_id)
     named = categories[categories["n_words"] > 0]
-    choice = st.selectbox("Category", [ALL, *named["name"]], key="heads_category", bind=state.BIND)
+    left, right = st.columns(2)
+    choice = left.selectbox("Category", [ALL, *named["name"]], key="heads_category", bind=state.BIND)
+    metric = state.url_choice(
+        "Per-head metric", HEAD_METRICS, param="head_metric", widget=right.selectbox, format_func=ui.metric_label
+    )
     category = None if choice == ALL else int(named.loc[named["name"] == choice, "category_id"].iloc[0])
-    grid = questions.head_mask_mass(ctx.db, run_id, category)
+    grid = questions.head_means(ctx.db, run_id, metric, category)
     if grid.empty:
-        st.info("This run has no per-head mask masses (extracted before they were stored, or without object labels).")
+        st.info("This run has no per-head values (extracted before they were stored, or without object labels).")
         return
-    title = f"Mean mask mass of each head's word map ({choice}); click a head for the words it grounds best"
-    event = st.plotly_chart(heatmap(grid, title), key="heads", on_select="rerun", selection_mode="points")
+    title = f"Mean {ui.metric_label(metric)} of each head's word map ({choice}); click a head to rank the Search by it"
+    event = st.plotly_chart(heatmap(grid, metric, title), key="heads", on_select="rerun", selection_mode="points")
     cell = clicked_cell(event)
     if cell:
-        layer, head = cell
-        st.subheader(f"Layer {layer}, head {head}: the words it grounds best")
-        st.dataframe(questions.head_top_words(ctx.db, run_id, layer, head, TOP_WORDS), hide_index=True)
+        target = {} if category is None else {"by": "category", "category": choice}
+        params = state.link_params(method=ATTENTION, layer=cell[0], **target, **head_param(Head(*cell, metric)))
+        st.switch_page("views/search.py", query_params=params)

@@ -15,6 +15,7 @@ import streamlit as st
 from dashboard.data import Database
 from db import compare, heads, queries, rankings
 from db.compare import Slice
+from db.heads import Head
 from db.queries import WordFilter
 
 _cached = st.cache_data(show_spinner=False, max_entries=1024)
@@ -123,15 +124,23 @@ def metric_values(
 
 
 @_cached
-def head_mask_mass(db: Database, run_id: str, category_id: int | None) -> pd.DataFrame:
-    """Per fusion layer and head of a run: n words with an object and their mean mask mass (db.heads)."""
-    return heads.head_mask_mass(db.connection(), run_id, category_id)
+def head_means(db: Database, run_id: str, metric: str, category_id: int | None) -> pd.DataFrame:
+    """Per fusion layer and head of a run: n words and the mean of a per-head metric (db.heads.head_means)."""
+    return heads.head_means(db.connection(), run_id, metric, category_id)
 
 
 @_cached
-def head_top_words(db: Database, run_id: str, layer: int, head: int, limit: int) -> pd.DataFrame:
-    """The word occurrences one head grounds best (db.heads.head_top_words)."""
-    return heads.head_top_words(db.connection(), run_id, layer, head, limit)
+def count_by_head(db: Database, where: WordFilter, head: Head) -> int:
+    """How many word rows a search ranked by one head matches."""
+    return heads.count_by_head(db.connection(), where, head)
+
+
+@_cached
+def search_by_head(
+    db: Database, where: WordFilter, head: Head, descending: bool, limit: int, offset: int
+) -> pd.DataFrame:
+    """One page of a search ranked by one head's own metric, with the layer's maps (db.heads.search_by_head)."""
+    return heads.search_by_head(db.connection(), where, head, descending, limit, offset)
 
 
 @_cached

@@ -191,6 +191,12 @@ def search_words(
         ORDER BY {order}""",
         params | {"limit": limit, "offset": offset},
     ).astype({"category": "str"})  # also when a page has no category at all (DuckDB gives object then)
+    return page_details(con, hits, with_maps)
+
+
+def page_details(con: duckdb.DuckDBPyConnection, hits: pd.DataFrame, with_maps: bool = True) -> pd.DataFrame:
+    """A page of word rows with their caption, image and (`with_maps`) map columns added, as search_words
+    returns them."""
     # Captions, images and maps are looked up by the page's ids, in separate queries: joined to the page,
     # DuckDB would scan the whole captions and words tables for a couple dozen rows.
     context = frame(con, _CONTEXT_SQL, {"ids": hits["caption_id"].unique().tolist()})

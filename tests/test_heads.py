@@ -101,16 +101,21 @@ def test_the_mean_maps_mass_is_the_heads_masses_weighted_by_their_patch_share(st
 def test_layer_by_head_means_are_the_stored_masses_means(small_db, stored_and_direct):
     with duckdb.connect(str(small_db), read_only=True) as con:
         run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
-        grid = heads.head_mask_mass(con, run_id)
+        grid = heads.head_means(con, run_id)
         expected = stored_and_direct.groupby(["layer", "head"])["mask_mass"].agg(["size", "mean"]).reset_index()
-        np.testing.assert_allclose(grid["mean_mask_mass"], expected["mean"], rtol=1e-6)
+        np.testing.assert_allclose(grid["mean"], expected["mean"], rtol=1e-6)
         assert grid["n"].tolist() == expected["size"].tolist()
-        category = con.execute("SELECT coalesce(bound_category_id, category_id) FROM words WHERE mask_mass IS NOT NULL "
+        category = con.execute("SELECT category_id FROM words WHERE mask_mass IS NOT NULL AND category_id IS NOT NULL "
                                "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0]  # fmt: skip
-        one = heads.head_mask_mass(con, run_id, category)
-        assert 0 < one["n"].sum() < grid["n"].sum()
-        top = heads.head_top_words(con, run_id, int(grid["layer"][0]), 0, limit=5)
-    assert len(top) == 5 and top["mask_mass"].is_monotonic_decreasing
+        one = heads.head_means(con, run_id, category_id=category)
+        naming = stored_and_direct.merge(
+            con.execute(
+                "SELECT DISTINCT caption_id, word_index FROM words WHERE category_id = $c", {"c": category}
+            ).df()
+        )
+    expected = naming.groupby(["layer", "head"])["mask_mass"].agg(["size", "mean"]).reset_index()
+    np.testing.assert_allclose(one["mean"], expected["mean"], rtol=1e-6)
+    assert one["n"].tolist() == expected["size"].tolist() and 0 < one["n"].sum() < grid["n"].sum()
 
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -138,14 +143,14 @@ def test_statistics_draws_the_layer_by_head_heatmap(monkeypatch, tmp_path, small
         assert not at.exception, [e.value for e in at.exception]
         with duckdb.connect(str(small_db), read_only=True) as con:
             run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
-            grid = heads.head_mask_mass(con, run_id)
-            person = heads.head_mask_mass(con, run_id, 1)  # COCO's person, the subset's most named category
+            grid = heads.head_means(con, run_id)
+            person = heads.head_means(con, run_id, category_id=1)  # COCO's person, the subset's most named category
         shown = heatmap_of(at)
-        expected = grid.pivot(index="layer", columns="head", values="mean_mask_mass")
+        expected = grid.pivot(index="layer", columns="head", values="mean")
         np.testing.assert_allclose(np.array(shown["z"], dtype=float), expected.to_numpy(), rtol=1e-6)
         assert list(shown["y"]) == expected.index.tolist()
         at = statistics_heads(monkeypatch, tmp_path, small_db, "person")
-        one = person.pivot(index="layer", columns="head", values="mean_mask_mass")
+        one = person.pivot(index="layer", columns="head", values="mean")
         np.testing.assert_allclose(np.array(heatmap_of(at)["z"], dtype=float), one.to_numpy(), rtol=1e-6)
     finally:
         st.cache_resource.clear()  # the dashboard's cached DuckDB connections

@@ -9,11 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import components as ui
-from dashboard import data, overview, questions, state
+from dashboard import data, heads_view, overview, questions, state
 from dashboard.markup import literal
 from dashboard.review import controls as review_controls
 from dashboard.review import exports as review_exports
 from dashboard.review import session as review_session
+from db.heads import ATTENTION
 from db.queries import WordFilter
 from db.review import joined
 
@@ -63,6 +64,7 @@ def best_view_note(best: data.BestView, method: str, layer: int) -> str | None:
 ctx = data.context()
 run_id = ctx.run["run_id"]
 st.title("Search")
+head = heads_view.url_head()  # ranked by one head's own metric (from the Statistics heads view)
 
 by = st.radio(
     "Search by",
@@ -103,7 +105,7 @@ else:
     ids = dict(zip(categories["name"], categories["category_id"], strict=True))
     chosen, target = category, {"category_id": int(ids[category])} if category else None
 
-if target is None:
+if target is None and head is None:
     overview.show(ctx)
     st.stop()
 
@@ -119,6 +121,7 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
         widget=left.selectbox,
         on_change=first_page,
         format_func=ui.metric_label,
+        disabled=head is not None,  # the head's own metric ranks
         help=ui.metrics_help(metrics),
     )
     order = right.radio(
@@ -182,61 +185,70 @@ where = WordFilter(
     layer=ctx.layer,
     ranges=ranges or None,
     has_object=OBJECT_FILTER[has_object],
-    **target,
+    **(target or {}),
 )
 descending = order == "descending"
 # Verdict, tag and review-status filters and review sort keys join the whole result with the reviews.
 reviewed = (
     joined.reviewed_search(ctx.db.connection(), review_session.connection(), where, sort, descending, review_filter)
-    if review_filter.active
+    if review_filter.active and head is None
     else None
 )
-total = questions.count_words(ctx.db, where) if reviewed is None else len(reviewed)
+if head is not None:
+    total = questions.count_by_head(ctx.db, where, head)
+else:
+    total = questions.count_words(ctx.db, where) if reviewed is None else len(reviewed)
 if total == 0:
-    if by == "word" and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
+    if by == "word" and chosen and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
         st.warning(f"“{literal(chosen)}” does not occur in the captions of this run. Pick a word from the list.")
     else:
         st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
     st.stop()
 
 # One card per image: a page of images ranked by their best occurrence (not with review filters).
-grouped = by_image and reviewed is None
+grouped = by_image and reviewed is None and head is None
 # The first page's query (cached) also counts the images, so page 1 asks once.
 first = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, 0) if grouped else None
 n_images = int(first["n_images"].iloc[0]) if grouped and not first.empty else 0
 n_pages = math.ceil((n_images if grouped else total) / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
-header.markdown(
-    f"**{total:,}** occurrences"
-    + (f" in **{n_images:,}** images" if grouped else "")
-    + f" · {ctx.method} layer {ctx.layer} · ranked by **{ui.metric_label(sort)}** ({order})"
-)
-note = None if ctx.best is None or ctx.best.name is None else best_view_note(ctx.best, ctx.method, ctx.layer)
+if head is not None:
+    with header:
+        heads_view.head_header(head, total, order)
+    ctx = replace(ctx, method=ATTENTION, layer=head.layer)  # the cards' maps and links: the head's layer
+else:
+    header.markdown(
+        f"**{total:,}** occurrences"
+        + (f" in **{n_images:,}** images" if grouped else "")
+        + f" · {ctx.method} layer {ctx.layer} · ranked by **{ui.metric_label(sort)}** ({order})"
+    )
+note = None if ctx.best is None or ctx.best.name is None or head else best_view_note(ctx.best, ctx.method, ctx.layer)
 if note:
     st.caption(note)
 ui.colour_key(style)
 ui.badge_legend(metrics)
-stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
-csv_col, parquet_col = downloads.columns(2)
-csv_col.download_button(
-    "CSV",
-    lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
-    f"{stem}.csv",
-    "text/csv",
-    icon=":material/download:",
-    on_click="ignore",
-    width="stretch",
-    help="Every matching row with its metrics (no maps).",
-)
-parquet_col.download_button(
-    "Parquet",
-    lambda: review_exports.search_export(ctx.db, "parquet", where, sort, descending, reviewed),
-    f"{stem}.parquet",
-    "application/vnd.apache.parquet",
-    icon=":material/download:",
-    on_click="ignore",
-    width="stretch",
-)
+if head is None:  # exports are of the metric ranking
+    stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
+    csv_col, parquet_col = downloads.columns(2)
+    csv_col.download_button(
+        "CSV",
+        lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
+        f"{stem}.csv",
+        "text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+        width="stretch",
+        help="Every matching row with its metrics (no maps).",
+    )
+    parquet_col.download_button(
+        "Parquet",
+        lambda: review_exports.search_export(ctx.db, "parquet", where, sort, descending, reviewed),
+        f"{stem}.parquet",
+        "application/vnd.apache.parquet",
+        icon=":material/download:",
+        on_click="ignore",
+        width="stretch",
+    )
 
 page = state.url_page(n_pages, "p") if n_pages > 1 else 1
 offset = (page - 1) * ui.PAGE_SIZE
@@ -246,6 +258,8 @@ if grouped:
     hits = questions.search_words(ctx.db, replace(where, image_ids=image_ids), sort, descending, None, 0)
     # search_words' order puts each image's best occurrence first.
     rows = hits.drop_duplicates("image_id").set_index("image_id").loc[list(image_ids)].reset_index()
+elif head is not None:
+    rows = questions.search_by_head(ctx.db, where, head, descending, ui.PAGE_SIZE, offset)
 elif reviewed is None:
     rows = questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
 else:
@@ -260,7 +274,9 @@ for start in range(0, len(rows), ui.GRID_COLUMNS):
             (instances["image_id"] == row["image_id"]) & (instances["category_id"] == row["category_id"])
         ]
         with column.container(border=True):
-            missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort)
+            missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort if head is None else None)
+            if head is not None:
+                heads_view.head_card(ctx, row, head, style)
             if grouped:
                 ui.more_matches(hits[hits["image_id"] == row["image_id"]].iloc[1:], sort)
 if missing:
