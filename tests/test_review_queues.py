@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import data
+from dashboard import data, questions
 from dashboard.review import exports
 from db import review
 from db.review import Actor, Item
@@ -82,7 +82,7 @@ def judge(at: AppTest, verdict: str) -> AppTest:
     return judge_button(at, verdict).click().run()
 
 
-def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, dog_words, store):
+def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, dog_words, store, monkeypatch):
     admin = signed_in(make_app, "carol")
     assert not create_queue(admin, "dogs", 4, ["alice", "bob"]).error
     keys = [Item.from_row(r).key for r in dog_words.head(4).to_dict("records")]
@@ -114,7 +114,9 @@ def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, d
     for verdict in ("noisy", "aligned", "aligned", "other"):
         judge(bob, verdict)
 
+    monkeypatch.setattr(questions, "image_detail", no_image_detail)  # the disagreements table: one query
     admin.switch_page("review/views/admin.py").run()
+    assert not admin.exception
     progress = frame_with(admin, "reviewed")  # the chosen queue, per reviewer
     assert progress[["reviewer", "reviewed", "total"]].values.tolist() == [["alice", 4, 4], ["bob", 4, 4]]
     metrics = {m.label: m.value for m in admin.metric}
@@ -127,6 +129,13 @@ def test_reviewers_work_through_a_queue_and_the_admin_sees_agreement(make_app, d
     split = frame_with(admin, "open")
     assert split[["alice", "bob"]].values.tolist() == [["noisy", "aligned"]]
     assert split["open"].iloc[0].startswith("reviews?") and keys[1].replace(":", "%3A") in split["open"].iloc[0]
+    second = dog_words.iloc[1]
+    assert split["item"].tolist() == [f"“{second['word']}” in “{second['caption']}” · image {second['image_id']} · "
+                                      f"gradcam layer {second['layer']}"]  # fmt: skip
+
+
+def no_image_detail(*args):
+    raise AssertionError("image_detail called: a query per row")
 
 
 def test_queue_page_for_a_reviewer_without_queues(make_app):

@@ -56,13 +56,20 @@ def describe(item: Item, db: data.Database) -> str:
     """A one-line name of an item, e.g. '“dog” in “a dog on a sofa” · image 139 · gradcam layer 8'
     (plain text: for a table cell, or Markdown after markup.literal)."""
     if item.kind == "image":
-        return f"image {item.image_id} · run {item.run_id}"
+        return item_name(item, None)
     captions = questions.image_detail(db, item.image_id, item.run_id)["captions"]
     text = captions.loc[captions["caption_id"] == item.caption_id, "text"]
-    words = text.iloc[0].split(" ") if len(text) else []
+    return item_name(item, text.iloc[0] if len(text) else None)
+
+
+def item_name(item: Item, caption: str | None) -> str:
+    """`describe`'s name of an item whose caption text is known (None: the database lacks it)."""
+    if item.kind == "image":
+        return f"image {item.image_id} · run {item.run_id}"
+    words = caption.split(" ") if caption is not None else []
     word = words[item.word_index] if item.word_index < len(words) else f"word {item.word_index}"
-    caption = f"“{text.iloc[0]}”" if len(text) else f"caption {item.caption_id}"
-    return f"“{word}” in {caption} · image {item.image_id} · {item.method} layer {item.layer}"
+    quoted = f"“{caption}”" if caption is not None else f"caption {item.caption_id}"
+    return f"“{word}” in {quoted} · image {item.image_id} · {item.method} layer {item.layer}"
 
 
 # ---------------------------------------------------------------------------------------------- the item

@@ -54,6 +54,10 @@ FROM {_REVIEWS_VIEW} AS r LEFT JOIN (
     WHERE image_id IN (SELECT image_id FROM {_REVIEWS_VIEW})) AS w ON {_KEY_MATCH}
 WHERE {_REVIEW_WHERE}
 ORDER BY {{review_order}}r.position"""
+# The caption of each word item (review rows `r`: item_key, image_id, caption_id), null when the database lacks it.
+_ITEM_CAPTIONS = f"""
+SELECT r.item_key, c.text AS caption
+FROM {_REVIEWS_VIEW} AS r LEFT JOIN captions AS c ON c.image_id = r.image_id AND c.caption_id = r.caption_id"""
 _KEYS_VIEW = "review_item_keys"
 _WORD_COLUMNS = ", ".join(f"w.{c}" for c in LOOKUP_NAMES)  # a search row's columns (db.queries.search_words)
 _ITEM_WORDS = f"""
@@ -94,6 +98,15 @@ def item_words(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, *, with_maps
     with con.cursor() as cur:
         cur.register(_KEYS_VIEW, keys)
         return cur.execute(_ITEM_WORDS.format(maps=", w.map, w.map_max" if with_maps else "")).df()
+
+
+def item_captions(con: duckdb.DuckDBPyConnection, items: pd.DataFrame) -> dict[str, str | None]:
+    """The caption text of each word item in `items` (item_key, image_id, caption_id), by item key, in one query;
+    None for a caption the database lacks."""
+    words = items.loc[items["caption_id"].notna(), ["item_key", "image_id", "caption_id"]].drop_duplicates()
+    found = _query(con, words.astype({"image_id": "int64", "caption_id": "int64"}), _ITEM_CAPTIONS, {})
+    pairs = zip(found["item_key"], found["caption"], strict=True)
+    return {key: text if isinstance(text, str) else None for key, text in pairs}
 
 
 def join_metrics(metrics: pd.DataFrame, reviews: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from dashboard.review import controls, exports, panel, session
 from db import review
 from db.metrics import METRICS
 from db.queries import WordFilter
-from db.review import Item
+from db.review import Item, joined
 
 VOCABULARY_SIZE = 5000
 FULL_RANGE = (0.0, 1.0)
@@ -194,7 +194,8 @@ def agreement(queues: pd.DataFrame) -> None:
         return
     wide = split.pivot(index="item_key", columns="reviewer", values="verdict").reset_index()
     wide.insert(0, "open", wide["item_key"].map(item_link))
-    wide.insert(1, "item", wide["item_key"].map(lambda k: panel.describe(Item.from_key(k), ctx.db)))
+    captions = joined.item_captions(ctx.db.connection(), split)
+    wide.insert(1, "item", wide["item_key"].map(lambda k: panel.item_name(Item.from_key(k), captions.get(k))))
     st.dataframe(
         wide.drop(columns="item_key"),
         hide_index=True,
