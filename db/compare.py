@@ -25,14 +25,11 @@ import pandas as pd
 from db.bootstrap import ratio_ci
 from db.filters import check_metric, range_expr
 from db.queries import frame
+from db.schema import key_image_select, key_select
 
 BY = ("word", "category")
 ORDERS = ("size", "rise", "fall")
-# Narrow slice A to some words, or to the words naming some categories ($keys: their names).
-_KEY_FILTERS = {
-    "word": "word IN (SELECT unnest($keys::VARCHAR[]))",
-    "category": "category_id IN (SELECT category_id FROM categories WHERE name IN (SELECT unnest($keys::VARCHAR[])))",
-}
+_ONLY_KEYS = "key IN (SELECT unnest($keys::VARCHAR[]))"
 
 
 @dataclass(frozen=True)
@@ -72,80 +69,39 @@ def _named(s: Slice) -> dict:
     return {"run": s.run_id, "method": s.method, "layer": s.layer}
 
 
-def _params(a: Slice, b: Slice, keys: Sequence[str] | None) -> dict:
+def _params(a: Slice, b: Slice, by: str, keys: Sequence[str] | None = None) -> dict:
+    if by not in BY:
+        raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
     params = {f"{k}_{name}": v for name, s in (("a", a), ("b", b)) for k, v in _named(s).items()}
-    return params | ({} if keys is None else {"keys": list(keys)})
+    return params | {"by": by} | ({} if keys is None else {"keys": list(keys)})
 
 
-def _slice_where(name: str, only: str) -> str:
-    return f"run_id = $run_{name} AND method = $method_{name} AND layer = $layer_{name} AND {only}"
+def _slice_where(name: str) -> str:
+    return f"run_id = $run_{name} AND method = $method_{name} AND layer = $layer_{name}"
 
 
-def _image_sums(name: str, finalized: bool, metric: str, by: str, only: str) -> str:
-    """SQL of one slice's (key, image_id, n, total): per word or category name and image, the occurrences with
-    the metric and its sum; from word_image_summary when the run is finalized, else from its word rows."""
-    where = _slice_where(name, only)
-    if finalized:
-        m = check_metric(metric)
-        rows = f"SELECT word, category_id, image_id, n_{m} AS n, sum_{m} AS total FROM word_image_summary "
-        rows += f"WHERE {where} AND n_{m} > 0"
-    else:
-        value = range_expr(metric)
-        rows = (
-            f"SELECT word, category_id, image_id, count({value}) AS n, sum({value}) AS total FROM word_search "
-            f"WHERE {where} AND {value} IS NOT NULL GROUP BY word, category_id, image_id"
-        )
-    key, join = ("s.word", "") if by == "word" else ("c.name", "JOIN categories AS c USING (category_id)")
-    return (
-        f"SELECT {key} AS key, s.image_id, sum(s.n)::BIGINT AS n, sum(s.total) AS total "
-        f"FROM ({rows}) AS s {join} GROUP BY ALL"
-    )
+def _key_images(name: str, finalized: bool, only: str = "TRUE") -> str:
+    """SQL of one slice's key_image_summary rows of the key kind $by: from the table once the run is finalized,
+    else aggregated from its word rows."""
+    where = _slice_where(name)
+    rows = "key_image_summary" if finalized else f"({key_image_select('word_search', where)})"
+    return f"SELECT * FROM {rows} WHERE {where} AND key_kind = $by AND {only}"
 
 
-def _pairs(
-    con: duckdb.DuckDBPyConnection,
-    a: Slice,
-    b: Slice,
-    metric: str,
-    by: str,
-    keys: Sequence[str] | None,
-    finalized: set[str] | None,
-) -> tuple[str, dict]:
-    """SQL of the (key, image) pairs both slices have the metric for (of `keys` only, if given): key, image_id,
-    n (the occurrences that pair up: the smaller count), mean_a and mean_b (the key's means in that image),
-    and its parameters. `finalized`: finalized_runs of a and b, looked up here when None."""
-    if by not in BY:
-        raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
-    done = finalized_runs(con, a.run_id, b.run_id) if finalized is None else finalized
-    only = "TRUE" if keys is None else _KEY_FILTERS[by]
-    side_a, side_b = (_image_sums(name, s.run_id in done, metric, by, only) for name, s in (("a", a), ("b", b)))
-    sql = f"""
-        SELECT key, image_id, least(a.n, b.n) AS n, a.total / a.n AS mean_a, b.total / b.n AS mean_b
-        FROM ({side_a}) AS a JOIN ({side_b}) AS b USING (key, image_id)"""
-    return sql, _params(a, b, keys)
+def _keys(name: str, finalized: bool) -> str:
+    """SQL of one slice's key_summary rows of the key kind $by (from its key_image_summary rows if not finalized)."""
+    rows = "key_summary" if finalized else f"({key_select(_key_images(name, False))})"
+    return f"SELECT * FROM {rows} WHERE {_slice_where(name)} AND key_kind = $by"
 
 
-def _matched(
-    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str, keys: Sequence[str]
-) -> tuple[str, dict]:
-    """SQL of the caption words of `keys` in both slices, matched by (image_id, caption_id, word_index), with
-    the metric in both (value_a, value_b), and its parameters."""
-    if by not in BY:
-        raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
-    value = range_expr(metric)
-    done = finalized_runs(con, a.run_id, b.run_id)
-
-    def side(name: str, s: Slice) -> str:
-        rows = "word_lookup" if s.run_id in done else "word_search"
-        return (
-            f"SELECT image_id, caption_id, word_index, word, category_id, {value} AS value FROM {rows} "
-            f"WHERE {_slice_where(name, _KEY_FILTERS[by])} AND {value} IS NOT NULL"
-        )
-
-    sql = f"""
-        SELECT a.image_id, a.caption_id, a.word_index, a.word, a.category_id, a.value AS value_a, b.value AS value_b
-        FROM ({side("a", a)}) AS a JOIN ({side("b", b)}) AS b USING (image_id, caption_id, word_index)"""
-    return sql, _params(a, b, keys)
+def _pairs(metric: str, done: set[str], a: Slice, b: Slice, only: str) -> str:
+    """SQL of the (key, image) pairs both slices have the metric for: key, image_id, n (the occurrences that pair
+    up: the smaller count), mean_a and mean_b (the key's means in that image)."""
+    m = check_metric(metric)
+    side_a, side_b = (_key_images(name, s.run_id in done, only) for name, s in (("a", a), ("b", b)))
+    return f"""
+        SELECT key, image_id, least(a.n_{m}, b.n_{m}) AS n, a.sum_{m} / a.n_{m} AS mean_a, b.sum_{m} / b.n_{m} AS mean_b
+        FROM ({side_a}) AS a JOIN ({side_b}) AS b USING (key, image_id) WHERE a.n_{m} > 0 AND b.n_{m} > 0"""
 
 
 def key_totals(
@@ -159,16 +115,35 @@ def key_totals(
 ) -> pd.DataFrame:
     """Per word or category name with at least `min_count` paired occurrences: key, n, n_images, mean_a,
     mean_b (the metric's means in A and B over its paired images, weighted by n) and change (B - A, their
-    difference), by key."""
-    pairs, params = _pairs(con, a, b, metric, by, None, finalized)
-    return frame(
+    difference), by key. `finalized`: finalized_runs of a and b, looked up here when None.
+
+    A key whose images and counts per image are the same in both slices (the same pairing fingerprint in
+    key_summary: runs over the same captions) is totalled from its sums; only the others are paired image by
+    image."""
+    done = finalized_runs(con, a.run_id, b.run_id) if finalized is None else finalized
+    params, m = _params(a, b, by), check_metric(metric)
+    keys = frame(
         con,
         f"""
-        SELECT key, sum(n)::BIGINT AS n, count(*) AS n_images, sum(n * mean_a) / sum(n) AS mean_a,
-            sum(n * mean_b) / sum(n) AS mean_b, sum(n * (mean_b - mean_a)) / sum(n) AS change
-        FROM ({pairs}) GROUP BY key HAVING sum(n) >= $min_count ORDER BY key""",
-        params | {"min_count": min_count},
+        SELECT key, a.n_{m} AS n, a.images_{m} AS n_images, a.sum_{m} / a.n_{m} AS mean_a,
+            b.sum_{m} / b.n_{m} AS mean_b, (b.sum_{m} - a.sum_{m}) / a.n_{m} AS change,
+            a.images_{m} = b.images_{m} AND a.pairing_{m} = b.pairing_{m} AS paired
+        FROM ({_keys("a", a.run_id in done)}) AS a JOIN ({_keys("b", b.run_id in done)}) AS b USING (key)
+        WHERE a.n_{m} > 0 AND b.n_{m} > 0""",
+        params,
     )
+    others = keys.loc[~keys.pop("paired"), "key"].tolist()
+    if others:
+        paired = frame(
+            con,
+            f"""
+            SELECT key, sum(n)::BIGINT AS n, count(*) AS n_images, sum(n * mean_a) / sum(n) AS mean_a,
+                sum(n * mean_b) / sum(n) AS mean_b, sum(n * (mean_b - mean_a)) / sum(n) AS change
+            FROM ({_pairs(metric, done, a, b, _ONLY_KEYS)}) GROUP BY key""",
+            params | {"keys": others},
+        )
+        keys = pd.concat([keys[~keys["key"].isin(others)], paired], ignore_index=True)
+    return keys[keys["n"] >= min_count].sort_values("key", ignore_index=True)
 
 
 def per_image(
@@ -182,11 +157,12 @@ def per_image(
 ) -> pd.DataFrame:
     """Per paired (word or category name, image) (of `keys` only, if given): key, image_id, n, sum_a, sum_b
     (n times the key's mean in that image in A and in B); ordered by key and image."""
-    pairs, params = _pairs(con, a, b, metric, by, keys, finalized)
+    done = finalized_runs(con, a.run_id, b.run_id) if finalized is None else finalized
+    pairs = _pairs(metric, done, a, b, "TRUE" if keys is None else _ONLY_KEYS)
     return frame(
         con,
         f"SELECT key, image_id, n, n * mean_a AS sum_a, n * mean_b AS sum_b FROM ({pairs}) ORDER BY key, image_id",
-        params,
+        _params(a, b, by, keys),
     )
 
 
@@ -229,6 +205,35 @@ def changes(
         seed=seed,
     )
     return totals.merge(pd.DataFrame({"key": keys, "low": low, "high": high}), how="left", on="key")
+
+
+# A word occurrence of `keys` ($keys: words, or the names of the categories the words name).
+_OCCURRENCE_OF = {
+    "word": "word IN (SELECT unnest($keys::VARCHAR[]))",
+    "category": "category_id IN (SELECT category_id FROM categories WHERE name IN (SELECT unnest($keys::VARCHAR[])))",
+}
+
+
+def _matched(
+    con: duckdb.DuckDBPyConnection, a: Slice, b: Slice, metric: str, by: str, keys: Sequence[str]
+) -> tuple[str, dict]:
+    """SQL of the caption words of `keys` in both slices, matched by (image_id, caption_id, word_index), with
+    the metric in both (value_a, value_b), and its parameters."""
+    params, value = _params(a, b, by, keys), range_expr(metric)
+    del params["by"]  # the occurrences' own filter (_OCCURRENCE_OF) names the kind
+    done = finalized_runs(con, a.run_id, b.run_id)
+
+    def side(name: str, s: Slice) -> str:
+        rows = "word_lookup" if s.run_id in done else "word_search"
+        return (
+            f"SELECT image_id, caption_id, word_index, word, category_id, {value} AS value FROM {rows} "
+            f"WHERE {_slice_where(name)} AND {_OCCURRENCE_OF[by]} AND {value} IS NOT NULL"
+        )
+
+    sql = f"""
+        SELECT a.image_id, a.caption_id, a.word_index, a.word, a.category_id, a.value AS value_a, b.value AS value_b
+        FROM ({side("a", a)}) AS a JOIN ({side("b", b)}) AS b USING (image_id, caption_id, word_index)"""
+    return sql, params
 
 
 def matched_words(

@@ -16,7 +16,7 @@ import duckdb
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
 SCHEMA_VERSION = 7  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads. 7: this session
-# v7 adds: word_image_summary (db.compare).
+# v7 adds: key_image_summary, key_summary (db.compare).
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words` and the derived tables are made
@@ -95,13 +95,44 @@ FROM words
 WHERE {{runs}}
 GROUP BY run_id, method, layer, word, category_id
 """
-# word_image_summary: per (word, category, image), what db.compare matches two runs on; sorted like word_lookup.
-WORD_IMAGE_ORDER = "run_id, method, layer, category_id NULLS LAST, word, image_id"
+
+
+def key_image_select(rows: str, where: str) -> str:
+    """SQL of key_image_summary's rows from word rows `rows` matching `where`: per (run, method, layer) and key
+    (key_kind 'word': a word; 'category': a COCO category's name, over the words naming it) and image, the
+    additive aggregates of every metric. db.compare reads it, or this SQL on a run not finalized."""
+    sums = ", ".join(_SUMS)
+
+    def per_key(kind: str, key: str, join: str) -> str:
+        return (
+            f"SELECT run_id, method, layer, '{kind}' AS key_kind, {key} AS key, image_id, count(*) AS n, {sums} "
+            f"FROM {rows} {join} WHERE {where} GROUP BY ALL"
+        )
+
+    return f"{per_key('word', 'word', '')} UNION ALL {per_key('category', 'c.name', _CATEGORY_JOIN)}"
+
+
+def key_select(key_images: str) -> str:
+    """SQL of key_summary's rows from key_image_summary rows `key_images`: per key, every metric's n and sum,
+    the images having it (images_m) and a fingerprint of their (image, n) pairs (pairing_m: two slices
+    with the same one pair up each image with the same count, and compare by their sums)."""
+    per_metric = [f"sum(n_{m})::BIGINT AS n_{m}, sum(sum_{m}) AS sum_{m}, count(*) FILTER (n_{m} > 0) AS images_{m}, "
+                  f"bit_xor(hash(image_id, n_{m})) FILTER (n_{m} > 0) AS pairing_{m}" for m in METRICS]  # fmt: skip
+    return (
+        f"SELECT run_id, method, layer, key_kind, key, sum(n)::BIGINT AS n, {', '.join(per_metric)} "
+        f"FROM ({key_images}) GROUP BY ALL"
+    )
+
+
+KEY_ORDER = "run_id, method, layer, key_kind, key"
+_CATEGORY_JOIN = "JOIN categories AS c USING (category_id)"
+_KEY_COLUMNS = "run_id VARCHAR NOT NULL, method VARCHAR NOT NULL, layer SMALLINT NOT NULL, key_kind VARCHAR NOT NULL, "
+_KEY_COLUMNS += "key VARCHAR NOT NULL"
 _NOT_FINALIZED = "run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)"
 
 # Run by db.writer for one run ($run_id), each list in one transaction. Derived rows exist exactly for
 # the runs with finalized_at set.
-DERIVED_TABLES = ("word_lookup", "word_summary", "image_summary", "word_image_summary")
+DERIVED_TABLES = ("word_lookup", "word_summary", "image_summary", "key_image_summary", "key_summary")
 UNFINALIZE_SQL = (
     *(f"DELETE FROM {table} WHERE run_id = $run_id" for table in DERIVED_TABLES),
     "UPDATE runs SET finalized_at = NULL WHERE run_id = $run_id",
@@ -113,8 +144,10 @@ FINALIZE_SQL = (
     "INSERT INTO word_summary BY NAME " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
     f"INSERT INTO image_summary BY NAME SELECT run_id, method, layer, image_id, count(*) AS n, {', '.join(_SUMS)} "
     "FROM words WHERE run_id = $run_id GROUP BY run_id, method, layer, image_id ORDER BY method, layer, image_id",
-    f"INSERT INTO word_image_summary BY NAME SELECT run_id, method, layer, category_id, word, image_id, count(*) AS n, "
-    f"{', '.join(_SUMS)} FROM words WHERE run_id = $run_id GROUP BY ALL ORDER BY {WORD_IMAGE_ORDER}",
+    f"INSERT INTO key_image_summary BY NAME {key_image_select('words', 'run_id = $run_id')} "
+    f"ORDER BY {KEY_ORDER}, image_id",
+    f"INSERT INTO key_summary BY NAME {key_select('SELECT * FROM key_image_summary WHERE run_id = $run_id')} "
+    f"ORDER BY {KEY_ORDER}",
     "UPDATE runs SET finalized_at = now() WHERE run_id = $run_id",
 )
 
@@ -243,16 +276,18 @@ CREATE TABLE IF NOT EXISTS image_summary (
     n BIGINT NOT NULL,
     {", ".join(_SUM_COLUMNS)}
 );
--- Derived by db.writer.finalize: one row per (run, method, layer, word, category, image), in WORD_IMAGE_ORDER.
-CREATE TABLE IF NOT EXISTS word_image_summary (
-    run_id VARCHAR NOT NULL,
-    method VARCHAR NOT NULL,
-    layer SMALLINT NOT NULL,
-    category_id INTEGER,
-    word VARCHAR NOT NULL,
+-- Derived by db.writer.finalize: one row per (run, method, layer, key_kind, key, image) (key_image_select).
+CREATE TABLE IF NOT EXISTS key_image_summary (
+    {_KEY_COLUMNS},
     image_id BIGINT NOT NULL,
     n BIGINT NOT NULL,
     {", ".join(_SUM_COLUMNS)}
+);
+-- Derived by db.writer.finalize: one row per (run, method, layer, key_kind, key) (key_select).
+CREATE TABLE IF NOT EXISTS key_summary (
+    {_KEY_COLUMNS},
+    n BIGINT NOT NULL,
+    {", ".join(f"n_{m} BIGINT, sum_{m} DOUBLE, images_{m} BIGINT, pairing_{m} UBIGINT" for m in METRICS)}
 );
 -- What queries read: the derived tables for finalized runs, `words` itself for the others (a run that
 -- crashed or is still being written stays browsable, only slower). The derived tables hold rows of

@@ -154,7 +154,7 @@ def test_a_run_not_finalized_compares_from_its_word_rows_as_a_finalized_one(runs
     with duckdb.connect(str(copy)) as own:
         for sql in UNFINALIZE_SQL:
             own.execute(sql, {"run_id": b.run_id})
-        assert own.execute("SELECT count(*) FROM word_image_summary WHERE run_id = ?", [b.run_id]).fetchone() == (0,)
+        assert own.execute("SELECT count(*) FROM key_image_summary WHERE run_id = ?", [b.run_id]).fetchone() == (0,)
     with queries.connect_readonly(copy) as live:
         assert compare.finalized_runs(live, a.run_id, b.run_id) == {a.run_id}
         for by in compare.BY:
