@@ -24,21 +24,26 @@ from dashboard.overlay import OverlayStyle
 from db.heads import ATTENTION, HEAD_METRICS, Head
 
 ALL = "all categories"
+CELL_PX = 36
 HEAD_PARAMS = ("head", "head_metric")
 COMPUTED = "head_maps_computed"  # session: the cards whose head map was asked for
 
 
 def heatmap(grid: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """Layers as rows, heads as columns, the metric's mean as colour; hover names the word count."""
+    """Layers as rows, heads as columns, the metric's mean as colour; hover names the word count.
+
+    Square markers rather than a plotly heatmap, whose cells report no click selection.
+    """
     label = f"mean {ui.metric_label(metric)}"
-    mean = grid.pivot(index="layer", columns="head", values="mean")
-    n = grid.pivot(index="layer", columns="head", values="n").reindex_like(mean)
-    fig = go.Figure(go.Heatmap(
-        z=mean.to_numpy().tolist(), x=mean.columns.tolist(), y=mean.index.tolist(),
-        customdata=n.to_numpy().tolist(), colorscale="Viridis", colorbar={"title": label},
-        hovertemplate=f"layer %{{y}} · head %{{x}}<br>{label} %{{z:.3f}}<br>%{{customdata}} words<extra></extra>",
+    hover = f"layer %{{y}} · head %{{x}}<br>{label} %{{marker.color:.3f}}<br>%{{customdata}} words<extra></extra>"
+    fig = go.Figure(go.Scatter(
+        x=grid["head"].tolist(), y=grid["layer"].tolist(), customdata=grid["n"].tolist(), mode="markers",
+        marker={"symbol": "square", "size": CELL_PX, "color": grid["mean"].tolist(), "colorscale": "Viridis",
+                "colorbar": {"title": label}},
+        hovertemplate=hover,
     ))  # fmt: skip
-    fig.update_layout(title=title, clickmode="event+select", margin={"t": 40}, height=120 + 40 * len(mean))
+    height = 160 + (CELL_PX + 6) * grid["layer"].nunique()
+    fig.update_layout(title=title, clickmode="event+select", margin={"t": 40}, height=height)
     fig.update_xaxes(title="head", dtick=1)
     fig.update_yaxes(title="fusion layer", dtick=1, autorange="reversed")
     return fig
@@ -76,7 +81,7 @@ def clear_head() -> None:
 
 def head_header(head: Head, total: int, order: str) -> None:
     """What the Search ranks by, with the way back to ranking by the layer's metrics."""
-    left, right = st.columns([4, 1], vertical_alignment="center")
+    left, right = st.columns([3, 1], vertical_alignment="center")
     left.markdown(
         f"**{total:,}** occurrences · Ranked by head {head.head} of layer {head.layer} "
         f"(its {ui.metric_label(head.metric)}) · {order}"
@@ -103,18 +108,23 @@ def head_card(ctx: data.Context, row: Mapping[str, Any], head: Head, style: Over
     if key not in computed and not st.button("Compute this head's map", key=f"head_map_{key[0]}_{key[1]}"):
         return
     computed.add(key)
+    head_map(ctx, row, head, style)
+
+
+def head_map(ctx: data.Context, row: Mapping[str, Any], head: Head, style: OverlayStyle) -> None:
+    """The head's own map of the card's word, computed by the live probe, or why it cannot be."""
     from extractor.probe import ProbeError  # torch: only once someone probes
 
     path = paths.image_path(ctx.images_dir, row["file_name"])
-    if path is None or not Path(path).is_file():
+    picture = None if path is None else probe_panel.image_bytes(str(path))
+    if picture is None:
         st.warning("The image file is not on this machine, so the head's map cannot be computed.")
         return
     try:
         with st.spinner("Computing the head's map (the first probe loads the model)…"):
             folder = str(ctx.images_dir) if ctx.images_dir else None
-            result = probe_panel.probed(
-                dict(ctx.run), str(path), row["caption_raw"], True, int(row["image_id"]), folder
-            )
+            source = str(path) if Path(path).is_file() else picture  # a WebDataset shard member: its bytes
+            result = probe_panel.probed(dict(ctx.run), source, row["caption_raw"], True, int(row["image_id"]), folder)
     except ProbeError as exc:
         st.error(literal(str(exc)))
         return
@@ -124,7 +134,6 @@ def head_card(ctx: data.Context, row: Mapping[str, Any], head: Head, style: Over
     if not mine:
         st.warning(f"The probe has no map of head {head.head} of layer {head.layer} for this word.")
         return
-    picture = Path(path).read_bytes()
     st.image(probe_panel.overlay_jpeg(picture, mine[0]["map"], float(mine[0]["map_max"]), style), width="stretch")
     st.caption(f"Head {head.head} of layer {head.layer}, computed now: {ui.badges(mine[0], head.metric)}")
 

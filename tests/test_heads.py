@@ -145,12 +145,11 @@ def test_statistics_draws_the_layer_by_head_heatmap(monkeypatch, tmp_path, small
             run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
             grid = heads.head_means(con, run_id)
             person = heads.head_means(con, run_id, category_id=1)  # COCO's person, the subset's most named category
-        shown = heatmap_of(at)
-        expected = grid.pivot(index="layer", columns="head", values="mean")
-        np.testing.assert_allclose(np.array(shown["z"], dtype=float), expected.to_numpy(), rtol=1e-6)
-        assert list(shown["y"]) == expected.index.tolist()
+        shown = heatmap_of(at)  # one square cell per (layer, head), its colour the mean
+        assert (shown["y"], shown["x"]) == (grid["layer"].tolist(), grid["head"].tolist())
+        np.testing.assert_allclose(shown["marker"]["color"], grid["mean"], rtol=1e-6)
+        assert shown["customdata"] == grid["n"].tolist() and grid["layer"].nunique() > 1
         at = statistics_heads(monkeypatch, tmp_path, small_db, "person")
-        one = person.pivot(index="layer", columns="head", values="mean")
-        np.testing.assert_allclose(np.array(heatmap_of(at)["z"], dtype=float), one.to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(heatmap_of(at)["marker"]["color"], person["mean"], rtol=1e-6)
     finally:
         st.cache_resource.clear()  # the dashboard's cached DuckDB connections

@@ -213,8 +213,7 @@ n_images = int(first["n_images"].iloc[0]) if grouped and not first.empty else 0
 n_pages = math.ceil((n_images if grouped else total) / ui.PAGE_SIZE)
 header, downloads = st.columns([3, 2], vertical_alignment="bottom")
 if head is not None:
-    with header:
-        heads_view.head_header(head, total, order)
+    heads_view.head_header(head, total, order)
     ctx = replace(ctx, method=ATTENTION, layer=head.layer)  # the cards' maps and links: the head's layer
 else:
     header.markdown(
