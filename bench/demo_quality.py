@@ -6,9 +6,10 @@ binding and mass over chance (see `extractor/demo/evaluate.py`). Columns: the le
 raw attention of each fusion layer, and Grad-CAM. Then ITM accuracy on true and swapped captions.
 
 Then specificity (extractor/metrics.py): in captions naming several objects, does a word map's divergence
-from the word-blind references tell a map on the word's own object (more mass there than on any other
-named object) from one on another named object? The AUC of each specificity over those two sets of maps,
-with the [CLS] rows themselves as controls (a word-blind map: its specificity says nothing of the word).
+from a reference tell a map on the word's own object (more mass there than on any other named object) from
+one on another named object? The AUC of each specificity over those two sets of maps: against the two
+word-blind references, and against the mean map of the caption's words naming other categories; with the
+[CLS] rows themselves as controls (a word-blind map: its specificity says nothing of the word).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from extractor.binding import tag_words
 from extractor.checkpoint import load_checkpoint
 from extractor.config import ALBEFConfig
 from extractor.demo.captions import ground_caption
@@ -30,7 +32,7 @@ from extractor.demo.prepare import CHECKPOINT_DIR
 from extractor.demo.scene import COLOURS
 from extractor.demo.world import match_demo_words, write_split
 from extractor.maps import TokenMaps, caption_maps
-from extractor.metrics import distribution, specificity
+from extractor.metrics import distribution, other_object_pairs, others_reference, specificity
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, pre_caption
 
@@ -42,7 +44,7 @@ GOALS = {
 
 
 SPECIFICITY_GOAL = 0.8
-REFERENCES = ("specificity_cls", "specificity_row")
+REFERENCES = ("specificity_cls", "specificity_row", "specificity_others")
 
 
 def auc(positives: list[float], negatives: list[float]) -> float:
@@ -66,8 +68,9 @@ def specificity_auc(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer) -
 
     Colour words and shape nouns of captions naming at least two objects; a map is on its own object
     when it puts more mass there than on each other named object. Keys: "<map kind> <metric>" (AUC),
-    "<map kind> on own" and "<map kind> on other" (how many maps), and "word maps <metric>" over the
-    maps of every fusion layer and Grad-CAM together.
+    "<map kind> <metric> on own" and "... on other" (how many maps: `specificity_others` is defined for
+    the words whose caption names another category), and "word maps <metric>" over the maps of every
+    fusion layer and Grad-CAM together.
     """
     cfg = model.cfg
     scores: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
@@ -78,6 +81,9 @@ def specificity_auc(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer) -
         for text, tok, maps in zip(item.captions, tokens, results, strict=True):
             grounded, shapes = ground_caption(text, item.scene), match_demo_words(tok.words)
             word_maps, references = _word_maps(maps, tok.words, tok.word_of_token, cfg.fusion_layers), None
+            tags = tag_words(tok.words, shapes)
+            named, scored = (np.array([c or 0 for c in cats]) for cats in (tags.category, tags.scored_category))
+            pairs = other_object_pairs(named, scored, np.zeros(len(named), int))
             for w, obj in grounded.items():
                 others = sorted(set(grounded.values()) - {obj})
                 if not others or (tok.words[w] not in COLOURS and shapes[w] is None):
@@ -86,11 +92,13 @@ def specificity_auc(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer) -
                 for kind, m in word_maps.items():
                     mass = (distribution(m[w]) * covers).sum(axis=(1, 2))
                     on_own = bool(mass[obj] > mass[others].max())
-                    for name, reference in references[kind].items():
-                        scores[kind, name, on_own].append(float(specificity(m[w], reference)))
+                    contrast = others_reference(m, pairs)[w]
+                    for name, reference in {**references[kind], "specificity_others": contrast}.items():
+                        if np.isfinite(reference).all():
+                            scores[kind, name, on_own].append(float(specificity(m[w], reference)))
     kinds = sorted({kind for kind, _, _ in scores})
-    out = {f"{kind} on {side}": float(len(scores[kind, REFERENCES[0], side == "own"])) for kind in kinds
-           for side in ("own", "other")}  # fmt: skip
+    out = {f"{kind} {name} on {side}": float(len(scores[kind, name, side == "own"])) for kind in kinds
+           for name in REFERENCES for side in ("own", "other")}  # fmt: skip
     for name in REFERENCES:
         out |= {f"{kind} {name}": auc(scores[kind, name, True], scores[kind, name, False]) for kind in kinds}
         pooled = [[v for kind in kinds if not kind.startswith("[CLS]") for v in scores[kind, name, side]]
@@ -105,11 +113,11 @@ def specificity_table(aucs: dict[str, float], layers: list[int]) -> str:
     for name in REFERENCES:
         values = "".join(f"{aucs.get(f'{c} {name}', float('nan')):>12.3f}" for c in columns)
         lines.append(f"{name:<30}{values}{SPECIFICITY_GOAL:>8.2f}")
-    for side in ("own", "other"):
-        lines.append(
-            f"{'maps on ' + side + ' object':<30}"
-            + "".join(f"{aucs[f'{c} on {side}']:>12.0f}" if f"{c} on {side}" in aucs else f"{'':>12}" for c in columns)
-        )
+    for name in REFERENCES:
+        for side in ("own", "other"):
+            counts = (aucs.get(f"{c} {name} on {side}") for c in columns)
+            lines.append(f"{'  maps on ' + side + ', ' + name[12:]:<30}"
+                         + "".join(f"{'':>12}" if n is None else f"{n:>12.0f}" for n in counts))  # fmt: skip
     return "\n".join(lines)
 
 

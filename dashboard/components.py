@@ -32,6 +32,7 @@ _NAMES = {
     "pointing_hit": "pointing hit",
     "specificity_cls": "specificity vs the image",
     "specificity_row": "specificity vs the caption",
+    "specificity_others": "specificity vs other objects",
 }
 MORE_MATCHES = 4
 

@@ -3,7 +3,8 @@
 The encoder's last block's [CLS] self-attention over the patches (`image_maps`): the heads' mean and each head
 as a small multiple, optionally cut to the fewest cells holding 60% of the mass as DINO shows them. Beside the
 chosen word's map, its two word-blind references, the encoder's mean [CLS] map and the caption's [CLS] row of
-the same slice, each with the word's specificity against it (db/metrics.py).
+the same slice, and the mean map of the caption's words naming other categories, each with the word's
+specificity against it (db/metrics.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dashboard.markup import literal
 from dashboard.overlay import OverlayStyle
 from dashboard.probe_panel import MEAN
 from db.codec import decode_map, encode_map
-from extractor.metrics import TOP_MASS_FRACTION, top_mass_cells
+from extractor.metrics import TOP_MASS_FRACTION, distribution, top_mass_cells
 
 REFERENCE_SIDE = 360
 HEAD_SIDE = 200
@@ -42,6 +43,23 @@ def cls_row_of(caption_maps: pd.DataFrame, caption_id: int, method: str, layer: 
         & (caption_maps["layer"] == layer)
     ]
     return None if hit.empty else (hit["cls_map"].iloc[0], float(hit["cls_map_max"].iloc[0]))
+
+
+def others_map(words: pd.DataFrame, word: pd.Series, method: str, layer: int) -> Blob | None:
+    """The mean map of the words of the word's caption naming another category than the one it is scored
+    against (the reference of `specificity_others`), from their stored maps; None where there are none."""
+    scored = word["bound_category_id"] if pd.notna(word["bound_category_id"]) else word["category_id"]
+    others = words[
+        (words["caption_id"] == word["caption_id"])
+        & (words["method"] == method)
+        & (words["layer"] == layer)
+        & words["category_id"].notna()
+        & (words["category_id"] != scored)
+    ]
+    if pd.isna(scored) or others.empty:
+        return None
+    maps = np.stack([decode_map(b, float(m)) for b, m in zip(others["map"], others["map_max"], strict=True)])
+    return encode_map(distribution(maps).mean(0))
 
 
 def _show(path: str | None, size: tuple[int, int], blob: Blob, style: OverlayStyle, top: bool, title: str) -> None:
@@ -82,16 +100,20 @@ def encoder_panel(
         (cls_row_of(detail["caption_maps"], caption_id, ctx.method, ctx.layer), "**caption [CLS] row** · word-blind",
          "specificity_row"),
     ]  # fmt: skip
+    contrast = None if word is None else others_map(detail["words"], word, ctx.method, ctx.layer)
+    if contrast is not None:
+        references.append((contrast, "**the caption's other objects**, mean of their maps", "specificity_others"))
     large = replace(style, max_side=REFERENCE_SIDE)
-    for column, (blob, title, metric) in zip(st.columns(3), references, strict=True):
+    for column, (blob, title, metric) in zip(st.columns(len(references)), references, strict=True):
         with column:
             if blob is not None:
                 _show(path, size, blob, large, top, title)
             if metric and word is not None and pd.notna(word[metric]):
                 st.markdown(ui.badges({metric: word[metric]}))
     st.caption(
-        "A word's specificity is the Jensen-Shannon divergence of its map from a word-blind map of the same "
-        "image: near 0, the map repeats the image's generic saliency and says little about the word."
+        "A word's specificity is the Jensen-Shannon divergence of its map from a reference map of the same "
+        "image: near 0, the map repeats the image's generic saliency, or sits where the caption's other "
+        "objects' maps sit, and says little about the word."
     )
     heads = sorted(h for h in encoder if h != MEAN)
     small = replace(style, max_side=HEAD_SIDE)

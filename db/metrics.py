@@ -67,6 +67,9 @@ WORD_METRICS = (
            "[CLS] attention: 0 = the word's map is the image's generic saliency (higher = about the word)", 10),
     Metric("specificity_row", "FLOAT", "spec·row", "Jensen-Shannon divergence (bits) from the caption's [CLS] row "
            "of the same map: 0 = the word's map is the caption's (higher = about the word)", 11),
+    Metric("specificity_others", "FLOAT", "spec·obj", "Jensen-Shannon divergence (bits) from the mean map of the "
+           "caption's words naming other categories: 0 = the word's map sits where theirs do (higher = about its "
+           "own object)", 12),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in WORD_METRICS}
 # The metrics searches filter and rank by: the allow-list of metric names spliced into SQL text.

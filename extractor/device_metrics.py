@@ -84,8 +84,22 @@ def _specificity(p: Tensor, p_bits: Tensor, reference: Reference) -> Tensor:
     # Each reference's distribution and entropy once, then gathered per word: row-wise, so the same values.
     q = distribution(reference.maps)
     q_bits = _bits(q)
-    q, q_bits = q[reference.index], q_bits[reference.index]
+    return _jsd(p, p_bits, q[reference.index], q_bits[reference.index])
+
+
+def _jsd(p: Tensor, p_bits: Tensor, q: Tensor, q_bits: Tensor) -> Tensor:
     return (_bits((p + q) / 2) - (p_bits + q_bits) / 2).clamp(0.0, 1.0)
+
+
+def _others_reference(p: Tensor, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    # extractor.metrics.others_reference as one sparse (n, n) x (n, N) product: no (pairs, N) gather.
+    word, other = pairs
+    count = torch.zeros(len(p), dtype=p.dtype, device=p.device).index_add_(0, word, torch.ones_like(p[word, 0]))
+    # The pairs are in range by construction: the invariant check would cost a pass over them.
+    weights = torch.sparse_coo_tensor(
+        torch.stack([word, other]), 1.0 / count[word], (len(p), len(p)), check_invariants=False
+    )
+    return torch.sparse.mm(weights, p), count > 0
 
 
 def word_metrics(
@@ -96,6 +110,7 @@ def word_metrics(
     has_object: Tensor | None = None,
     encoder_cls: Reference | None = None,
     cls_row: Reference | None = None,
+    others: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """:func:`extractor.metrics.word_metrics_batch` on flattened maps, on their device.
 
@@ -109,10 +124,13 @@ def word_metrics(
             instances file was given.
         has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
         encoder_cls, cls_row: each word's word-blind reference (see word_metrics_batch), or None.
+        others: (word, other) row pairs of `extractor.metrics.other_object_pairs` (int64 on the maps'
+            device), or None.
 
     Returns:
         Tensors of length n on the maps' device: peak_row, peak_col (int64), peak_value, entropy,
-        mask_mass, box_mass, background_mass, iou_top60, specificity_cls, specificity_row (float64) and
+        mask_mass, box_mass, background_mass, iou_top60, specificity_cls, specificity_row,
+        specificity_others (float64) and
         pointing_hit, has_object (bool), NaN (pointing_hit False) where word_metrics_batch has them NULL.
 
     Raises:
@@ -147,9 +165,13 @@ def word_metrics(
     else:
         out["background_mass"] = _mass(p, 1.0 - union_cover.double())
     p_bits = nats / math.log(2)
+    nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
     for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
-        nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
         out[name] = nan if reference is None else _specificity(p, p_bits, reference)
+    out["specificity_others"] = nan
+    if others is not None:
+        q, known = _others_reference(p, others)
+        out["specificity_others"] = _jsd(p, p_bits, q, _bits(q)).where(known, math.nan)
     return out
 
 

@@ -251,8 +251,46 @@ def specificity(m: np.ndarray, reference: np.ndarray) -> np.ndarray:
     (`specificity_row`). JSD rather than one minus the cosine: it is bounded in [0, 1], symmetric, defined
     where either map has empty cells (a clamped Grad-CAM), and it weighs every cell's mass as the other
     metrics do, where the cosine is dominated by the few largest cells of peaked maps.
+
+    Both word-blind references treat every object of the image alike, so a map on the wrong object
+    diverges from them as much as one on the right object (on the demo world their AUC for "on its own
+    object vs on another named object" is 0.50-0.70). The third reference contrasts the word with the
+    other things its caption names: the mean distribution of the same kind of map over the caption's words
+    that name another category (`others_reference`; `specificity_others`). A map that sits where the other
+    nouns' maps sit is not about its word: near 0. It needs no object labels, and it is NULL for a word
+    without a category or in a caption that names no other one.
     """
     return _specificity(_p(m), _p(reference))
+
+
+def other_object_pairs(named: np.ndarray, scored: np.ndarray, caption: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(word, other) index pairs behind `specificity_others`: every word scored against a category (an
+    object word: the one it names; a bound attribute: its noun's) with each word of its caption that names
+    another category.
+
+    Args:
+        named: (n,) the category each word names, 0 where none.
+        scored: (n,) the category each word is scored against, 0 where none.
+        caption: (n,) each word's caption, non-decreasing (a caption's words are consecutive).
+    """
+    objects = np.flatnonzero(named > 0)
+    start = np.searchsorted(caption[objects], caption, "left")
+    counts = np.where(scored > 0, np.searchsorted(caption[objects], caption, "right") - start, 0)
+    word = np.repeat(np.arange(len(named)), counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    other = objects[np.repeat(start, counts) + within]
+    keep = named[other] != scored[word]
+    return word[keep], other[keep]
+
+
+def others_reference(maps: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(n, g, g): per word the mean distribution of the maps of its caption's words naming other categories
+    (`other_object_pairs`), NaN where there are none."""
+    word, other = pairs
+    total = np.zeros(maps.shape)
+    np.add.at(total, word, distribution(maps[other]))
+    count = np.bincount(word, minlength=len(maps))[:, None, None]
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _specificity(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -271,6 +309,7 @@ def word_metrics_batch(
     has_object: np.ndarray | None = None,
     encoder_cls: np.ndarray | None = None,
     cls_row: np.ndarray | None = None,
+    others: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """All metrics of n word maps at once, as the functions above define them.
 
@@ -284,10 +323,11 @@ def word_metrics_batch(
         has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
         encoder_cls: (n, g, g) the image encoder's [CLS] attention of each word's image; None: not known.
         cls_row: (n, g, g) each word's caption's [CLS] row of the same map kind; None: not known.
+        others: (n, g, g) each word's `others_reference`, NaN rows where it has none; None: not known.
 
     Returns:
         Arrays of length n: peak_row, peak_col (int64), peak_value, entropy, mask_mass, box_mass,
-        background_mass, iou_top60, specificity_cls, specificity_row (float64) and pointing_hit,
+        background_mass, iou_top60, specificity_cls, specificity_row, specificity_others (float64) and pointing_hit,
         has_object (bool). The object metrics are NaN (pointing_hit False) where has_object is False:
         they are NULL there, as is background_mass (all NaN) without union_cover and a specificity
         without its reference.
@@ -314,9 +354,15 @@ def word_metrics_batch(
         out["background_mass"] = np.full(n, np.nan)
     else:
         out["background_mass"] = _mass(p, 1.0 - _cells(union_cover))
-    for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
-        out[name] = np.full(n, np.nan) if reference is None else _specificity(p, _p(reference))
+    for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row),
+                            ("specificity_others", others)):  # fmt: skip
+        out[name] = np.full(n, np.nan) if reference is None else _specificity_or_nan(p, reference)
     return out
+
+
+def _specificity_or_nan(p: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    known = np.isfinite(reference).all(axis=(-2, -1))
+    return np.where(known, _specificity(p, _p(np.where(known[:, None, None], reference, 1.0))), np.nan)
 
 
 def word_metrics(
@@ -326,6 +372,7 @@ def word_metrics(
     union_cover: np.ndarray | None,
     encoder_cls: np.ndarray | None = None,
     cls_row: np.ndarray | None = None,
+    others: np.ndarray | None = None,
 ) -> dict[str, float | int | bool | None]:
     """The metrics of one word map, None where the contract says NULL (see word_metrics_batch)."""
     out = word_metrics_batch(
@@ -334,10 +381,12 @@ def word_metrics(
         union_cover,
         encoder_cls=None if encoder_cls is None else encoder_cls[None],
         cls_row=None if cls_row is None else cls_row[None],
+        others=None if others is None else others[None],
     )
     has_object = bool(out.pop("has_object")[0])
     row = {key: value[0].item() for key, value in out.items()}
     absent = {"mask_mass", "box_mass", "iou_top60", "pointing_hit"} if not has_object else set()
     absent |= {"background_mass"} if union_cover is None else set()
-    absent |= {name for name, ref in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)) if ref is None}
+    references = {"specificity_cls": encoder_cls, "specificity_row": cls_row, "specificity_others": others}
+    absent |= {name for name, ref in references.items() if ref is None or not np.isfinite(ref).all()}
     return {key: None if key in absent else value for key, value in row.items()}

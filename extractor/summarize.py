@@ -20,6 +20,7 @@ from extractor.batch import Batch
 from extractor.dataset import ErrorRow
 from extractor.device_metrics import Reference
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
+from extractor.metrics import other_object_pairs
 
 Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
 
@@ -68,7 +69,7 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
             "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
             "has_object": index > 0,
         }
-    out = device_metrics.word_metrics(words, **covers, **references)
+    out = device_metrics.word_metrics(words, **covers, **references, others=other_object_rows(batch, n_slices))
     out["map"], out["map_max"] = device_metrics.encode(words)
     out["caption_map"], out["caption_map_max"] = device_metrics.encode(torch.cat(caption_means).clamp(min=0))
     out["cls_map"], out["cls_map_max"] = device_metrics.encode(cls_all)
@@ -80,6 +81,17 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
     return out
+
+
+def other_object_rows(batch: Batch, n_slices: int) -> tuple[Tensor, Tensor]:
+    """`extractor.metrics.other_object_pairs` of the batch's words, as rows of every slice's word block,
+    on the batch's device."""
+    scored = np.where(batch.bound_index >= 0, batch.bound_category, batch.category_id)
+    caption = np.cumsum(batch.word_index == 0)  # a caption's words come together, its first at index 0
+    word, other = (torch.from_numpy(a) for a in other_object_pairs(batch.category_id, scored, caption))
+    offsets = torch.arange(n_slices).repeat_interleave(len(word)) * len(scored)
+    device = batch.word_caption.device
+    return (word.repeat(n_slices) + offsets).to(device), (other.repeat(n_slices) + offsets).to(device)
 
 
 def head_mask_mass(head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int]) -> Tensor:
@@ -175,6 +187,7 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
         "iou_top60": pa.array(_f32(out["iou_top60"]), from_pandas=True),
         "specificity_cls": _f32(out["specificity_cls"]),
         "specificity_row": _f32(out["specificity_row"]),
+        "specificity_others": _f32(out["specificity_others"]),
         "itm_score": np.tile(_f32(out["itm_score"])[word_caption], S),
         "map": _blobs(out["map"]),
         "map_max": out["map_max"],

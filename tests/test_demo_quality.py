@@ -54,12 +54,18 @@ def test_matching_accepts_true_and_rejects_swapped_captions(rates):
 
 
 def test_specificity_tells_a_map_on_its_own_object_from_one_on_another(demo):
-    # Measured on these 40 scenes: attn L3 0.69, Grad-CAM 0.64 against the encoder's [CLS]; the goal, 0.8, is not met.
+    # Measured on these 40 scenes, AUC against the encoder's [CLS]: attn L3 0.69, Grad-CAM 0.64; against the
+    # other named objects' mean map: attn L2 0.84, attn L3 0.86, Grad-CAM 0.87 (the goal is 0.8).
     aucs = specificity_auc(*demo)
-    assert aucs["attn L3 on other"] >= 30 and aucs["attn L3 on own"] >= 300
+    assert aucs["attn L3 specificity_cls on other"] >= 30 and aucs["attn L3 specificity_cls on own"] >= 300
+    assert aucs["attn L3 specificity_others on other"] >= 30 and aucs["attn L3 specificity_others on own"] >= 300
     assert aucs["attn L3 specificity_cls"] >= 0.65
     assert aucs["gradcam specificity_cls"] >= 0.6
+    for kind in ("attn L2", "attn L3", "gradcam"):
+        assert aucs[f"{kind} specificity_others"] >= 0.8, kind
+        assert aucs[f"{kind} specificity_others"] >= aucs[f"{kind} specificity_cls"] + 0.1, kind
     for control in ("[CLS] L2", "[CLS] L3"):  # a word-blind map's specificity knows nothing of the word
         assert abs(aucs[f"{control} specificity_cls"] - 0.5) <= 0.05, control
         assert aucs[f"{control} specificity_row"] == 0.5, control  # its own row: 0 for every map
+        assert abs(aucs[f"{control} specificity_others"] - 0.5) <= 0.05, control
     assert aucs["attn L3 specificity_cls"] >= aucs["[CLS] L3 specificity_cls"] + 0.15

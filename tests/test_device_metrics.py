@@ -20,7 +20,7 @@ RNG = np.random.default_rng(0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 FLOATS = [
     "peak_value", "entropy", "mask_mass", "box_mass", "background_mass", "iou_top60", "specificity_cls",
-    "specificity_row",
+    "specificity_row", "specificity_others",
 ]  # fmt: skip
 EXACT = ["peak_row", "peak_col", "pointing_hit", "has_object"]
 
@@ -47,19 +47,23 @@ def real_words(shared, res: int) -> dict[str, np.ndarray]:
     g = cfg.grid_size
     covers = [metrics.image_covers(image_objects(coco, im["id"], im["height"], im["width"]),
                                    im["height"], im["width"], g) for im in images]  # fmt: skip
-    parts = []
+    parts, named, scored = [], [], []
     for tok, maps, i in zip(tokens, token_maps, index, strict=True):
-        cat, box, has = metrics.covers_for_words(
-            tag_words(tok.words, match_words(tok.words)).scored_category, covers[i], g
-        )
+        tags = tag_words(tok.words, match_words(tok.words))
+        cat, box, has = metrics.covers_for_words(tags.scored_category, covers[i], g)
         for grid in [*(maps.attention_grid(layer) for layer in cfg.fusion_layers), maps.gradcam]:
             word_maps = merge_pieces(grid, tok.word_of_token, len(tok.words)).clip(0)
             union = np.broadcast_to(covers[i].union, word_maps.shape)
             encoder = np.broadcast_to(maps.encoder_cls.mean(0), word_maps.shape)
             cls_row = np.broadcast_to(grid[0].clip(0), word_maps.shape)
             parts.append((word_maps, cat, box, union, has, encoder, cls_row))
+            named.append([c or 0 for c in tags.category])
+            scored.append([c or 0 for c in tags.scored_category])
     names = ["maps", "category_cover", "box_cover", "union_cover", "has_object", "encoder_cls", "cls_row"]
-    return {name: np.concatenate(column) for name, column in zip(names, zip(*parts, strict=True), strict=True)}
+    out = {name: np.concatenate(column) for name, column in zip(names, zip(*parts, strict=True), strict=True)}
+    group = np.repeat(np.arange(len(named)), [len(n) for n in named])  # a caption's words of one slice
+    out["pairs"] = metrics.other_object_pairs(np.concatenate(named), np.concatenate(scored), group)
+    return out
 
 
 @pytest.fixture(scope="module", params=[64, 96, 384], ids=["g4", "g6-demo", "g24-base"])
@@ -81,10 +85,11 @@ def shared_reference(a: np.ndarray | None, device: str) -> device_metrics.Refere
 
 
 def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None, union_cover=None,
-                         has_object=None, encoder_cls=None, cls_row=None) -> dict[str, float]:  # fmt: skip
+                         has_object=None, encoder_cls=None, cls_row=None, pairs=None) -> dict[str, float]:  # fmt: skip
     """Both implementations on the same (n, g, g) arrays; returns the max |difference| per float metric."""
+    others = None if pairs is None else metrics.others_reference(maps, pairs)
     expected = metrics.word_metrics_batch(
-        maps, category_cover, box_cover, union_cover, has_object, encoder_cls, cls_row
+        maps, category_cover, box_cover, union_cover, has_object, encoder_cls, cls_row, others
     )
     got = device_metrics.word_metrics(
         flat(maps, device),
@@ -94,6 +99,7 @@ def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None,
         None if has_object is None else torch.from_numpy(has_object).to(device),
         shared_reference(encoder_cls, device),
         shared_reference(cls_row, device),
+        None if pairs is None else tuple(torch.from_numpy(a).to(device) for a in pairs),
     )
     assert got.keys() == expected.keys()
     assert all(value.device.type == device for value in got.values())
@@ -109,6 +115,7 @@ def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None,
 @pytest.mark.parametrize("device", DEVICES)
 def test_metrics_of_real_maps_equal_numpy(real, device):
     assert real["has_object"].any() and not real["has_object"].all()  # words with and without objects
+    assert 0 < len(np.unique(real["pairs"][0])) < len(real["maps"])  # words with and without other objects
     assert_metrics_equal(device, **real)
 
 

@@ -98,6 +98,24 @@ def test_each_words_specificities_are_against_its_stored_references(small_db):
     np.testing.assert_allclose(metrics.specificity(word, cls_row), spec_row, atol=0.03)
 
 
+def test_each_words_specificity_against_other_objects_is_against_its_captions_other_object_words(small_db):
+    con = duckdb.connect(str(small_db), read_only=True)
+    frame = con.execute(
+        "SELECT caption_id, method, layer, word_index, coalesce(category_id, 0) AS named, "
+        "coalesce(bound_category_id, category_id, 0) AS scored, map, map_max, specificity_others FROM words "
+        "ORDER BY caption_id, method, layer, word_index"
+    ).df()
+    group = frame.groupby(["caption_id", "method", "layer"], sort=False).ngroup().to_numpy()
+    pairs = metrics.other_object_pairs(frame["named"].to_numpy(), frame["scored"].to_numpy(), group)
+    maps = np.stack([decode_map(b, m) for b, m in zip(frame["map"], frame["map_max"], strict=True)])
+    expected = metrics.word_metrics_batch(maps, others=metrics.others_reference(maps, pairs))["specificity_others"]
+    stored_values = frame["specificity_others"].to_numpy(float)
+    # NULL exactly where the caption names no other category, or the word none; some of each.
+    np.testing.assert_array_equal(np.isnan(stored_values), np.isnan(expected))
+    assert 0 < np.isnan(stored_values).sum() < len(frame) and stored_values[~np.isnan(stored_values)].std() > 0.01
+    np.testing.assert_allclose(stored_values, expected, atol=0.03)  # from the uint8 maps, within their rounding
+
+
 def test_dinos_threshold_keeps_the_fewest_cells_holding_60_percent(small_db):
     con = duckdb.connect(str(small_db), read_only=True)
     for blob, peak in stored(con, "SELECT map, map_max FROM image_maps WHERE head >= 0 LIMIT 8"):
@@ -112,11 +130,13 @@ def test_dinos_threshold_keeps_the_fewest_cells_holding_60_percent(small_db):
 
 def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, monkeypatch, tmp_path):
     con = duckdb.connect(str(small_db), read_only=True)
-    ((image_id, caption_id, word_index, spec_cls, spec_row, method, layer),) = stored(
+    ((image_id, caption_id, word_index, spec_cls, spec_row, spec_others, method, layer),) = stored(
         con,
         """
-        SELECT image_id, caption_id, word_index, specificity_cls, specificity_row, method, layer FROM words
-        WHERE word_class = 'object' ORDER BY image_id, caption_id, word_index, method, layer LIMIT 1""",
+        SELECT image_id, caption_id, word_index, specificity_cls, specificity_row, specificity_others, method, layer
+        FROM words
+        WHERE word_class = 'object' AND specificity_others IS NOT NULL
+        ORDER BY image_id, caption_id, word_index, method, layer LIMIT 1""",
     )
     monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), "--db", str(small_db)])
     at = AppTest.from_file(str(APP), default_timeout=60).run()
@@ -128,9 +148,10 @@ def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, monkey
         assert not at.exception
         assert any("The image encoder's own attention" in s.value for s in at.subheader)
         text = " ".join(m.value for m in at.markdown)
-        assert "image encoder [CLS]" in text and "caption [CLS] row" in text
+        assert "image encoder [CLS]" in text and "caption [CLS] row" in text and "caption's other objects" in text
         assert all(f"head {h}" in text for h in range(4))
         assert f"spec·enc {spec_cls:.2f}" in text and f"spec·row {spec_row:.2f}" in text
+        assert f"spec·obj {spec_others:.2f}" in text
         n_images = len(at.get("imgs"))
         at.toggle(key="encoder_top").set_value(True).run()
         assert not at.exception and len(at.get("imgs")) == n_images

@@ -59,8 +59,8 @@ def test_runs_starts_with_the_run_settings(con):
 def test_the_metrics_that_need_the_object_are_exactly_the_ones_null_without_it(labelled):
     rng = np.random.default_rng(0)
     cover = (rng.uniform(size=(6, 6)) > 0.5).astype(float) if labelled else None
-    reference = rng.uniform(size=(6, 6))  # the specificities' word-blind maps
-    row = word_metrics(rng.uniform(size=(6, 6)), cover, cover, np.ones((6, 6)) * 0.3, reference, reference)
+    reference = rng.uniform(size=(6, 6))  # the specificities' reference maps
+    row = word_metrics(rng.uniform(size=(6, 6)), cover, cover, np.ones((6, 6)) * 0.3, reference, reference, reference)
     caption_level = {"itm_score"}  # computed per caption, not from the word's map
     assert set(row) == set(BY_NAME) - caption_level
     assert {k for k, v in row.items() if v is None} == (

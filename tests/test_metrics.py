@@ -185,6 +185,7 @@ def test_object_metrics_are_null_without_an_object_and_background_without_instan
         "background_mass",
         "specificity_cls",
         "specificity_row",
+        "specificity_others",
     }
     assert out["entropy"] is not None and out["peak_value"] is not None
 
@@ -277,3 +278,30 @@ def test_image_covers_of_a_real_image(shared):
     assert out["mask_mass"][1] >= 0.5 and np.isnan(out["mask_mass"][[0, 2]]).all()
     assert out["background_mass"][1] <= 0.5
     assert out["iou_top60"][1] == pytest.approx(math.ceil(0.6 * k) / k)
+
+
+def test_other_object_pairs_join_each_scored_word_to_its_captions_other_categories():
+    # "a red bus and a dog" | "two dogs and a dog": named 3 = bus, 18 = dog; "red" is bound to the bus.
+    named = np.array([0, 0, 3, 0, 0, 18, 0, 18, 0, 0, 18])
+    scored = np.array([0, 3, 3, 0, 0, 18, 0, 18, 0, 0, 18])
+    caption = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    word, other = metrics.other_object_pairs(named, scored, caption)
+    # red -> dog, bus -> dog, dog -> bus; in the second caption every object word names the same category.
+    assert sorted(zip(word.tolist(), other.tolist(), strict=True)) == [(1, 5), (2, 5), (5, 2)]
+
+
+def test_specificity_others_is_the_divergence_from_the_other_objects_mean_map():
+    maps = RNG.random((4, 5, 5))
+    # word 0 names category 1, words 1 and 2 name category 2, word 3 names nothing.
+    pairs = metrics.other_object_pairs(np.array([1, 2, 2, 0]), np.array([1, 2, 2, 0]), np.zeros(4, int))
+    reference = metrics.others_reference(maps, pairs)
+    mean_of_others = (metrics.distribution(maps[1]) + metrics.distribution(maps[2])) / 2
+    np.testing.assert_allclose(reference[0], mean_of_others)
+    np.testing.assert_allclose(reference[1], metrics.distribution(maps[0]))
+    assert np.isnan(reference[3]).all()
+    out = metrics.word_metrics_batch(maps, others=reference)
+    assert out["specificity_others"][0] == pytest.approx(metrics.specificity(maps[0], mean_of_others))
+    assert out["specificity_others"][2] == pytest.approx(metrics.specificity(maps[2], maps[0]))
+    assert np.isnan(out["specificity_others"][3])
+    single = metrics.word_metrics(maps[3], None, None, None, others=reference[3])
+    assert single["specificity_others"] is None
