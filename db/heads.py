@@ -18,7 +18,7 @@ from db.schema import LOOKUP_COLUMNS
 
 # The per-head columns of word_heads, each a metric of db.metrics by the same name: the only names of
 # word_heads spliced into SQL. A new column is added here and nowhere else.
-HEAD_METRICS = ("mask_mass",)
+HEAD_METRICS = ("mask_mass", "specificity_others")
 ATTENTION = "attention"  # the method whose layers have heads
 
 

@@ -226,7 +226,8 @@ CREATE TABLE IF NOT EXISTS image_maps (
     map BLOB,
     map_max FLOAT
 );
--- Grounding heads: per word with an object (mask_mass not NULL), each fusion layer's heads' own mask mass.
+-- Grounding heads: per word with an object (mask_mass not NULL), each fusion layer's heads' own mask mass and
+-- specificity_others.
 CREATE TABLE IF NOT EXISTS word_heads (
     run_id VARCHAR NOT NULL,
     image_id BIGINT NOT NULL,
@@ -234,7 +235,8 @@ CREATE TABLE IF NOT EXISTS word_heads (
     word_index SMALLINT NOT NULL,
     layer SMALLINT NOT NULL,
     head SMALLINT NOT NULL,
-    mask_mass FLOAT NOT NULL
+    mask_mass FLOAT NOT NULL,
+    specificity_others FLOAT  -- NULL where the caption names no other category
 );
 CREATE TABLE IF NOT EXISTS words (
     {_WORDS_DDL}

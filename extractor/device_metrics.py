@@ -168,11 +168,19 @@ def word_metrics(
     nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
     for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
         out[name] = nan if reference is None else _specificity(p, p_bits, reference)
-    out["specificity_others"] = nan
-    if others is not None:
-        q, known = _others_reference(p, others)
-        out["specificity_others"] = _jsd(p, p_bits, q, _bits(q)).where(known, math.nan)
+    out["specificity_others"] = nan if others is None else _specificity_others(p, p_bits, others)
     return out
+
+
+def specificity_others(p: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
+    """(n,) float64: `extractor.metrics` specificity of each distribution of p (n, N) from the mean of its
+    pair rows (`others` of word_metrics), NaN for a row without pairs."""
+    return _specificity_others(p, _bits(p), pairs)
+
+
+def _specificity_others(p: Tensor, p_bits: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
+    q, known = _others_reference(p, pairs)
+    return _jsd(p, p_bits, q, _bits(q)).where(known, math.nan)
 
 
 def encode(maps: Tensor) -> tuple[Tensor, Tensor]:

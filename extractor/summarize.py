@@ -77,7 +77,9 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     encoder = torch.cat([maps.encoder_cls, encoder_mean[:, None]], 1).flatten(0, 1)
     out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)
     if maps.head_attention is not None and batch.masks is not None:
-        out["head_mask_mass"] = head_mask_mass(maps.head_attention, batch, [la for m, la in slices if m == ATTENTION])
+        layers = [la for m, la in slices if m == ATTENTION]
+        heads = head_metrics(maps.head_attention, batch, layers, other_object_rows(batch, 1))
+        out |= {f"head_{name}": value for name, value in heads.items()}
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
     return out
@@ -94,29 +96,42 @@ def other_object_rows(batch: Batch, n_slices: int) -> tuple[Tensor, Tensor]:
     return (word.repeat(n_slices) + offsets).to(device), (other.repeat(n_slices) + offsets).to(device)
 
 
-def head_mask_mass(head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int]) -> Tensor:
-    """(L, Wo, H) float32: the mask mass of each head's whole-word map, per layer, for the Wo words with an
-    object (mask_mass not NULL), in word order; a head's map is its patch columns, as a distribution.
+def head_metrics(
+    head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int], others: tuple[Tensor, Tensor]
+) -> dict[str, Tensor]:
+    """(L, Wo, H) float32 each: the mask mass and specificity_others of each head's whole-word map, per layer,
+    for the Wo words with an object (mask_mass not NULL), in word order.
 
-    Mass is linear in the map: sum(p * cover) = sum_t w_t a_t . cover / sum_t w_t sum(a_t) over the word's
-    pieces t, so only the object words' piece rows are read, never a merged map of every word and head.
+    A head's map is its patch columns as a distribution, merged over the word's pieces as word maps are; it
+    is built only for those words and the words their `specificity_others` is against (`others`: word pairs
+    of one slice, `other_object_rows(batch, 1)`), never for every word and head.
     """
     rows = (batch.cover_index > 0).nonzero()[:, 0]
-    weights = batch.piece_weights.flatten(0, 1)[batch.word_slots[rows]]  # (Wo, T)
-    word, token = weights.nonzero(as_tuple=True)  # every (object word, piece) pair
-    caption = batch.word_slots[rows][word] // batch.piece_weights.shape[1]
-    covers = batch.masks[batch.cover_index[rows]]  # (Wo, N) float64
-    w, cover = weights[word, token].double()[:, None], covers[word][:, None]
-    masses = []
+    row_of = torch.full_like(batch.cover_index, -1)
+    row_of[rows] = torch.arange(len(rows), device=rows.device)
+    keep = row_of[others[0]] >= 0
+    needed = torch.cat([rows, others[1][keep]]).unique()  # sorted: the rows and their other words
+    at = torch.full_like(batch.cover_index, -1)
+    at[needed] = torch.arange(len(needed), device=rows.device)
+    weights = batch.piece_weights.flatten(0, 1)[batch.word_slots[needed]]  # (U, T)
+    word, token = weights.nonzero(as_tuple=True)  # every (needed word, piece) pair
+    caption = batch.word_slots[needed][word] // batch.piece_weights.shape[1]
+    w, covers = weights[word, token].double()[:, None, None], batch.masks[batch.cover_index[rows]][:, None]
+    pair_word, pair_other = at[rows][row_of[others[0][keep]]], at[others[1][keep]]
+    masses, specificities = [], []
     for layer in layers:
         a = head_attention[layer][caption, :, token, 1:].double()  # (P, H, N)
-        inside = torch.zeros(len(rows), a.shape[1], dtype=a.dtype, device=a.device).index_add_(
-            0, word, w * (a * cover).sum(-1)
-        )
-        total = torch.zeros_like(inside).index_add_(0, word, w * a.sum(-1))
-        # A map without mass reads as uniform (device_metrics.distribution): its mass is the cover's mean.
-        masses.append(torch.where(total > 0, inside / total.where(total > 0, 1.0), covers.mean(-1, keepdim=True)))
-    return torch.stack(masses).float() if masses else torch.zeros(0, len(rows), 0)
+        n_heads, n_cells = a.shape[1:]
+        merged = torch.zeros(len(needed), n_heads, n_cells, dtype=a.dtype, device=a.device).index_add_(0, word, w * a)
+        p = device_metrics.distribution(merged.flatten(0, 1)).view_as(merged)
+        masses.append((p[at[rows]] * covers).sum(-1))
+        heads = torch.arange(n_heads, device=a.device)
+        per_head = ((pair_word[:, None] * n_heads + heads).flatten(), (pair_other[:, None] * n_heads + heads).flatten())
+        spec = device_metrics.specificity_others(p.flatten(0, 1), per_head).view(len(needed), n_heads)
+        specificities.append(spec[at[rows]])
+    if not layers:
+        return {name: torch.zeros(0, len(rows), 0) for name in ("mask_mass", "specificity_others")}
+    return {"mask_mass": torch.stack(masses).float(), "specificity_others": torch.stack(specificities).float()}
 
 
 class HostCopy:
@@ -229,8 +244,10 @@ def image_maps(batch: Batch, out: dict[str, np.ndarray], run_id: str) -> pa.Tabl
 
 
 def word_heads(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice], run_id: str) -> pa.Table:
-    """Per attention layer, per word with an object, per head: that head's mask mass (none without heads or covers)."""
+    """Per attention layer, per word with an object, per head: that head's mask mass and specificity_others (none
+    without heads or covers)."""
     masses = out.get("head_mask_mass", np.zeros((0, 0, 0), np.float32))  # (L, Wo, H)
+    specificities = out.get("head_specificity_others", masses)
     L, Wo, H = masses.shape
     rows = np.flatnonzero(batch.cover_index.numpy() > 0) if Wo else np.zeros(0, np.int64)
     caption = batch.word_caption.numpy()[rows]
@@ -244,6 +261,7 @@ def word_heads(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice]
         "layer": np.repeat(np.array([la for m, la in slices if m == ATTENTION], np.int16)[:L], Wo * H),
         "head": np.tile(np.arange(H, dtype=np.int16), L * Wo),
         "mask_mass": masses.reshape(-1),
+        "specificity_others": pa.array(specificities.reshape(-1), from_pandas=True),
     })  # fmt: skip
 
 

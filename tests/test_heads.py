@@ -50,24 +50,29 @@ def direct_head_masses(shared) -> pd.DataFrame:
                                    im["height"], im["width"], g) for im in images]  # fmt: skip
     rows = []
     for ann, tok, maps, i in zip(annotations, tokens, token_maps, index, strict=True):
-        cat, _, has = metrics.covers_for_words(
-            tag_words(tok.words, match_words(tok.words)).scored_category, covers[i], g
-        )
+        tags = tag_words(tok.words, match_words(tok.words))
+        cat, _, has = metrics.covers_for_words(tags.scored_category, covers[i], g)
+        named, scored = (np.array([c or 0 for c in cats]) for cats in (tags.category, tags.scored_category))
+        pairs = metrics.other_object_pairs(named, scored, np.zeros(len(named), int))
         for layer in cfg.fusion_layers:
             for head, per_token in enumerate(maps.attention[layer][:, :, 1:]):
                 grid = per_token.reshape(len(per_token), g, g)
                 word_maps = merge_pieces(grid, tok.word_of_token, len(tok.words)).clip(0)
                 mass = metrics.mass_inside(word_maps, cat)
+                others = metrics.others_reference(word_maps, pairs)
+                spec = metrics.word_metrics_batch(word_maps, others=others)["specificity_others"]
                 for w in np.flatnonzero(has):
-                    rows.append((ann["id"], w, layer, head, mass[w], word_maps[w].sum()))
-    return pd.DataFrame(rows, columns=["caption_id", "word_index", "layer", "head", "direct", "weight"])
+                    rows.append((ann["id"], w, layer, head, mass[w], word_maps[w].sum(), spec[w]))
+    columns = ["caption_id", "word_index", "layer", "head", "direct", "weight", "direct_specificity"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 @pytest.fixture(scope="module")
 def stored_and_direct(shared, small_db) -> pd.DataFrame:
     with duckdb.connect(str(small_db), read_only=True) as con:
         stored = con.execute(
-            "SELECT h.caption_id, h.word_index, h.layer, h.head, h.mask_mass, w.mask_mass AS mean_map "
+            "SELECT h.caption_id, h.word_index, h.layer, h.head, h.mask_mass, h.specificity_others, "
+            "w.mask_mass AS mean_map "
             "FROM word_heads AS h JOIN words AS w USING (run_id, image_id, caption_id, word_index, layer) "
             "WHERE w.method = 'attention'"
         ).df()
@@ -81,6 +86,15 @@ def test_stored_head_masses_equal_a_direct_computation_from_each_heads_map(store
     assert both["head"].nunique() > 1 and both["layer"].nunique() > 1  # every head of every layer (the outer merge)
     np.testing.assert_allclose(both["mask_mass"], both["direct"], rtol=0, atol=1e-5)
     assert both["mask_mass"].std() > 0.01  # heads differ
+
+
+def test_stored_head_specificities_equal_a_direct_computation_from_each_heads_word_maps(stored_and_direct):
+    both = stored_and_direct
+    stored, direct = both["specificity_others"].to_numpy(float), both["direct_specificity"].to_numpy(float)
+    # NULL where the caption names no other category; some rows of each, and heads that differ.
+    np.testing.assert_array_equal(np.isnan(stored), np.isnan(direct))
+    assert 0 < np.isnan(stored).sum() < len(both) and np.nanstd(stored) > 0.01
+    np.testing.assert_allclose(stored, direct, rtol=0, atol=1e-5)
 
 
 def test_the_mean_maps_mass_is_the_heads_masses_weighted_by_their_patch_share(stored_and_direct):
