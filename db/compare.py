@@ -80,25 +80,25 @@ def _slice_where(name: str) -> str:
     return f"run_id = $run_{name} AND method = $method_{name} AND layer = $layer_{name}"
 
 
-def _key_images(name: str, finalized: bool, only: str = "TRUE") -> str:
-    """SQL of one slice's key_image_summary rows of the key kind $by: from the table once the run is finalized,
-    else aggregated from its word rows."""
+def _key_images(name: str, finalized: bool, metric: str, by: str, only: str = "TRUE") -> str:
+    """SQL of one slice's key_image_summary rows of the key kind $by (= `by`): from the table once the run is
+    finalized, else those of `metric` aggregated from its word rows."""
     where = _slice_where(name)
-    rows = "key_image_summary" if finalized else f"({key_image_select('word_search', where)})"
+    rows = "key_image_summary" if finalized else f"({key_image_select('word_search', where, [metric], [by])})"
     return f"SELECT * FROM {rows} WHERE {where} AND key_kind = $by AND {only}"
 
 
-def _keys(name: str, finalized: bool) -> str:
+def _keys(name: str, finalized: bool, metric: str, by: str) -> str:
     """SQL of one slice's key_summary rows of the key kind $by (from its key_image_summary rows if not finalized)."""
-    rows = "key_summary" if finalized else f"({key_select(_key_images(name, False))})"
+    rows = "key_summary" if finalized else f"({key_select(_key_images(name, False, metric, by), [metric])})"
     return f"SELECT * FROM {rows} WHERE {_slice_where(name)} AND key_kind = $by"
 
 
-def _pairs(metric: str, done: set[str], a: Slice, b: Slice, only: str) -> str:
+def _pairs(metric: str, by: str, done: set[str], a: Slice, b: Slice, only: str) -> str:
     """SQL of the (key, image) pairs both slices have the metric for: key, image_id, n (the occurrences that pair
     up: the smaller count), mean_a and mean_b (the key's means in that image)."""
     m = check_metric(metric)
-    side_a, side_b = (_key_images(name, s.run_id in done, only) for name, s in (("a", a), ("b", b)))
+    side_a, side_b = (_key_images(name, s.run_id in done, m, by, only) for name, s in (("a", a), ("b", b)))
     return f"""
         SELECT key, image_id, least(a.n_{m}, b.n_{m}) AS n, a.sum_{m} / a.n_{m} AS mean_a, b.sum_{m} / b.n_{m} AS mean_b
         FROM ({side_a}) AS a JOIN ({side_b}) AS b USING (key, image_id) WHERE a.n_{m} > 0 AND b.n_{m} > 0"""
@@ -128,7 +128,7 @@ def key_totals(
         SELECT key, a.n_{m} AS n, a.images_{m} AS n_images, a.sum_{m} / a.n_{m} AS mean_a,
             b.sum_{m} / b.n_{m} AS mean_b, (b.sum_{m} - a.sum_{m}) / a.n_{m} AS change,
             a.images_{m} = b.images_{m} AND a.pairing_{m} = b.pairing_{m} AS paired
-        FROM ({_keys("a", a.run_id in done)}) AS a JOIN ({_keys("b", b.run_id in done)}) AS b USING (key)
+        FROM ({_keys("a", a.run_id in done, m, by)}) AS a JOIN ({_keys("b", b.run_id in done, m, by)}) AS b USING (key)
         WHERE a.n_{m} > 0 AND b.n_{m} > 0""",
         params,
     )
@@ -139,7 +139,7 @@ def key_totals(
             f"""
             SELECT key, sum(n)::BIGINT AS n, count(*) AS n_images, sum(n * mean_a) / sum(n) AS mean_a,
                 sum(n * mean_b) / sum(n) AS mean_b, sum(n * (mean_b - mean_a)) / sum(n) AS change
-            FROM ({_pairs(metric, done, a, b, _ONLY_KEYS)}) GROUP BY key""",
+            FROM ({_pairs(metric, by, done, a, b, _ONLY_KEYS)}) GROUP BY key""",
             params | {"keys": others},
         )
         keys = pd.concat([keys[~keys["key"].isin(others)], paired], ignore_index=True)
@@ -157,12 +157,13 @@ def per_image(
 ) -> pd.DataFrame:
     """Per paired (word or category name, image) (of `keys` only, if given): key, image_id, n, sum_a, sum_b
     (n times the key's mean in that image in A and in B); ordered by key and image."""
+    params = _params(a, b, by, keys)
     done = finalized_runs(con, a.run_id, b.run_id) if finalized is None else finalized
-    pairs = _pairs(metric, done, a, b, "TRUE" if keys is None else _ONLY_KEYS)
+    pairs = _pairs(metric, by, done, a, b, "TRUE" if keys is None else _ONLY_KEYS)
     return frame(
         con,
         f"SELECT key, image_id, n, n * mean_a AS sum_a, n * mean_b AS sum_b FROM ({pairs}) ORDER BY key, image_id",
-        _params(a, b, by, keys),
+        params,
     )
 
 

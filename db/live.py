@@ -63,15 +63,17 @@ def _create_views(con: duckdb.DuckDBPyConnection, parts: Path) -> None:
         con.register("_frame", _run_rows(parts, runs))
         con.execute("INSERT INTO live_runs BY NAME SELECT * FROM _frame")
         con.unregister("_frame")
+    run_files = {r: partsdir.done_parts(parts, r, RESULT_TABLES) for r in runs}  # image_status listed once a run
     for table in tables:
-        con.execute(f"CREATE VIEW {table} AS {_union(table, parts, runs)}")
+        con.execute(f"CREATE VIEW {table} AS {_union(table, parts, runs, run_files)}")
     for (sql,) in con.execute("SELECT sql FROM duckdb_views() WHERE database_name = ? AND NOT internal",
                               [FILE]).fetchall():  # fmt: skip
         con.execute(sql)
 
 
-def _union(table: str, parts: Path, runs: list[str]) -> str:
-    """The SELECT of one table's view: the file's rows and the live runs' (replacing any older build)."""
+def _union(table: str, parts: Path, runs: list[str], run_files: dict[str, dict[str, list[str]]]) -> str:
+    """The SELECT of one table's view: the file's rows and the live runs' (replacing any older build);
+    `run_files`: each live run's done_parts."""
     own = f"SELECT * FROM {FILE}.main.{table}"
     if table in DATASET_KEYS:
         files = partsdir.dataset_files(parts, table)
@@ -80,10 +82,8 @@ def _union(table: str, parts: Path, runs: list[str]) -> str:
     if table == "runs":
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs) UNION ALL BY NAME SELECT * FROM live_runs"
     if table in RESULT_TABLES or table in DERIVED_TABLES:
-        files = [f for r in runs for f in partsdir.done_files(parts, r, table)] if table in RESULT_TABLES else []
-        parquet = (
-            f" UNION ALL BY NAME SELECT * FROM read_parquet({_list(files)}, union_by_name = true)" if files else ""
-        )
+        done = [f for r in runs for f in run_files[r][table]] if table in RESULT_TABLES else []
+        parquet = f" UNION ALL BY NAME SELECT * FROM read_parquet({_list(done)}, union_by_name = true)" if done else ""
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs){parquet}"
     return own
 

@@ -19,16 +19,17 @@ from db.queries import frame, rows_of
 _GROUNDING = "coalesce(sum(sum_mask_mass) / nullif(sum(n_mask_mass), 0), 0)"
 
 
-def _aggregates_of(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
-    """word_summary itself for a finalized run: through the word_aggregates view, a word filter would also
-    scan the word column of every `words` row for the view's other branch."""
-    return "word_summary" if rows_of(con, run_id) == "word_lookup" else "word_aggregates"
+def _aggregates_of(rows: str) -> str:
+    """word_summary itself for a finalized run (its word rows in `rows`, from db.queries.rows_of): through the
+    word_aggregates view, a word filter would also scan the word column of every `words` row for the view's
+    other branch."""
+    return "word_summary" if rows == "word_lookup" else "word_aggregates"
 
 
-def _image_aggregates(con: duckdb.DuckDBPyConnection, run_id: str, metric: str, where: str) -> str:
+def _image_aggregates(rows: str, metric: str, where: str) -> str:
     """The image_summary rows matching `where` for a finalized run, else the same of one metric aggregated
     from `words` (filtered first and only that metric's sums: twice as fast as a view of finalize's)."""
-    if rows_of(con, run_id) == "word_lookup":
+    if rows == "word_lookup":
         return f"(SELECT * FROM image_summary WHERE {where})"
     m = check_metric(metric)
     return (
@@ -74,8 +75,9 @@ def ranked(
     words of that class ('object', 'attribute', 'other').
     """
     columns, join, group, tiebreak = _GROUPS[by]
+    rows = rows_of(con, run_id)
     of_class = (
-        f"s.word IN (SELECT word FROM {rows_of(con, run_id)} WHERE run_id = $run_id AND method = $method "
+        f"s.word IN (SELECT word FROM {rows} WHERE run_id = $run_id AND method = $method "
         "AND layer = $layer AND word_class = $word_class)",
         {"word_class": word_class},
     )
@@ -88,7 +90,7 @@ def ranked(
         f"""
         SELECT {columns}, sum(s.n)::BIGINT AS n, sum(s.n_{check_metric(metric)})::BIGINT AS n_value,
             {_mean(metric)} AS value
-        FROM {_aggregates_of(con, run_id)} AS s {join} categories AS c USING (category_id)
+        FROM {_aggregates_of(rows)} AS s {join} categories AS c USING (category_id)
         WHERE {where}
         GROUP BY {group} HAVING sum(s.n) >= $min_count AND sum(s.n_{metric}) > 0
         ORDER BY value {_direction(descending)}, n DESC, {tiebreak} LIMIT $limit""",
@@ -123,7 +125,7 @@ def ranked_images(
         WITH ranked AS (
             SELECT image_id, n AS n_words, sum_{check_metric(metric)} / nullif(n_{metric}, 0) AS value,
                 count(*) OVER () AS n_images
-            FROM {_image_aggregates(con, run_id, metric, where)}
+            FROM {_image_aggregates(rows_of(con, run_id), metric, where)}
             ORDER BY value {_direction(descending)} NULLS LAST, image_id LIMIT $limit OFFSET $offset)
         SELECT r.image_id, i.file_name, i.width, i.height, r.n_words, r.value, r.n_images
         FROM ranked AS r JOIN images AS i USING (image_id)
@@ -152,7 +154,7 @@ def best_slices(
         f"""
         SELECT method, layer, sum(n)::BIGINT AS n, sum(n_mask_mass)::BIGINT AS n_object,
             {_mean("mask_mass")} AS mask_mass, {_mean("background_mass")} AS background_mass
-        FROM {_aggregates_of(con, run_id)} WHERE {where} GROUP BY method, layer
+        FROM {_aggregates_of(rows_of(con, run_id))} WHERE {where} GROUP BY method, layer
         ORDER BY sum(n_mask_mass) >= $min_count DESC, {_GROUNDING} DESC, background_mass ASC NULLS LAST,
             method, layer""",
         params | {"min_count": min_count},
@@ -164,5 +166,7 @@ def present_metrics(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, .
     without object labels (a pairs table, WebDataset shards, COCO without instances) lacks the object
     metrics and background mass, which are NULL there."""
     counts = ", ".join(f"coalesce(sum(n_{check_metric(m)}), 0) > 0 AS {m}" for m in METRICS)
-    has = frame(con, f"SELECT {counts} FROM {_aggregates_of(con, run_id)} WHERE run_id = $run_id", {"run_id": run_id})
+    has = frame(
+        con, f"SELECT {counts} FROM {_aggregates_of(rows_of(con, run_id))} WHERE run_id = $run_id", {"run_id": run_id}
+    )
     return tuple(m for m in METRICS if bool(has[m].iloc[0]))

@@ -11,6 +11,8 @@ fall back to `words` for the others; db.rankings reads image_summary.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
@@ -96,36 +98,38 @@ WHERE {{runs}}
 GROUP BY run_id, method, layer, word, category_id
 """
 
+# key_image_summary and key_summary: per key (a word, or a COCO category's name), what db.compare pairs runs on.
+KEY_KINDS = ("word", "category")
+KEY_ORDER = "run_id, method, layer, key_kind, key"
+_CATEGORY_JOIN = "JOIN categories AS c USING (category_id)"
 
-def key_image_select(rows: str, where: str) -> str:
+
+def key_image_select(rows: str, where: str, metrics: Sequence[str] = METRICS, kinds: Sequence[str] = KEY_KINDS) -> str:
     """SQL of key_image_summary's rows from word rows `rows` matching `where`: per (run, method, layer) and key
     (key_kind 'word': a word; 'category': a COCO category's name, over the words naming it) and image, the
-    additive aggregates of every metric. db.compare reads it, or this SQL on a run not finalized."""
-    sums = ", ".join(_SUMS)
+    additive aggregates of `metrics`. db.compare reads it, or this SQL (one metric, one kind) on a run not
+    finalized."""
+    sums = ", ".join(sums for m, sums in zip(METRICS, _SUMS, strict=True) if m in metrics)
+    keys = {"word": ("word", ""), "category": ("c.name", _CATEGORY_JOIN)}
+    return " UNION ALL ".join(
+        f"SELECT run_id, method, layer, '{kind}' AS key_kind, {keys[kind][0]} AS key, image_id, count(*) AS n, "
+        f"{sums} FROM {rows} {keys[kind][1]} WHERE {where} GROUP BY ALL"
+        for kind in kinds
+    )
 
-    def per_key(kind: str, key: str, join: str) -> str:
-        return (
-            f"SELECT run_id, method, layer, '{kind}' AS key_kind, {key} AS key, image_id, count(*) AS n, {sums} "
-            f"FROM {rows} {join} WHERE {where} GROUP BY ALL"
-        )
 
-    return f"{per_key('word', 'word', '')} UNION ALL {per_key('category', 'c.name', _CATEGORY_JOIN)}"
-
-
-def key_select(key_images: str) -> str:
-    """SQL of key_summary's rows from key_image_summary rows `key_images`: per key, every metric's n and sum,
-    the images having it (images_m) and a fingerprint of their (image, n) pairs (pairing_m: two slices
+def key_select(key_images: str, metrics: Sequence[str] = METRICS) -> str:
+    """SQL of key_summary's rows from key_image_summary rows `key_images`: per key, the n and sum of `metrics`,
+    the images having each (images_m) and a fingerprint of their (image, n) pairs (pairing_m: two slices
     with the same one pair up each image with the same count, and compare by their sums)."""
     per_metric = [f"sum(n_{m})::BIGINT AS n_{m}, sum(sum_{m}) AS sum_{m}, count(*) FILTER (n_{m} > 0) AS images_{m}, "
-                  f"bit_xor(hash(image_id, n_{m})) FILTER (n_{m} > 0) AS pairing_{m}" for m in METRICS]  # fmt: skip
+                  f"bit_xor(hash(image_id, n_{m})) FILTER (n_{m} > 0) AS pairing_{m}" for m in metrics]  # fmt: skip
     return (
         f"SELECT run_id, method, layer, key_kind, key, sum(n)::BIGINT AS n, {', '.join(per_metric)} "
         f"FROM ({key_images}) GROUP BY ALL"
     )
 
 
-KEY_ORDER = "run_id, method, layer, key_kind, key"
-_CATEGORY_JOIN = "JOIN categories AS c USING (category_id)"
 _KEY_COLUMNS = "run_id VARCHAR NOT NULL, method VARCHAR NOT NULL, layer SMALLINT NOT NULL, key_kind VARCHAR NOT NULL, "
 _KEY_COLUMNS += "key VARCHAR NOT NULL"
 _NOT_FINALIZED = "run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)"

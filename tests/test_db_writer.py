@@ -1,12 +1,17 @@
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
+import duckdb
+import fsspec
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 
-from db import sample, writer
+from db import parts, sample, writer
+from db.parts import Store
 from db.schema import LOOKUP_ORDER
 
 RUN = "5a3b1e0000000001"
@@ -213,3 +218,37 @@ def test_merged_run_is_complete_only_if_every_shard_is(tmp_path, coco, dataset, 
     con = writer.connect(tmp_path / "merged.duckdb")
     status, seconds, n_images = con.execute("SELECT status, seconds, n_images FROM runs").fetchone()
     assert (status, seconds, n_images) == (merged, float(len(ids)), len(ids))
+
+
+class CountingHandler(pafs.FSSpecHandler):
+    """A local filesystem seen as a remote store (read through Arrow) that counts folder listings and reads."""
+
+    def __init__(self, fs):
+        super().__init__(fs)
+        self.listed, self.read = Counter(), Counter()
+
+    def get_file_info_selector(self, selector):
+        self.listed[selector.base_dir] += 1
+        return super().get_file_info_selector(selector)
+
+    def open_input_stream(self, path):
+        self.read[path] += 1
+        return super().open_input_stream(path)
+
+
+def test_a_build_lists_each_folder_of_a_run_and_reads_each_session_once(small_db, tmp_path):
+    handler = CountingHandler(fsspec.filesystem("file"))
+    store = Store(pafs.PyFileSystem(handler), str(parts.parts_dir(small_db)))
+    (run_id,) = parts.run_ids(store)
+    db = tmp_path / "rebuilt.duckdb"
+    handler.listed.clear()
+    assert writer.build(db, parts=store) == [run_id]
+    run_dir = store.path("runs", run_id)
+    of_run = {folder: n for folder, n in handler.listed.items() if folder.startswith(run_dir)}
+    assert set(of_run) >= {f"{run_dir}/{t}" for t in ("sessions", parts.DONE_TABLE, "words")}
+    assert set(of_run.values()) == {1}, of_run
+    sessions = {path: n for path, n in handler.read.items() if "/sessions/" in path}
+    assert sessions and set(sessions.values()) == {1}, sessions
+    with duckdb.connect(str(db), read_only=True) as con, duckdb.connect(str(small_db), read_only=True) as want:
+        for table in RESULT_TABLES:
+            assert _count(con, table) == _count(want, table) > 0
