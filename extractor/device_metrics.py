@@ -18,9 +18,13 @@ from torch import Tensor
 from extractor.metrics import OBJECT_CELL_COVERAGE, TOP_MASS_FRACTION
 
 
-def distribution(maps: Tensor) -> Tensor:
-    """p = m / m.sum() per map of (n, N), as float64; a map without mass reads as uniform."""
-    if (maps < 0).any():
+def distribution(maps: Tensor, checked: bool = True) -> Tensor:
+    """p = m / m.sum() per map of (n, N), as float64; a map without mass reads as uniform.
+
+    `checked`: raise on a negative map, which waits for the device; False for maps non-negative by
+    construction (attention rows).
+    """
+    if checked and (maps < 0).any():
         raise ValueError("attention maps must be non-negative")
     m = maps.double()
     total = m.sum(-1, keepdim=True)
@@ -92,14 +96,16 @@ def _jsd(p: Tensor, p_bits: Tensor, q: Tensor, q_bits: Tensor) -> Tensor:
 
 
 def _others_reference(p: Tensor, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    # extractor.metrics.others_reference as one sparse (n, n) x (n, N) product: no (pairs, N) gather.
+    # extractor.metrics.others_reference for the rows with pairs only, as one sparse (k, n) x (n, N) product:
+    # no (pairs, N) gather. Returns (rows (k,), their references (k, N)).
     word, other = pairs
-    count = torch.zeros(len(p), dtype=p.dtype, device=p.device).index_add_(0, word, torch.ones_like(p[word, 0]))
+    rows, position = word.unique(return_inverse=True)
+    count = torch.zeros(len(rows), dtype=p.dtype, device=p.device).index_add_(0, position, torch.ones_like(p[word, 0]))
     # The pairs are in range by construction: the invariant check would cost a pass over them.
     weights = torch.sparse_coo_tensor(
-        torch.stack([word, other]), 1.0 / count[word], (len(p), len(p)), check_invariants=False
+        torch.stack([position, other]), 1.0 / count[position], (len(rows), len(p)), check_invariants=False
     )
-    return torch.sparse.mm(weights, p), count > 0
+    return rows, torch.sparse.mm(weights, p)
 
 
 def word_metrics(
@@ -175,12 +181,16 @@ def word_metrics(
 def specificity_others(p: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
     """(n,) float64: `extractor.metrics` specificity of each distribution of p (n, N) from the mean of its
     pair rows (`others` of word_metrics), NaN for a row without pairs."""
-    return _specificity_others(p, _bits(p), pairs)
+    return _specificity_others(p, None, pairs)
 
 
-def _specificity_others(p: Tensor, p_bits: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
-    q, known = _others_reference(p, pairs)
-    return _jsd(p, p_bits, q, _bits(q)).where(known, math.nan)
+def _specificity_others(p: Tensor, p_bits: Tensor | None, pairs: tuple[Tensor, Tensor]) -> Tensor:
+    rows, q = _others_reference(p, pairs)
+    own = p[rows]
+    own_bits = _bits(own) if p_bits is None else p_bits[rows]
+    out = torch.full((len(p),), math.nan, dtype=p.dtype, device=p.device)
+    out[rows] = _jsd(own, own_bits, q, _bits(q))
+    return out
 
 
 def encode(maps: Tensor) -> tuple[Tensor, Tensor]:
