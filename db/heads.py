@@ -56,22 +56,43 @@ def head_means(
     )
 
 
+_HEAD_ROWS = "FROM word_heads WHERE run_id = $head_run AND layer = $head_layer AND head = $head_head"
+
+
+def _head_params(where: WordFilter, head: Head) -> dict:
+    return {"head_run": where.run_id, "head_layer": head.layer, "head_head": head.head}
+
+
+def _every_word(where: WordFilter) -> bool:
+    """Whether `where` matches every word that has a head row (any word with an object in the run): then
+    word_heads alone ranks and counts, without joining the layer's whole slice of word rows."""
+    rest = replace(where, run_id=None, method=None, layer=None, has_object=None)
+    return rest == WordFilter() and where.has_object is not False
+
+
+def _order(column: str, descending: bool) -> str:
+    return f"{column} {'DESC' if descending else 'ASC'} NULLS LAST, image_id, caption_id, word_index"
+
+
 def _ranked_rows(con: duckdb.DuckDBPyConnection, where: WordFilter, head: Head) -> tuple[str, dict]:
     """FROM clause of the word rows `where` matches in the head's layer, each with the head's value
     (`head_value`); words without a row in word_heads (no object) are left out."""
     clause, params = word_filter_sql(replace(where, method=ATTENTION, layer=head.layer))
     sql = f"""
         (SELECT {LOOKUP_COLUMNS} FROM {rows_of(con, where.run_id)} WHERE {clause}) AS l
-        JOIN (SELECT image_id, caption_id, word_index, {head.metric} AS head_value FROM word_heads
-              WHERE run_id = $head_run AND layer = $head_layer AND head = $head_head) AS h
+        JOIN (SELECT image_id, caption_id, word_index, {head.metric} AS head_value {_HEAD_ROWS}) AS h
         USING (image_id, caption_id, word_index)"""
-    return sql, params | {"head_run": where.run_id, "head_layer": head.layer, "head_head": head.head}
+    return sql, params | _head_params(where, head)
 
 
 def count_by_head(con: duckdb.DuckDBPyConnection, where: WordFilter, head: Head) -> int:
     """How many word rows search_by_head ranks for the same filter and head."""
-    rows, params = _ranked_rows(con, where, head)
-    return int(frame(con, f"SELECT count(*) AS n FROM {rows}", params)["n"].iloc[0])
+    if _every_word(where):
+        sql, params = f"SELECT count(*) AS n {_HEAD_ROWS}", _head_params(where, head)
+    else:
+        rows, params = _ranked_rows(con, where, head)
+        sql = f"SELECT count(*) AS n FROM {rows}"
+    return int(frame(con, sql, params)["n"].iloc[0])
 
 
 def search_by_head(
@@ -79,8 +100,16 @@ def search_by_head(
 ) -> pd.DataFrame:
     """One page of the word rows `where` matches in the head's attention layer, ranked by the head's own
     metric (`head_value`): search_words' columns (the layer's mean map and metrics) plus head_value."""
+    page = None
+    if _every_word(where):
+        # The page's words are word_heads' own first rows: only their images' word rows are read then.
+        sql = f"SELECT image_id, caption_id, word_index {_HEAD_ROWS} ORDER BY {_order(head.metric, descending)} "
+        page = frame(
+            con, sql + "LIMIT $limit OFFSET $offset", _head_params(where, head) | {"limit": limit, "offset": offset}
+        )
+        where, limit, offset = replace(where, image_ids=tuple(int(i) for i in page["image_id"].unique())), None, 0
     rows, params = _ranked_rows(con, where, head)
-    order = f"head_value {'DESC' if descending else 'ASC'} NULLS LAST, image_id, caption_id, word_index"
+    order = _order("head_value", descending)
     hits = frame(
         con,
         f"""
@@ -90,4 +119,6 @@ def search_by_head(
         ORDER BY {order}""",
         params | {"limit": limit, "offset": offset},
     ).astype({"category": "str"})
+    if page is not None:
+        hits = page.merge(hits, on=["image_id", "caption_id", "word_index"])  # those words, in their order
     return page_details(con, hits)
