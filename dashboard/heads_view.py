@@ -95,9 +95,13 @@ def head_header(head: Head, total: int, order: str) -> None:
 
 def value_badges(row: Mapping[str, Any], head: Head) -> str:
     """The head's value beside the layer mean map's, as badges."""
-    label = ui.metric_label(head.metric)
-    mean = row[head.metric]
-    return f":primary-badge[head {head.head} {label} {row['head_value']:.2f}] :gray-badge[layer mean {mean:.2f}]"
+    label, value, mean = ui.metric_label(head.metric), shown(row["head_value"]), shown(row[head.metric])
+    return f":primary-badge[head {head.head} {label} {value}] :gray-badge[layer mean {mean}]"
+
+
+def shown(value: Any) -> str:
+    """A value to two decimals; a dash where there is none (a word with no other object to contrast with)."""
+    return "–" if value is None or pd.isna(value) else f"{float(value):.2f}"
 
 
 def head_card(ctx: data.Context, row: Mapping[str, Any], head: Head, style: OverlayStyle) -> None:
