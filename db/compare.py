@@ -1,17 +1,18 @@
 """Two runs compared over the same images: which words and categories a metric changes for, and by how much.
 
-The runs are matched per (key, image): a key is a word or a COCO category (over the words naming it),
-read in a chosen slice (method, layer) of each run, and only the (key, image) pairs where both slices have
-the metric count, so runs over different image (or caption) sets are compared on their intersection. Each
+The runs are matched per (key, image): a key is a word or a COCO category (over the words naming it), read
+in a chosen slice (method, layer) of each run, and only the (key, image) pairs where both slices have the
+metric count, so runs over different image (or caption) sets are compared on their intersection. Each
 pair's change is the difference of the key's mean in that image, B's minus A's, weighted by the
 occurrences that pair up, min(n_a, n_b); a key's change is the weighted mean of its images' changes. Over
 the same captions (n_a = n_b everywhere) that is exactly the mean change per matched caption word. A
-finalized run's side is read from `word_image_summary` (counts and sums per run, slice, word, category
-and image, written by db.writer.finalize), another's aggregated from its word rows live. SQL totals the
-pairs per key (every key's change), then lists them per (key, image) for the keys that get an interval;
-db.bootstrap resamples those per-image rows. matched_words pairs single caption words, by (image_id,
-caption_id, word_index), to show both runs' maps. Metric names reach SQL text only through
-db.filters.check_metric and range_expr (the allow-list); everything else is a bound parameter.
+finalized run's side is read from `key_summary` and `key_image_summary` (counts and sums per run, slice,
+key, and image; written by db.writer.finalize), another's aggregated from its word rows live. Keys whose
+(image, count) pairs are the same in both slices are totalled from their sums, the others pair by pair;
+then the (key, image) pairs of the keys that get an interval are listed, and db.bootstrap resamples them.
+matched_words pairs single caption words, by (image_id, caption_id, word_index), to show both runs' maps.
+Metric names reach SQL text only through db.filters.check_metric and range_expr (the allow-list);
+everything else is a bound parameter.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def key_totals(
     )
     others = keys.loc[~keys.pop("paired"), "key"].tolist()
     if others:
-        paired = frame(
+        by_image = frame(
             con,
             f"""
             SELECT key, sum(n)::BIGINT AS n, count(*) AS n_images, sum(n * mean_a) / sum(n) AS mean_a,
@@ -142,7 +143,7 @@ def key_totals(
             FROM ({_pairs(metric, by, done, a, b, _ONLY_KEYS)}) GROUP BY key""",
             params | {"keys": others},
         )
-        keys = pd.concat([keys[~keys["key"].isin(others)], paired], ignore_index=True)
+        keys = pd.concat([keys[~keys["key"].isin(others)], by_image], ignore_index=True)
     return keys[keys["n"] >= min_count].sort_values("key", ignore_index=True)
 
 

@@ -269,7 +269,7 @@ def finish_run(
 ) -> None:
     """Close a run: store counts, status, finish time, add `seconds` to its compute time.
 
-    A 'complete' run is finalized (word_lookup, word_summary, image_summary written) unless finalize_run is False,
+    A 'complete' run is finalized (db.schema.DERIVED_TABLES written) unless finalize_run is False,
     which suits shard files that are merged (and finalized) afterwards.
     """
     with _transaction(con):
@@ -283,8 +283,8 @@ def finish_run(
 
 
 def finalize(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Write a run's word_lookup (words without maps, sorted by word and category), word_summary
-    and image_summary.
+    """Write a run's derived tables (db.schema.DERIVED_TABLES): word_lookup (words without maps, sorted by word
+    and category), word_summary, image_summary, and key_image_summary and key_summary (db.compare's).
 
     Until then, searches and statistics of the run read the unsorted words table: correct but a full
     scan (see bench/dashboard_bench.py). One transaction; a crash leaves the run unfinalized.
