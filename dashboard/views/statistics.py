@@ -67,7 +67,8 @@ metric = state.url_choice(
     param="metric",
     widget=middle.selectbox,
     format_func=ui.metric_label,
-    disabled=view == "leaderboards",  # they rank by entropy and by background mass
+    # Leaderboards rank by entropy and by background mass; the heads view has its own per-head metric.
+    disabled=view in ("leaderboards", "grounding heads"),
     help=ui.metrics_help(metrics),
 )
 ui.absent_metrics_note(metrics)
@@ -78,6 +79,7 @@ min_count = right.number_input(
     3,
     key="min_n",
     bind=state.BIND,
+    disabled=view == "grounding heads",  # a head's mean is over every word with an object
     help="Words (or categories) seen fewer times are left out.",
 )
 words = questions.word_stats(ctx.db, run_id, ctx.method, ctx.layer, min_count)
