@@ -144,16 +144,25 @@ def vocab_sha256(vocab: Path, mtime_ns: int) -> str:
     return file_sha256(vocab)
 
 
+def sha256_of(vocab: Path) -> str:
+    return vocab_sha256(vocab, vocab.stat().st_mtime_ns)
+
+
 def run_vocab(settings: ProbeSettings) -> Path:
-    """The run's vocab file, checked against the sha256 the run recorded.
+    """The run's vocab file, checked against the sha256 the run recorded. A run recorded elsewhere (another
+    machine or checkout) names a path missing here: this checkpoint's default vocab stands in when its sha256
+    is the recorded one.
 
     Raises:
         ProbeError: the file is not on this machine, or is not the one the run read.
     """
     vocab = settings.vocab
     if not vocab.is_file():
+        default = default_vocab(settings.checkpoint)
+        if settings.vocab_sha256 and default.is_file() and sha256_of(default) == settings.vocab_sha256:
+            return default
         raise ProbeError(f"The vocab {vocab} is not on this machine: put bert-base-uncased's vocab.txt there.")
-    if settings.vocab_sha256 and vocab_sha256(vocab, vocab.stat().st_mtime_ns) != settings.vocab_sha256:
+    if settings.vocab_sha256 and sha256_of(vocab) != settings.vocab_sha256:
         raise ProbeError(f"The vocab at {vocab} is not the run's (its sha256 differs): words would not split as the "
                          "run split them.")  # fmt: skip
     return vocab

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -156,8 +157,6 @@ def huge_png() -> bytes:
     ],
 )
 def test_what_cannot_be_probed_is_said_in_one_sentence(demo_db, tmp_path, change, image, caption, message):
-    from dataclasses import replace
-
     run = run_row(demo_db)
     if change.get("checkpoint") == "garbage":
         change = {"checkpoint": tmp_path / "checkpoint.pth"}
@@ -179,8 +178,6 @@ def test_what_cannot_be_probed_is_said_in_one_sentence(demo_db, tmp_path, change
 def test_the_probe_reads_the_vocab_the_run_recorded(demo_db, tmp_path):
     """The run records its --vocab path and sha256; the probe reads that file even where another vocab.txt lies
     beside the checkpoint, and says in one sentence when the file is gone or differs."""
-    from dataclasses import replace
-
     run = run_row(demo_db)
     recorded = json.loads(run["vocab"])
     vocab = Path(recorded["path"])
@@ -191,11 +188,26 @@ def test_the_probe_reads_the_vocab_the_run_recorded(demo_db, tmp_path):
     moved = tmp_path / "vocab.txt"
     moved.write_bytes(vocab.read_bytes())
     assert live.probe(replace(settings, vocab_file=moved), image, "a red circle").words["word"].nunique() == 3
+    gone = tmp_path / "gone" / "vocab.txt"
     with pytest.raises(ProbeError, match=r"^The vocab .* is not on this machine: [^\n]*$"):
-        live.probe(replace(settings, vocab_file=tmp_path / "gone" / "vocab.txt"), image, "a red circle")
+        live.probe(replace(settings, vocab_file=gone, vocab_sha256="0" * 64), image, "a red circle")
     moved.write_text(vocab.read_text() + "extra\n")
     with pytest.raises(ProbeError, match=r"^The vocab at .* is not the run's \(its sha256 differs\)[^\n]*$"):
         live.probe(replace(settings, vocab_file=moved), image, "a red circle")
+
+
+def test_a_run_recorded_elsewhere_reads_the_checkpoints_default_vocab_of_the_same_sha256(demo_db, tmp_path):
+    """The recorded vocab path is missing here (the run was extracted on another machine or checkout), but the
+    vocab.txt beside the checkpoint has the recorded sha256: the probe reads it and splits the words as the run."""
+    run = run_row(demo_db)
+    settings = replace(ProbeSettings.from_run(run), vocab_file=tmp_path / "elsewhere" / "vocab.txt")
+    beside = Path(run["checkpoint_path"]).with_name("vocab.txt")
+    assert hashlib.sha256(beside.read_bytes()).hexdigest() == settings.vocab_sha256
+    assert live.run_vocab(settings) == beside
+    cap = stored_captions(demo_db, 1).iloc[0]
+    probed = live.probe(settings, Path(run["images_dir"]) / cap.file_name, cap.raw)
+    mine = probed.words[probed.words["head"] == MEAN].sort_values(["method", "layer", "word_index"])
+    assert mine["word"].tolist() == stored_words(demo_db, int(cap.caption_id))["word"].tolist()
 
 
 def test_a_run_records_the_vocab_it_read(small_db, shared):
@@ -205,8 +217,6 @@ def test_a_run_records_the_vocab_it_read(small_db, shared):
 
 
 def test_a_run_without_a_recorded_vocab_reads_the_checkpoints_default(demo_db, tmp_path, monkeypatch):
-    from dataclasses import replace
-
     run = run_row(demo_db) | {"vocab": None}
     alone = tmp_path / "checkpoint.pth"  # the demo's checkpoint without its vocab.txt beside it
     alone.write_bytes(Path(run["checkpoint_path"]).read_bytes())
