@@ -252,3 +252,18 @@ def test_a_build_lists_each_folder_of_a_run_and_reads_each_session_once(small_db
     with duckdb.connect(str(db), read_only=True) as con, duckdb.connect(str(small_db), read_only=True) as want:
         for table in RESULT_TABLES:
             assert _count(con, table) == _count(want, table) > 0
+
+
+def test_finalize_stores_word_heads_in_run_layer_head_order_with_the_parts_rows(small_db):
+    """A Search ranked by one head prunes to its rows only if they are contiguous: stored (rowid) order is
+    writer.HEADS_ORDER, and the rows are exactly the parts' ones."""
+    (run_id,) = parts.run_ids(parts.parts_dir(small_db))
+    files = parts.done_files(parts.parts_dir(small_db), run_id, "word_heads")
+    columns = "run_id, image_id, caption_id, word_index, layer, head, mask_mass, specificity_others"
+    with duckdb.connect(str(small_db), read_only=True) as con:
+        stored = con.execute(f"SELECT {columns} FROM word_heads ORDER BY rowid").df()
+        from_parts = con.execute(
+            f"SELECT {columns} FROM read_parquet(?) ORDER BY run_id, {writer.HEADS_ORDER}", [files]
+        ).df()
+    assert stored["layer"].nunique() > 1 and stored["head"].nunique() > 1 and stored["image_id"].nunique() > 1
+    pd.testing.assert_frame_equal(stored, from_parts, check_dtype=False)
