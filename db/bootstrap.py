@@ -7,11 +7,17 @@ same images for every group of one resample, and no multinomial draw over all im
 weight in resample r is a hash of (seed, image id, r), so a group's interval is the same whichever other
 groups (or images) are bootstrapped beside it: a key ranked into the first rows has the interval it has
 in the whole table.
+
+The weights of one (seed, resamples) are kept in the server process for the next call (one table of images x
+resamples bytes: 123 MB at COCO's 123,287 images and 1,000 resamples), over the union of the images asked so far,
+so a call on other keys, another metric or order gathers its images' rows instead of hashing them again.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +28,21 @@ _BLOCK = 1 << 24
 _POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(10)])
 _POISSON_EDGES = (_POISSON_CDF * 2.0**32).astype(np.uint32)  # the same on a uniform 32-bit hash
 _CACHE_BLOCK = 1 << 16  # hash elements computed at once (256 kB of uint32)
+_KEPT_BYTES = 1 << 28  # the kept weight table grows to the union of images asked only up to 256 MB
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """Every resample's weights of the images `ids` (sorted): table[i, r] is image ids[i]'s in resample r."""
+
+    seed: int
+    resamples: int
+    ids: np.ndarray
+    table: np.ndarray
+
+
+_kept: _Kept | None = None
+_kept_lock = threading.Lock()
 
 
 def ratio_ci(
@@ -58,6 +79,8 @@ def ratio_ci(
     estimate = np.add.reduceat(total, starts) / np.add.reduceat(count, starts)
     ids, image = np.unique(image, return_inverse=True)
     n_images = len(ids)
+    kept = _weights(ids, resamples, seed)
+    image = np.searchsorted(kept.ids, ids)[image]  # each row's image's row of the kept table
     # float32 resample sums (half the memory traffic): 1e-7 relative error per term, far below any interval's
     # width. Weights stay uint8 until a group's rows gather theirs (a quarter of the bytes moved). einsum, not `@`:
     # OpenBLAS's sgemm of a (2, rows) by (rows, n) product is 10-40x slower here.
@@ -67,14 +90,40 @@ def ratio_ci(
     chunk = max(1, min(resamples, _BLOCK // n_images))
     for first in range(0, resamples, chunk):
         n = min(chunk, resamples - first)
-        weights = _poisson_weights(ids, first, n, seed)  # (images, n)
         for g, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            rows = weights[image[lo:hi]].astype(np.float32)  # (rows of g, n): each row's image's weight
+            rows = kept.table[image[lo:hi], first : first + n].astype(np.float32)  # (rows of g, n): their weights
             num, den = np.einsum("kr,rn->kn", sums[:, lo:hi], rows).astype(np.float64)  # (2, n)
             with np.errstate(invalid="ignore", divide="ignore"):
                 draws[first : first + n, g] = num / den
     low, high = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return estimate, low, high
+
+
+def clear_weights() -> None:
+    """Forget the kept weights (the next call hashes its images' weights again)."""
+    global _kept
+    with _kept_lock:
+        _kept = None
+
+
+def _weights(ids: np.ndarray, resamples: int, seed: int) -> _Kept:
+    """Weights of at least the sorted images `ids` in every resample: the kept table when it has them all, else
+    a new one over them and the kept images (while that stays under _KEPT_BYTES), kept in its place."""
+    global _kept
+    with _kept_lock:
+        kept = _kept
+    if kept is not None and (kept.seed, kept.resamples) == (seed, resamples):
+        at = np.minimum(np.searchsorted(kept.ids, ids), len(kept.ids) - 1)
+        if np.array_equal(kept.ids[at], ids):
+            return kept
+        union = np.union1d(kept.ids, ids)
+        ids = union if union.size * resamples <= _KEPT_BYTES else ids
+    table = _poisson_weights(ids, 0, resamples, seed)
+    table.flags.writeable = False  # shared by concurrent sessions
+    kept = _Kept(seed, resamples, ids, table)
+    with _kept_lock:
+        _kept = kept
+    return kept
 
 
 def _poisson_weights(ids: np.ndarray, first: int, n: int, seed: int) -> np.ndarray:

@@ -3,6 +3,7 @@ database: the fine-tuned and the pre-trained fixture checkpoints over the same i
 subset, and a pre-trained Grad-CAM-only run over fewer of them. Expected values come from the test's own SQL
 and pandas on the word rows."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from db import compare, queries
+from db import bootstrap, compare, queries
 from db.compare import Slice
 from db.schema import UNFINALIZE_SQL
 from tests.conftest import run_extraction
@@ -190,6 +191,32 @@ def test_intervals_only_for_the_first_keys_of_the_order_asked(runs, con):
     assert first["low"].iloc[5:].isna().all() and first["high"].iloc[5:].isna().all()
 
 
+def test_kept_weights_give_the_intervals_of_freshly_hashed_ones_bit_for_bit(runs, con, monkeypatch):
+    rows = compare.per_image(con, gradcam(runs, "a"), gradcam(runs, "b"), "entropy")
+    group, _ = pd.factorize(rows["key"], sort=True)
+    every = (group, rows["image_id"].to_numpy(), (rows["sum_b"] - rows["sum_a"]).to_numpy(), rows["n"].to_numpy())
+    images = rows.groupby("key")["image_id"].size()
+    rare = rows["key"].isin(images.index[images <= 3][:5]).to_numpy()  # 5 words of 3 images at most
+    few = (pd.factorize(rows.loc[rare, "key"], sort=True)[0], *(column[rare] for column in every[1:]))
+    assert len(np.unique(few[1])) < len(np.unique(every[1]))
+    fresh = {}
+    for name, args in (("few", few), ("every", every)):
+        bootstrap.clear_weights()
+        fresh[name] = bootstrap.ratio_ci(*args)
+    hashed = []
+    poisson_weights = bootstrap._poisson_weights
+    monkeypatch.setattr(bootstrap, "_poisson_weights", lambda *args: hashed.append(args) or poisson_weights(*args))
+    bootstrap.clear_weights()
+    # The few words' images hashed; then every word's (the union); then both gathered from the kept table.
+    kept = [bootstrap.ratio_ci(*args) for args in (few, every, few, every)]
+    assert len(hashed) == 2
+    for name, got in zip(("few", "every", "few", "every"), kept, strict=True):
+        for want, value in zip(fresh[name], got, strict=True):
+            np.testing.assert_array_equal(value, want)
+    other_seed = bootstrap.ratio_ci(*every, seed=1)
+    assert len(hashed) == 3 and not np.array_equal(other_seed[1], fresh["every"][1])
+
+
 @pytest.mark.parametrize("by", ["word", "category"])
 def test_a_run_compared_with_itself_changes_nothing(runs, con, by):
     a = gradcam(runs, "a")
@@ -248,11 +275,41 @@ def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, monkeypat
     sides = [(ids[side], "gradcam", str(layer)) for side in "ab"] * (len(cards) // 2)
     assert [(card["run"], card["method"], card["layer"]) for card in cards] == sides and cards  # each its own run
     assert not [m for m in at.info if "different images" in m.value]  # same images: no note
+    # The final state: the first keys' intervals filled in, the chart's error bars drawn, no pending note.
+    first = table.head(100)
+    assert first["low"].notna().all() and (first["low"] <= first["change"] + 1e-6).all()
+    pd.testing.assert_frame_equal(table.head(100), want.set_index("key").loc[first["key"]].reset_index())
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "95% bootstrap intervals" in chart["layout"]["title"]["text"] and chart["data"][0]["error_x"]["array"]
+    assert not [c for c in at.caption if "omputing intervals" in c.value]
     # The deep link round-trips: the URL it wrote opens the same view.
     link = dict(at.query_params)
     again = open_compare(runs, monkeypatch, tmp_path, **link)
     pd.testing.assert_frame_equal(again.dataframe[0].value, table)
     assert dict(again.query_params) == link
+
+
+def test_the_ranking_shows_before_the_intervals_with_a_note_while_they_compute(runs, monkeypatch, tmp_path):
+    def stalled(group, *args, **kwargs):  # the SQL-only first call bootstraps nothing; the second stops here
+        if len(group):
+            raise RuntimeError("intervals stalled")
+        return bootstrap.ratio_ci(group, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "ratio_ci", stalled)
+    st.cache_data.clear()
+    ids, layer = runs["ids"], runs["gradcam_layer"]
+    query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "mask_mass"}
+    at = open_compare(runs, monkeypatch, tmp_path, **query)
+    assert at.exception  # the intervals never came (the app redacts the message)
+    table = at.dataframe[0].value
+    want = compare.changes(queries.connect_readonly(runs["db"]), gradcam(runs, "a"), gradcam(runs, "b"), "mask_mass",
+                           min_count=3, intervals=0)  # fmt: skip
+    pd.testing.assert_frame_equal(table, want)
+    assert len(table) > 0 and table["low"].isna().all() and table["high"].isna().all()
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "computing intervals" in chart["layout"]["title"]["text"] and "error_x" not in chart["data"][0]
+    assert [c for c in at.caption if "Computing intervals" in c.value]
+    st.cache_data.clear()
 
 
 def test_runs_over_different_images_compare_on_their_intersection_and_say_so(runs, monkeypatch, tmp_path):

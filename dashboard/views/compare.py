@@ -23,6 +23,8 @@ PAIRS = 6  # occurrences shown side by side
 RANKS = dict(zip(ORDERS, ("largest change either way", "largest rise (B > A)", "largest fall (B < A)"), strict=True))
 INTERVALS = 100  # keys with a bootstrap interval, in the table's order: they cost resamples x their images
 CLICKED = "compare_clicked"  # session state: the chart point last applied, so a stale selection does not win
+SHOWN = "compare_intervals_shown"  # session state: the choices whose intervals this session has shown
+PENDING = "computing intervals…"
 
 
 def run_name(run: dict) -> str:
@@ -73,23 +75,55 @@ def slice_choice(column, name: str, run_id: str, default: str) -> Slice:
 
 
 def change_chart(top, metric: str, key_name: str) -> go.Figure:
-    """The top changes with their intervals as error bars, on an axis centred on zero."""
-    reach = max(float(top[["low", "high"]].abs().to_numpy().max()), 1e-3) * 1.1
+    """The top changes on an axis centred on zero, with their intervals as error bars once computed (NaN: pending)."""
+    pending = top["low"].isna().all()
+    reach = max(float(top[["change", "low", "high"]].abs().max().max()), 1e-3) * 1.1
+    bars = None if pending else {"type": "data", "array": top["high"] - top["change"],
+                                 "arrayminus": top["change"] - top["low"]}  # fmt: skip
     figure = go.Figure(
         go.Bar(
             x=top["change"],
             y=top["key"].map(plotly_literal),
             orientation="h",
             customdata=top[["key"]].map(plotly_literal).to_numpy(),
-            error_x={"type": "data", "array": top["high"] - top["change"], "arrayminus": top["change"] - top["low"]},
+            error_x=bars,
             hovertemplate="%{y}: %{x:+.3f}<extra></extra>",
         )
     )
     figure.update_xaxes(range=[-reach, reach], zeroline=True, title=f"change in {ui.metric_label(metric)} (B − A)")
     figure.update_yaxes(autorange="reversed", title=key_name)
     figure.update_layout(height=120 + 22 * len(top), clickmode="event+select", margin={"t": 40})
-    figure.update_layout(title=f"Top {len(top)} changes, 95% bootstrap intervals over images")
+    intervals = PENDING if pending else "95% bootstrap intervals over images"
+    figure.update_layout(title=f"Top {len(top)} changes, {intervals}")
     return figure
+
+
+def show_changes(slots, changes, metric: str, group: str):
+    """The chart of the top changes and the table of all into their two placeholders; once the intervals are in,
+    the chart takes clicks (its selection is returned)."""
+    chart, table = slots
+    figure = change_chart(changes.head(TOP), metric, group)
+    if changes["low"].isna().all():
+        chart.plotly_chart(figure)
+        event = None
+    else:
+        event = chart.plotly_chart(figure, key="changes", on_select="rerun", selection_mode="points")
+    table.dataframe(
+        changes,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "key": group,
+            "n": st.column_config.NumberColumn("occurrences"),
+            "n_images": st.column_config.NumberColumn("images"),
+            "mean_a": st.column_config.NumberColumn("mean in A", format="%.3f"),
+            "mean_b": st.column_config.NumberColumn("mean in B", format="%.3f"),
+            "change": st.column_config.NumberColumn("change (B − A)", format="%+.3f"),
+            "low": st.column_config.NumberColumn("95% CI low", format="%+.3f"),
+            "high": st.column_config.NumberColumn("95% CI high", format="%+.3f"),
+        },
+    )
+    return event
 
 
 def chosen_point(event) -> None:
@@ -194,7 +228,11 @@ if overlap["only_a"] or overlap["only_b"]:
         f"A has {overlap['only_a']:,} more, B has {overlap['only_b']:,} more.",
         icon=":material/join_inner:",
     )
-changes = questions.run_changes(ctx.db, a, b, metric, group, int(min_count), rank, INTERVALS)
+# The ranking first, from the SQL alone (tens of ms); then the bootstrap's intervals (up to ~1 s) fill it in place.
+# A choice whose intervals this session has shown is drawn once, with them (cached: no flicker).
+choice = (ctx.db, a, b, metric, group, int(min_count), rank)
+shown = st.session_state.setdefault(SHOWN, set())
+changes = questions.run_changes(*choice, INTERVALS if choice in shown else 0)
 if changes.empty:
     st.info(f"No {group} has {min_count} occurrences with {ui.metric_label(metric)} in both runs. Lower the minimum.")
     st.stop()
@@ -204,29 +242,16 @@ st.caption(
     f"A: {literal(run_name(by_id[run_a]))}, {a.method} layer {a.layer}) · intervals: 1,000 resamples of the images, "
     f"for the first {INTERVALS} in this order."
 )
-chosen_point(
-    st.plotly_chart(
-        change_chart(changes.head(TOP), metric, group),
-        key="changes",
-        on_select="rerun",
-        selection_mode="points",
-    )
-)
-st.dataframe(
-    changes,
-    hide_index=True,
-    width="stretch",
-    column_config={
-        "key": group,
-        "n": st.column_config.NumberColumn("occurrences"),
-        "n_images": st.column_config.NumberColumn("images"),
-        "mean_a": st.column_config.NumberColumn("mean in A", format="%.3f"),
-        "mean_b": st.column_config.NumberColumn("mean in B", format="%.3f"),
-        "change": st.column_config.NumberColumn("change (B − A)", format="%+.3f"),
-        "low": st.column_config.NumberColumn("95% CI low", format="%+.3f"),
-        "high": st.column_config.NumberColumn("95% CI high", format="%+.3f"),
-    },
-)
+slots = st.empty(), st.empty()
+event = show_changes(slots, changes, metric, group)
+if choice not in shown:
+    note = st.empty()
+    note.caption(f":material/hourglass_top: {PENDING.capitalize()} (1,000 resamples of the images)")
+    changes = questions.run_changes(*choice, INTERVALS)
+    shown.add(choice)
+    note.empty()
+    event = show_changes(slots, changes, metric, group)
+chosen_point(event)
 pick = state.url_choice(
     f"Maps of the {group}",
     changes["key"].tolist(),
