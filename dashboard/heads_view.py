@@ -10,7 +10,6 @@ on request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +26,9 @@ ALL = "all categories"
 CELL_PX = 36
 HEAD_PARAMS = ("head", "head_metric")
 COMPUTED = "head_maps_computed"  # session: the cards whose head map was asked for
+NOT_WITH_HEAD = (
+    "Not while a head ranks the Search (its ranking reads the head's values only): clear the head to use it."
+)
 
 
 def heatmap(grid: pd.DataFrame, metric: str, title: str) -> go.Figure:
@@ -65,12 +67,16 @@ def url_head() -> Head | None:
     raw, metric = st.query_params.get("head"), st.query_params.get("head_metric", HEAD_METRICS[0])
     if raw is None:
         return None
+    if metric not in HEAD_METRICS:
+        known = ", ".join(HEAD_METRICS)
+        st.warning(f"The per-head metric “{literal(metric)}” from the link is not one: expected one of {known}.")
+        return None
     try:
         layer, head = (int(part) for part in raw.split("."))
-        return Head(layer, head, metric)
     except ValueError:
-        st.warning(f"Head “{literal(raw)}” ({literal(metric)}) from the link is not one: expected LAYER.HEAD.")
+        st.warning(f"Head “{literal(raw)}” from the link is not one: expected LAYER.HEAD.")
         return None
+    return Head(layer, head, metric)
 
 
 def clear_head() -> None:
@@ -90,6 +96,14 @@ def head_header(head: Head, total: int, order: str) -> None:
     st.caption(
         f"The cards show layer {head.layer}'s map (the mean over its heads), as stored; "
         "“Compute this head's map” draws the head's own with the live probe."
+    )
+
+
+def no_head_rows(head: Head) -> str:
+    """Why a search ranked by a head finds nothing."""
+    return (
+        f"No occurrence here has a value of head {head.head} of layer {head.layer}: only words naming an object "
+        "have per-head values, and the head must be one of the run's fusion layers and heads."
     )
 
 
@@ -120,15 +134,13 @@ def head_map(ctx: data.Context, row: Mapping[str, Any], head: Head, style: Overl
     from extractor.probe import ProbeError  # torch: only once someone probes
 
     path = paths.image_path(ctx.images_dir, row["file_name"])
-    picture = None if path is None else probe_panel.image_bytes(str(path))
+    picture, source = probe_panel.probe_source(None if path is None else str(path))
     if picture is None:
         st.warning("The image file is not on this machine, so the head's map cannot be computed.")
         return
     try:
         with st.spinner("Computing the head's map (the first probe loads the model)…"):
-            folder = str(ctx.images_dir) if ctx.images_dir else None
-            source = str(path) if Path(path).is_file() else picture  # a WebDataset shard member: its bytes
-            result = probe_panel.probed(dict(ctx.run), source, row["caption_raw"], True, int(row["image_id"]), folder)
+            result = probe_panel.probed_in(ctx, source, row["caption_raw"], True, int(row["image_id"]))
     except ProbeError as exc:
         st.error(literal(str(exc)))
         return

@@ -69,6 +69,21 @@ def image_bytes(image: str | bytes) -> bytes | None:
         return None
 
 
+def probe_source(image: str | bytes | None) -> tuple[bytes | None, str | bytes | None]:
+    """The image's bytes (None: not on this machine) and what the probe reads: a file's path, an upload's bytes,
+    or a WebDataset shard member's bytes (no file to open)."""
+    picture = None if image is None else image_bytes(image)
+    if picture is None:
+        return None, None
+    return picture, image if isinstance(image, bytes) or Path(image).is_file() else picture
+
+
+def probed_in(ctx: data.Context, source: str | bytes, caption: str, heads: bool, image_id: int | None) -> Any:
+    """`probed` with the run of `ctx`, its images folder giving an image of the run its object metrics."""
+    folder = str(ctx.images_dir) if ctx.images_dir else None
+    return probed(dict(ctx.run), source, caption, heads, image_id, folder)
+
+
 def word_labels(words: pd.DataFrame) -> dict[int, str]:
     """Word index -> its label as a pill: the word, numbered where the caption repeats it ("a", "a · 2")."""
     first = words.drop_duplicates("word_index").sort_values("word_index")
@@ -171,7 +186,7 @@ def probe_panel(
 ) -> None:
     """Caption box, then the probe's maps and metrics for `image` (a path, maybe of a WebDataset shard member, or
     an upload's bytes; None: the file is not on this machine)."""
-    picture = None if image is None else image_bytes(image)
+    picture, source = probe_source(image)
     if picture is None:
         st.warning("The image file is not on this machine, so it cannot be probed.")
         return
@@ -190,9 +205,7 @@ def probe_panel(
 
     try:
         with st.spinner("Probing (the first probe loads the model)…"):
-            folder = str(ctx.images_dir) if ctx.images_dir else None
-            source = image if isinstance(image, bytes) or Path(image).is_file() else picture  # a shard member: bytes
-            result = probed(dict(ctx.run), source, caption, heads, image_id, folder)
+            result = probed_in(ctx, source, caption, heads, image_id)
     except ProbeError as exc:
         st.error(literal(str(exc)))
         return

@@ -16,6 +16,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.components import PAGE_SIZE
+from dashboard.heads_view import NOT_WITH_HEAD
 from db import heads
 from db.queries import WordFilter, connect_readonly
 from tests.test_browser import (  # noqa: F401
@@ -29,6 +30,9 @@ from tests.test_browser import (  # noqa: F401
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 HEADER = re.compile(r"\*\*([\d,]+)\*\* occurrences · Ranked by head (\d+) of layer (\d+) \(its mask mass\)")
 HEAD_BADGE = re.compile(r":primary-badge\[head (\d+) mask mass ([\d.]+)\] :gray-badge\[layer mean ([\d.]+)\]")
+ANY_BADGE = re.compile(r":primary-badge\[head \d+ [^\]]+ ([\d.]+|–)\] :gray-badge\[layer mean ([\d.]+|–)\]")
+NO_ROWS = "only words naming an object have per-head values"
+REVIEW_KEYS = ("rv_verdict", "rv_tag", "rv_status", "rv_sort")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,35 +51,55 @@ def run(extracted_db) -> dict:
     return {"id": run_id, "layer": int(layer), "layers": int(n_layers), "heads": int(n_heads)}
 
 
-def direct_ranking(db: Path, layer: int, head: int, category_id: int | None = None, desc: bool = True) -> pd.DataFrame:
-    """The head's mask mass of every word with an object (of one category) in its layer, ranked, by direct SQL."""
+def direct_ranking(
+    db: Path, layer: int, head: int, category_id: int | None = None, desc: bool = True, metric: str = "mask_mass"
+) -> pd.DataFrame:
+    """The head's metric of every word with an object (of one category) in its layer, ranked (NULLs last), with
+    the layer mean map's value of the same metric, by direct SQL."""
     order = "DESC" if desc else "ASC"
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(
-            f"""SELECT h.image_id, h.caption_id, h.word_index, w.word, h.mask_mass AS head_value,
-                       w.mask_mass AS layer_mass
+            f"""SELECT h.image_id, h.caption_id, h.word_index, w.word, h.{metric} AS head_value,
+                       w.{metric} AS layer_value
                 FROM word_heads AS h JOIN words AS w ON w.run_id = h.run_id AND w.image_id = h.image_id
                     AND w.caption_id = h.caption_id AND w.word_index = h.word_index AND w.layer = h.layer
                     AND w.method = 'attention'
                 WHERE h.layer = $layer AND h.head = $head AND ($category IS NULL OR w.category_id = $category)
-                ORDER BY h.mask_mass {order}, h.image_id, h.caption_id, h.word_index""",
+                ORDER BY h.{metric} {order} NULLS LAST, h.image_id, h.caption_id, h.word_index""",
             {"layer": layer, "head": head, "category": category_id},
         ).df()
 
 
-@pytest.mark.parametrize(("category_id", "desc"), [(None, True), (None, False), (1, True)])
-def test_search_by_head_pages_through_the_direct_ranking(extracted_db, run, category_id, desc):
-    head = heads.Head(run["layer"], run["heads"] - 1)
-    expected = direct_ranking(extracted_db, head.layer, head.head, category_id, desc)
+def last_pages(n: int) -> tuple[int, int]:
+    """The offsets of the last two pages of n rows: where a ranking's NULLs lie."""
+    last = (n - 1) // PAGE_SIZE * PAGE_SIZE
+    return last - PAGE_SIZE, last
+
+
+@pytest.mark.parametrize(
+    ("category_id", "desc", "metric"),
+    [(None, True, "mask_mass"), (None, False, "mask_mass"), (1, True, "mask_mass"),
+     (None, True, "specificity_others"), (None, False, "specificity_others"), (1, False, "specificity_others")],
+)  # fmt: skip
+def test_search_by_head_pages_through_the_direct_ranking(extracted_db, run, category_id, desc, metric):
+    """Without a category word_heads alone ranks (the fast path); with one the word rows are joined (the
+    filtered path). specificity_others is NULL for a word with no other object to contrast: last either way."""
+    head = heads.Head(run["layer"], run["heads"] - 1, metric)
+    expected = direct_ranking(extracted_db, head.layer, head.head, category_id, desc, metric)
     where = WordFilter(run_id=run["id"], category_id=category_id)
+    offsets = (0, PAGE_SIZE, *last_pages(len(expected)))
     with connect_readonly(extracted_db) as con:
-        assert heads.count_by_head(con, where, head) == len(expected) > 2 * PAGE_SIZE
-        pages = [heads.search_by_head(con, where, head, desc, PAGE_SIZE, offset) for offset in (0, PAGE_SIZE)]
+        assert heads.count_by_head(con, where, head) == len(expected) > 4 * PAGE_SIZE
+        pages = [heads.search_by_head(con, where, head, desc, PAGE_SIZE, offset) for offset in offsets]
+    if metric == "specificity_others":
+        assert expected["head_value"].isna().any() and expected["head_value"].notna().any()
+        assert pages[-1]["head_value"].isna().any()  # NULLs come last, whichever the order
     shown = pd.concat(pages, ignore_index=True)
+    want = pd.concat([expected.iloc[o : o + PAGE_SIZE] for o in offsets], ignore_index=True)
     keys = ["image_id", "caption_id", "word_index", "word"]
-    pd.testing.assert_frame_equal(shown[keys], expected[keys].head(2 * PAGE_SIZE), check_dtype=False)
-    np.testing.assert_allclose(shown["head_value"], expected["head_value"].head(2 * PAGE_SIZE), rtol=1e-6)
-    np.testing.assert_allclose(shown["mask_mass"], expected["layer_mass"].head(2 * PAGE_SIZE), rtol=1e-6)
+    pd.testing.assert_frame_equal(shown[keys], want[keys], check_dtype=False)
+    np.testing.assert_allclose(shown["head_value"], want["head_value"], rtol=1e-6)  # NaN where NULL, in both
+    np.testing.assert_allclose(shown[metric], want["layer_value"], rtol=1e-6)
     assert (shown["method"] == "attention").all() and (shown["layer"] == head.layer).all()
     assert shown["map"].notna().all() and shown["caption"].notna().all()  # the layer's stored map, and context
 
@@ -105,10 +129,53 @@ def test_a_head_in_the_url_ranks_the_search_by_it_until_cleared(monkeypatch, tmp
     badges = head_badges(at)
     assert len(badges) == PAGE_SIZE and {b[0] for b in badges} == {head}
     np.testing.assert_allclose([b[1] for b in badges], expected["head_value"].head(PAGE_SIZE), atol=0.005)
-    np.testing.assert_allclose([b[2] for b in badges], expected["layer_mass"].head(PAGE_SIZE), atol=0.005)
-    at = next(b for b in at.button if b.label == "Clear head ranking").click().run()
+    np.testing.assert_allclose([b[2] for b in badges], expected["layer_value"].head(PAGE_SIZE), atol=0.005)
+    ignored = [at.selectbox(key=k) for k in REVIEW_KEYS] + [at.toggle(key="group")]  # the head ranking ignores them
+    assert all(w.disabled and w.help == NOT_WITH_HEAD for w in ignored)
+    at = clear_head(at)
     assert "head" not in at.query_params and not head_badges(at)
     assert not [md for md in at.markdown if HEADER.search(md.value)]
+    assert not any(w.disabled for w in [at.selectbox(key=k) for k in REVIEW_KEYS] + [at.toggle(key="group")])
+
+
+def clear_head(at: AppTest) -> AppTest:
+    return next(b for b in at.button if b.label == "Clear head ranking").click().run()
+
+
+@pytest.mark.parametrize("link", [{"by": "word", "word": "a"}, {"head": "9.9"}])
+def test_a_head_that_ranks_nothing_says_why_and_can_be_cleared(monkeypatch, tmp_path, extracted_db, run, link):
+    """A word naming no object has no per-head rows; a link's head may not be one of the run's."""
+    at = search_page(monkeypatch, tmp_path, extracted_db, **({"head": f"{run['layer']}.0"} | link))
+    assert any(NO_ROWS in i.value for i in at.info) and not head_badges(at)
+    assert not any("Widen the metric ranges" in i.value for i in at.info)
+    at = clear_head(at)
+    assert not at.exception and "head" not in at.query_params
+    assert not any(NO_ROWS in i.value for i in at.info)
+
+
+@pytest.mark.parametrize(
+    ("link", "said", "not_said"),
+    [({"head": "3"}, "expected LAYER.HEAD", "mask_mass"), ({"head_metric": "bogus"}, "mask_mass", "LAYER.HEAD")],
+)
+def test_a_malformed_head_link_names_what_is_wrong(monkeypatch, tmp_path, extracted_db, run, link, said, not_said):
+    at = search_page(monkeypatch, tmp_path, extracted_db, **({"head": f"{run['layer']}.0"} | link))
+    (warning,) = at.warning
+    assert said in warning.value and not_said not in warning.value
+    if "head_metric" in link:
+        assert all(metric in warning.value for metric in heads.HEAD_METRICS)
+    assert not head_badges(at)  # the Search ranks by the layer's metrics instead
+
+
+def test_a_head_value_that_is_null_shows_a_dash_on_the_last_page(monkeypatch, tmp_path, extracted_db, run):
+    layer, head = run["layer"], 0
+    expected = direct_ranking(extracted_db, layer, head, metric="specificity_others")
+    last = last_pages(len(expected))[1]
+    query = {"head": f"{layer}.{head}", "head_metric": "specificity_others", "p": str(last // PAGE_SIZE + 1)}
+    at = search_page(monkeypatch, tmp_path, extracted_db, **query)
+    shown = [m[1] for m in (ANY_BADGE.search(md.value) for md in at.markdown) if m]
+    want = expected.iloc[last:]["head_value"]
+    assert want.isna().any()
+    assert shown == ["–" if pd.isna(v) else f"{v:.2f}" for v in want]
 
 
 def compute_first_head_map(at: AppTest) -> AppTest:
@@ -167,5 +234,5 @@ def test_clicking_a_heatmap_cell_opens_the_search_ranked_by_that_head_in_chromiu
         badges = page.locator('[data-testid="stMarkdownContainer"]', has_text=f"head {head} mask mass")
         first = badges.first.inner_text()
         assert f"head {head} mask mass {expected['head_value'].iloc[0]:.2f}" in first
-        assert f"layer mean {expected['layer_mass'].iloc[0]:.2f}" in first
+        assert f"layer mean {expected['layer_value'].iloc[0]:.2f}" in first
         shoot(page, "search_ranked_by_head")

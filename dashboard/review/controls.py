@@ -88,28 +88,31 @@ def queue_form(
 # ---------------------------------------------------------------------------------------------- Search, Statistics
 
 
-def filter_controls(con: sqlite3.Connection, left: Any, right: Any, on_change: Any = None) -> ReviewFilter:
-    """Verdict, tag and status filters and a review sort key (bound to the URL), drawn in two columns."""
+def filter_controls(
+    con: sqlite3.Connection, left: Any, right: Any, on_change: Any = None, off_why: str | None = None
+) -> ReviewFilter:
+    """Verdict, tag and status filters and a review sort key (bound to the URL), drawn in two columns;
+    disabled, with `off_why` as their help, where they do not apply."""
     tags = review.all_tags(con)["tag"].tolist()
+    common = {"bind": state.BIND, "on_change": on_change, "disabled": off_why is not None}
     verdict = left.selectbox(
         "Verdict",
         [ANY, UNREVIEWED, *review.VERDICTS],
         key="rv_verdict",
-        bind=state.BIND,
-        on_change=on_change,
-        help="Words with this verdict by any reviewer.",
+        help=off_why or "Words with this verdict by any reviewer.",
+        **common,
     )
-    tag = right.selectbox("Tag", [ANY, *tags], key="rv_tag", bind=state.BIND, on_change=on_change)
-    status = left.selectbox("Review status", [ANY, *STATUSES], key="rv_status", bind=state.BIND, on_change=on_change)
+    tag = right.selectbox("Tag", [ANY, *tags], key="rv_tag", help=off_why, **common)
+    status = left.selectbox("Review status", [ANY, *STATUSES], key="rv_status", help=off_why, **common)
     sort = right.selectbox(
         "Sort by review first",
         [None, *REVIEW_SORTS],
         key="rv_sort",
-        bind=state.BIND,
-        on_change=on_change,
         format_func=lambda s: "no" if s is None else s.replace("_", " "),
-        help="verdict: majority verdict in the order aligned … other, then unjudged; "
+        help=off_why
+        or "verdict: majority verdict in the order aligned … other, then unjudged; "
         "n verdicts / n comments: most first. Ties keep the metric ranking.",
+        **common,
     )
     return ReviewFilter(verdict, tag, status, sort)
 

@@ -166,7 +166,13 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
             ranges[metric] = (low, high)
     if POINTING_FILTER[pointing]:
         ranges["pointing_hit"] = POINTING_FILTER[pointing]
-    review_filter = review_controls.filter_controls(review_session.connection(), left, right, on_change=first_page)
+    review_filter = review_controls.filter_controls(
+        review_session.connection(),
+        left,
+        right,
+        on_change=first_page,
+        off_why=heads_view.NOT_WITH_HEAD if head else None,
+    )
 
 with st.expander("Display", icon=":material/palette:"):
     style, show_mask, show_box = ui.overlay_controls()
@@ -175,7 +181,10 @@ with st.expander("Display", icon=":material/palette:"):
         key="group",
         bind=state.BIND,
         on_change=first_page,
-        help="Group the occurrences by image: each card shows an image's best-ranked occurrence and lists "
+        disabled=head is not None,
+        help=heads_view.NOT_WITH_HEAD
+        if head
+        else "Group the occurrences by image: each card shows an image's best-ranked occurrence and lists "
         "all of its matching words.",
     )
 
@@ -196,11 +205,15 @@ reviewed = (
 )
 if head is not None:
     total = questions.count_by_head(ctx.db, where, head)
+    heads_view.head_header(head, total, order)  # before any stop: its button is the way out of a link's bad head
+    ctx = replace(ctx, method=ATTENTION, layer=head.layer)  # the cards' maps and links: the head's layer
 else:
     total = questions.count_words(ctx.db, where) if reviewed is None else len(reviewed)
 if total == 0:
     if by == "word" and chosen and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
         st.warning(f"“{literal(chosen)}” does not occur in the captions of this run. Pick a word from the list.")
+    elif head is not None:
+        st.info(heads_view.no_head_rows(head))
     else:
         st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
     st.stop()
@@ -211,11 +224,8 @@ grouped = by_image and reviewed is None and head is None
 first = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, 0) if grouped else None
 n_images = int(first["n_images"].iloc[0]) if grouped and not first.empty else 0
 n_pages = math.ceil((n_images if grouped else total) / ui.PAGE_SIZE)
-header, downloads = st.columns([3, 2], vertical_alignment="bottom")
-if head is not None:
-    heads_view.head_header(head, total, order)
-    ctx = replace(ctx, method=ATTENTION, layer=head.layer)  # the cards' maps and links: the head's layer
-else:
+if head is None:
+    header, downloads = st.columns([3, 2], vertical_alignment="bottom")
     header.markdown(
         f"**{total:,}** occurrences"
         + (f" in **{n_images:,}** images" if grouped else "")
