@@ -81,6 +81,7 @@ def specificity_auc(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer) -
         for text, tok, maps in zip(item.captions, tokens, results, strict=True):
             grounded, shapes = ground_caption(text, item.scene), match_demo_words(tok.words)
             word_maps, references = _word_maps(maps, tok.words, tok.word_of_token, cfg.fusion_layers), None
+            contrasts = None
             tags = tag_words(tok.words, shapes)
             named, scored = (np.array([c or 0 for c in cats]) for cats in (tags.category, tags.scored_category))
             pairs = other_object_pairs(named, scored, np.zeros(len(named), int))
@@ -89,10 +90,11 @@ def specificity_auc(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer) -
                 if not others or (tok.words[w] not in COLOURS and shapes[w] is None):
                     continue
                 references = references or _references(maps, cfg.fusion_layers)
+                contrasts = contrasts or {kind: others_reference(m, pairs) for kind, m in word_maps.items()}
                 for kind, m in word_maps.items():
                     mass = (distribution(m[w]) * covers).sum(axis=(1, 2))
                     on_own = bool(mass[obj] > mass[others].max())
-                    contrast = others_reference(m, pairs)[w]
+                    contrast = contrasts[kind][w]
                     for name, reference in {**references[kind], "specificity_others": contrast}.items():
                         if np.isfinite(reference).all():
                             scores[kind, name, on_own].append(float(specificity(m[w], reference)))
@@ -116,7 +118,7 @@ def specificity_table(aucs: dict[str, float], layers: list[int]) -> str:
     for name in REFERENCES:
         for side in ("own", "other"):
             counts = (aucs.get(f"{c} {name} on {side}") for c in columns)
-            lines.append(f"{'  maps on ' + side + ', ' + name[12:]:<30}"
+            lines.append(f"{'  maps on ' + side + ', ' + name.removeprefix('specificity_'):<30}"
                          + "".join(f"{'':>12}" if n is None else f"{n:>12.0f}" for n in counts))  # fmt: skip
     return "\n".join(lines)
 

@@ -17,8 +17,9 @@ import duckdb
 
 from db.metrics import METRICS, SCORES, WORD_METRICS, words_order
 
-SCHEMA_VERSION = 7  # 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads. 7: this session
-# v7 adds: key_image_summary, key_summary (db.compare).
+# 4: specificity_cls, specificity_row; image_maps. 5: image_summary. 6: word_heads. 7: words.specificity_others,
+# word_heads.specificity_others, runs.vocab, key_image_summary and key_summary (db.compare).
+SCHEMA_VERSION = 7
 
 # Every column or metric name that reaches SQL text comes from db.metrics or from the declarations below,
 # never from user input; the CREATE TABLEs of `runs`, `words` and the derived tables are made

@@ -95,17 +95,27 @@ def _jsd(p: Tensor, p_bits: Tensor, q: Tensor, q_bits: Tensor) -> Tensor:
     return (_bits((p + q) / 2) - (p_bits + q_bits) / 2).clamp(0.0, 1.0)
 
 
-def _others_reference(p: Tensor, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    # extractor.metrics.others_reference for the rows with pairs only, as one sparse (k, n) x (n, N) product:
-    # no (pairs, N) gather. Returns (rows (k,), their references (k, N)).
-    word, other = pairs
-    rows, position = word.unique(return_inverse=True)
-    count = torch.zeros(len(rows), dtype=p.dtype, device=p.device).index_add_(0, position, torch.ones_like(p[word, 0]))
-    # The pairs are in range by construction: the invariant check would cost a pass over them.
-    weights = torch.sparse_coo_tensor(
-        torch.stack([position, other]), 1.0 / count[position], (len(rows), len(p)), check_invariants=False
-    )
-    return rows, torch.sparse.mm(weights, p)
+@dataclass(frozen=True)
+class Others:
+    """The references of `specificity_others` for n rows, one sparse (k, n) x (n, N) product away: the k rows
+    with pairs, and the (k, n) weights averaging each one's pair rows (no (pairs, N) gather)."""
+
+    rows: Tensor
+    weights: Tensor
+
+    @classmethod
+    def of_pairs(cls, pairs: tuple[Tensor, Tensor], n: int) -> Others:
+        """From (row, other row) pairs (`extractor.metrics.other_object_pairs`, int64 on the maps' device)."""
+        word, other = pairs
+        rows, position = word.unique(return_inverse=True)
+        count = torch.zeros(len(rows), dtype=torch.float64, device=word.device).index_add_(
+            0, position, torch.ones(len(word), dtype=torch.float64, device=word.device)
+        )
+        # The pairs are in range by construction: the invariant check would cost a pass over them.
+        weights = torch.sparse_coo_tensor(
+            torch.stack([position, other]), 1.0 / count[position], (len(rows), n), check_invariants=False
+        )
+        return cls(rows, weights)
 
 
 def word_metrics(
@@ -116,7 +126,7 @@ def word_metrics(
     has_object: Tensor | None = None,
     encoder_cls: Reference | None = None,
     cls_row: Reference | None = None,
-    others: tuple[Tensor, Tensor] | None = None,
+    others: Others | None = None,
 ) -> dict[str, Tensor]:
     """:func:`extractor.metrics.word_metrics_batch` on flattened maps, on their device.
 
@@ -130,8 +140,7 @@ def word_metrics(
             instances file was given.
         has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
         encoder_cls, cls_row: each word's word-blind reference (see word_metrics_batch), or None.
-        others: (word, other) row pairs of `extractor.metrics.other_object_pairs` (int64 on the maps'
-            device), or None.
+        others: each word's reference of `specificity_others` (`Others.of_pairs`), or None.
 
     Returns:
         Tensors of length n on the maps' device: peak_row, peak_col (int64), peak_value, entropy,
@@ -178,18 +187,17 @@ def word_metrics(
     return out
 
 
-def specificity_others(p: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
+def specificity_others(p: Tensor, others: Others) -> Tensor:
     """(n,) float64: `extractor.metrics` specificity of each distribution of p (n, N) from the mean of its
-    pair rows (`others` of word_metrics), NaN for a row without pairs."""
-    return _specificity_others(p, None, pairs)
+    pair rows, NaN for a row without pairs."""
+    return _specificity_others(p, None, others)
 
 
-def _specificity_others(p: Tensor, p_bits: Tensor | None, pairs: tuple[Tensor, Tensor]) -> Tensor:
-    rows, q = _others_reference(p, pairs)
-    own = p[rows]
-    own_bits = _bits(own) if p_bits is None else p_bits[rows]
+def _specificity_others(p: Tensor, p_bits: Tensor | None, others: Others) -> Tensor:
+    q, own = torch.sparse.mm(others.weights, p), p[others.rows]
+    own_bits = _bits(own) if p_bits is None else p_bits[others.rows]
     out = torch.full((len(p),), math.nan, dtype=p.dtype, device=p.device)
-    out[rows] = _jsd(own, own_bits, q, _bits(q))
+    out[others.rows] = _jsd(own, own_bits, q, _bits(q))
     return out
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from extractor import device_metrics
 from extractor.batch import Batch
 from extractor.dataset import ErrorRow
-from extractor.device_metrics import Reference
+from extractor.device_metrics import Others, Reference
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
 from extractor.metrics import other_object_pairs
 
@@ -69,7 +69,10 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
             "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
             "has_object": index > 0,
         }
-    out = device_metrics.word_metrics(words, **covers, **references, others=other_object_rows(batch, n_slices))
+    pairs = other_object_rows(batch)
+    others = Others.of_pairs(tuple(torch.cat([r + s * len(batch.words) for s in range(n_slices)]) for r in pairs),
+                             len(words))  # fmt: skip
+    out = device_metrics.word_metrics(words, **covers, **references, others=others)
     out["map"], out["map_max"] = device_metrics.encode(words)
     out["caption_map"], out["caption_map_max"] = device_metrics.encode(torch.cat(caption_means).clamp(min=0))
     out["cls_map"], out["cls_map_max"] = device_metrics.encode(cls_all)
@@ -78,22 +81,20 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)
     if maps.head_attention is not None and batch.masks is not None:
         layers = [la for m, la in slices if m == ATTENTION]
-        heads = head_metrics(maps.head_attention, batch, layers, other_object_rows(batch, 1))
+        heads = head_metrics(maps.head_attention, batch, layers, pairs)
         out |= {f"head_{name}": value for name, value in heads.items()}
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
     return out
 
 
-def other_object_rows(batch: Batch, n_slices: int) -> tuple[Tensor, Tensor]:
-    """`extractor.metrics.other_object_pairs` of the batch's words, as rows of every slice's word block,
-    on the batch's device."""
+def other_object_rows(batch: Batch) -> tuple[Tensor, Tensor]:
+    """`extractor.metrics.other_object_pairs` of the batch's words (rows of one slice's word block), on the
+    batch's device."""
     scored = np.where(batch.bound_index >= 0, batch.bound_category, batch.category_id)
     caption = np.cumsum(batch.word_index == 0)  # a caption's words come together, its first at index 0
-    word, other = (torch.from_numpy(a) for a in other_object_pairs(batch.category_id, scored, caption))
-    offsets = torch.arange(n_slices).repeat_interleave(len(word)) * len(scored)
-    device = batch.word_caption.device
-    return (word.repeat(n_slices) + offsets).to(device), (other.repeat(n_slices) + offsets).to(device)
+    pairs = other_object_pairs(batch.category_id, scored, caption)
+    return tuple(torch.from_numpy(a).to(batch.word_caption.device) for a in pairs)
 
 
 def head_metrics(
@@ -103,13 +104,15 @@ def head_metrics(
     for the Wo words with an object (mask_mass not NULL), in word order.
 
     A head's map is its patch columns as a distribution, merged over the word's pieces as word maps are; it
-    is built only for those words and the words their `specificity_others` is against (`others`: word pairs
-    of one slice, `other_object_rows(batch, 1)`), never for every word and head.
+    is built only for those words and the words their `specificity_others` is against (`others`: the word
+    pairs of `other_object_rows`), never for every word and head.
     """
     rows = (batch.cover_index > 0).nonzero()[:, 0]
-    row_of = torch.full_like(batch.cover_index, -1)
-    row_of[rows] = torch.arange(len(rows), device=rows.device)
-    keep = row_of[others[0]] >= 0
+    if not layers:
+        return {name: torch.zeros(0, len(rows), 0) for name in ("mask_mass", "specificity_others")}
+    is_row = torch.zeros_like(batch.cover_index, dtype=torch.bool)
+    is_row[rows] = True
+    keep = is_row[others[0]]  # the pairs of the rows
     needed = torch.cat([rows, others[1][keep]]).unique()  # sorted: the rows and their other words
     at = torch.full_like(batch.cover_index, -1)
     at[needed] = torch.arange(len(needed), device=rows.device)
@@ -117,20 +120,18 @@ def head_metrics(
     word, token = weights.nonzero(as_tuple=True)  # every (needed word, piece) pair
     caption = batch.word_slots[needed][word] // batch.piece_weights.shape[1]
     w, covers = weights[word, token].double()[:, None, None], batch.masks[batch.cover_index[rows]][:, None]
-    pair_word, pair_other = at[rows][row_of[others[0][keep]]], at[others[1][keep]]
+    n_heads = head_attention[layers[0]].shape[1]
+    heads = torch.arange(n_heads, device=rows.device)
+    per_head = tuple((at[side[keep]][:, None] * n_heads + heads).flatten() for side in others)
+    contrast = Others.of_pairs(per_head, len(needed) * n_heads)
     masses, specificities = [], []
     for layer in layers:
         a = head_attention[layer][caption, :, token, 1:].double()  # (P, H, N)
-        n_heads, n_cells = a.shape[1:]
-        merged = torch.zeros(len(needed), n_heads, n_cells, dtype=a.dtype, device=a.device).index_add_(0, word, w * a)
+        merged = torch.zeros(len(needed), *a.shape[1:], dtype=a.dtype, device=a.device).index_add_(0, word, w * a)
         p = device_metrics.distribution(merged.flatten(0, 1), checked=False).view_as(merged)
         masses.append((p[at[rows]] * covers).sum(-1))
-        heads = torch.arange(n_heads, device=a.device)
-        per_head = ((pair_word[:, None] * n_heads + heads).flatten(), (pair_other[:, None] * n_heads + heads).flatten())
-        spec = device_metrics.specificity_others(p.flatten(0, 1), per_head).view(len(needed), n_heads)
+        spec = device_metrics.specificity_others(p.flatten(0, 1), contrast).view(len(needed), n_heads)
         specificities.append(spec[at[rows]])
-    if not layers:
-        return {name: torch.zeros(0, len(rows), 0) for name in ("mask_mass", "specificity_others")}
     return {"mask_mass": torch.stack(masses).float(), "specificity_others": torch.stack(specificities).float()}
 
 
@@ -200,9 +201,9 @@ def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slic
         "background_mass": pa.array(_f32(out["background_mass"]), from_pandas=True),
         "pointing_hit": pa.array(out["pointing_hit"], mask=no_object),
         "iou_top60": pa.array(_f32(out["iou_top60"]), from_pandas=True),
-        "specificity_cls": _f32(out["specificity_cls"]),
-        "specificity_row": _f32(out["specificity_row"]),
-        "specificity_others": _f32(out["specificity_others"]),
+        "specificity_cls": pa.array(_f32(out["specificity_cls"]), from_pandas=True),
+        "specificity_row": pa.array(_f32(out["specificity_row"]), from_pandas=True),
+        "specificity_others": pa.array(_f32(out["specificity_others"]), from_pandas=True),
         "itm_score": np.tile(_f32(out["itm_score"])[word_caption], S),
         "map": _blobs(out["map"]),
         "map_max": out["map_max"],
@@ -247,7 +248,7 @@ def word_heads(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice]
     """Per attention layer, per word with an object, per head: that head's mask mass and specificity_others (none
     without heads or covers)."""
     masses = out.get("head_mask_mass", np.zeros((0, 0, 0), np.float32))  # (L, Wo, H)
-    specificities = out.get("head_specificity_others", masses)
+    specificities = out.get("head_specificity_others", np.full_like(masses, np.nan))
     L, Wo, H = masses.shape
     rows = np.flatnonzero(batch.cover_index.numpy() > 0) if Wo else np.zeros(0, np.int64)
     caption = batch.word_caption.numpy()[rows]

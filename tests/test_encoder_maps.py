@@ -110,7 +110,16 @@ def test_each_words_specificity_against_other_objects_is_against_its_captions_ot
     maps = np.stack([decode_map(b, m) for b, m in zip(frame["map"], frame["map_max"], strict=True)])
     expected = metrics.word_metrics_batch(maps, others=metrics.others_reference(maps, pairs))["specificity_others"]
     stored_values = frame["specificity_others"].to_numpy(float)
-    # NULL exactly where the caption names no other category, or the word none; some of each.
+    # NULL (never NaN, which sorts above every number and poisons every sum) exactly where the caption names no
+    # other category, or the word none; some of each.
+    counts = "count(*) FILTER (isnan({0})), count(*) FILTER ({0} IS NULL)"
+    for name in ("specificity_cls", "specificity_row"):
+        assert con.execute(f"SELECT {counts.format(name)} FROM words").fetchone() == (0, 0), name
+    nan, null = con.execute(f"SELECT {counts.format('specificity_others')} FROM words").fetchone()
+    assert nan == 0 and null == int(np.isnan(expected).sum())
+    summed = con.execute("SELECT sum(n_specificity_others), sum(n), bool_and(isfinite(sum_specificity_others)) "
+                         "FROM image_summary").fetchone()  # fmt: skip
+    assert summed == (len(frame) - null, len(frame), True)
     np.testing.assert_array_equal(np.isnan(stored_values), np.isnan(expected))
     assert 0 < np.isnan(stored_values).sum() < len(frame) and stored_values[~np.isnan(stored_values)].std() > 0.01
     np.testing.assert_allclose(stored_values, expected, atol=0.03)  # from the uint8 maps, within their rounding

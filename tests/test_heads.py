@@ -88,10 +88,13 @@ def test_stored_head_masses_equal_a_direct_computation_from_each_heads_map(store
     assert both["mask_mass"].std() > 0.01  # heads differ
 
 
-def test_stored_head_specificities_equal_a_direct_computation_from_each_heads_word_maps(stored_and_direct):
+def test_stored_head_specificities_equal_a_direct_computation_from_each_heads_word_maps(small_db, stored_and_direct):
+    with duckdb.connect(str(small_db), read_only=True) as con:
+        nan = con.execute("SELECT count(*) FILTER (isnan(specificity_others)) FROM word_heads").fetchone()[0]
+    assert nan == 0  # NULL, never NaN
     both = stored_and_direct
     stored, direct = both["specificity_others"].to_numpy(float), both["direct_specificity"].to_numpy(float)
-    # NULL where the caption names no other category; some rows of each, and heads that differ.
+    # NULL (the frame's NaN) where the caption names no other category; some rows of each, and heads that differ.
     np.testing.assert_array_equal(np.isnan(stored), np.isnan(direct))
     assert 0 < np.isnan(stored).sum() < len(both) and np.nanstd(stored) > 0.01
     np.testing.assert_allclose(stored, direct, rtol=0, atol=1e-5)
