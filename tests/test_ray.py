@@ -49,13 +49,15 @@ def kill_an_actor(journals, driver: int, timeout_s: float = 120) -> int:
     raise AssertionError(f"no Ray actor started an image in {timeout_s} s")
 
 
-def test_a_killed_ray_worker_costs_only_a_retry(shared, small_db, tmp_path):
-    db = tmp_path / "killed.duckdb"
+def killed_mid_run(shared, db: Path) -> tuple[int, set[str], int]:
+    """Run val2017-small on one Ray actor, one image a chunk, and SIGKILL the actor once it journals an image:
+    (the killed pid, the pids that journaled images, how many images were done when it was killed)."""
     folder = parts.parts_dir(db)
-    argv = [*cli(shared, db, "val2017-small", "--ray", "--chunk-images", "2"), "--ray-actors", "1"]
+    argv = [*cli(shared, db, "val2017-small", "--ray", "--chunk-images", "1"), "--ray-actors", "1"]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         killed = kill_an_actor(lambda: folder.glob("runs/*/attempts/*"), proc.pid)
+        done_then = sum(len(parts.done_image_ids(folder, run_id)) for run_id in parts.run_ids(folder))
         out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
@@ -63,10 +65,20 @@ def test_a_killed_ray_worker_costs_only_a_retry(shared, small_db, tmp_path):
             proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert killed != proc.pid and "written to" in out
-    (run_id,) = parts.run_ids(folder)
-    actors = {path.name.split("-")[0] for path in folder.glob("runs/*/attempts/*")}
+    return killed, {path.name.split("-")[0] for path in folder.glob("runs/*/attempts/*")}, done_then
+
+
+def test_a_killed_ray_worker_costs_only_a_retry(shared, small_db, tmp_path):
+    # On a loaded machine the test may be scheduled only after the actor has done every image: try again then.
+    for attempt in range(3):
+        db = tmp_path / f"killed-{attempt}.duckdb"
+        killed, actors, done_then = killed_mid_run(shared, db)
+        if done_then < 10:
+            break
+    assert done_then < 10, "the actor finished every image before it could be killed, three times"
     assert str(killed) in actors and len(actors) >= 2  # Ray started another actor, which redid the chunk
-    assert len(parts.done_image_ids(folder, run_id)) == 10
+    (run_id,) = parts.run_ids(parts.parts_dir(db))
+    assert len(parts.done_image_ids(parts.parts_dir(db), run_id)) == 10
     assert_same_results(db, small_db)  # nothing lost, nothing twice
 
 
