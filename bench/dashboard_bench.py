@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from db import bootstrap, compare, queries, rankings, writer
+from db import bootstrap, compare, queries, rankings, stats, writer
 from db.queries import WordFilter
 from db.sample import caption_words, category_lookup
 from db.schema import SCHEMA_VERSION, schema_version
@@ -144,10 +144,10 @@ def benchmark_cases(con, n_images: int, rng: np.random.Generator, n: int) -> dic
         "vocabulary prefix": lambda c, i: queries.vocabulary(c, prefix=words[i][:2], run_id=RUN_ID),
         "image detail": lambda c, i: queries.image_detail(c, images[i], RUN_ID),
         "words at region": lambda c, i: queries.words_at_region(c, images[i], RUN_ID, METHOD, LAYER, 8, 8, 16, 16),
-        "word stats": lambda c, i: queries.word_stats(c, RUN_ID, METHOD, LAYER, min_count=5),
-        "category stats": lambda c, i: queries.category_stats(c, RUN_ID, METHOD, LAYER),
-        "freq. alignment": lambda c, i: queries.word_frequency_alignment(c, RUN_ID, METHOD, LAYER),
-        "layer comparison": lambda c, i: queries.layer_comparison(c, RUN_ID),
+        "word stats": lambda c, i: stats.word_stats(c, RUN_ID, METHOD, LAYER, min_count=5),
+        "category stats": lambda c, i: stats.category_stats(c, RUN_ID, METHOD, LAYER),
+        "freq. alignment": lambda c, i: stats.word_frequency_alignment(c, RUN_ID, METHOD, LAYER),
+        "layer comparison": lambda c, i: stats.layer_comparison(c, RUN_ID),
         # The overview, the best view and the search grouped by image (issue 11).
         "best slice of word": lambda c, i: rankings.best_slices(c, RUN_ID, word=words[i]),
         "best slice of category": lambda c, i: rankings.best_slices(c, RUN_ID, category_id=cats[i]),

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.data import Database
-from db import compare, heads, queries, rankings
+from db import compare, heads, queries, rankings, stats
 from db.compare import Slice
 from db.heads import Head
 from db.queries import WordFilter
@@ -98,13 +98,13 @@ def words_at_region(
 @_cached
 def word_stats(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
     """Per word of a run slice: counts, hit rate, means and medians of the metrics."""
-    return queries.word_stats(db.connection(), run_id, method, layer, min_count)
+    return stats.word_stats(db.connection(), run_id, method, layer, min_count)
 
 
 @_cached
 def category_stats(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
     """Per category of a run slice, over the words naming it."""
-    return queries.category_stats(db.connection(), run_id, method, layer, min_count)
+    return stats.category_stats(db.connection(), run_id, method, layer, min_count)
 
 
 @_cached
@@ -112,7 +112,7 @@ def word_category_matrix(
     db: Database, run_id: str, method: str, layer: int, metric: str, min_count: int
 ) -> pd.DataFrame:
     """Mean of `metric` per (word, category it names) of a run slice."""
-    return queries.word_category_matrix(db.connection(), run_id, method, layer, metric, min_count)
+    return stats.word_category_matrix(db.connection(), run_id, method, layer, metric, min_count)
 
 
 @_cached
@@ -120,7 +120,7 @@ def metric_values(
     db: Database, metric: str, run_id: str, method: str, layer: int, words: Sequence[str] | None
 ) -> pd.DataFrame:
     """Values of one metric (word, value) of a run slice, for distribution plots."""
-    return queries.metric_values(db.connection(), metric, run_id, method, layer, words)
+    return stats.metric_values(db.connection(), metric, run_id, method, layer, words)
 
 
 @_cached
@@ -146,13 +146,13 @@ def search_by_head(
 @_cached
 def layer_comparison(db: Database, run_id: str) -> pd.DataFrame:
     """Per method and layer of a run: counts, hit rate and mean of each metric."""
-    return queries.layer_comparison(db.connection(), run_id)
+    return stats.layer_comparison(db.connection(), run_id)
 
 
 @_cached
 def word_frequency_alignment(db: Database, run_id: str, method: str, layer: int, min_count: int) -> pd.DataFrame:
     """Caption frequency beside localisation quality, per word naming a labelled object."""
-    return queries.word_frequency_alignment(db.connection(), run_id, method, layer, min_count)
+    return stats.word_frequency_alignment(db.connection(), run_id, method, layer, min_count)
 
 
 @_cached

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from db import queries, rankings, sample
+from db import queries, rankings, sample, stats
 from db.codec import decode_map
 from db.queries import WordFilter
 from db.schema import METRICS
@@ -108,9 +108,9 @@ def test_unfinalized_run_answers_the_same(dbs):
         lambda c: queries.search_words(
             c, WordFilter(category_id=82, has_object=True, ranges={"entropy": (None, 0.95)})
         ),
-        lambda c: queries.word_stats(c, **SLICE),
-        lambda c: queries.category_stats(c, **SLICE),
-        lambda c: queries.layer_comparison(c, RUN),
+        lambda c: stats.word_stats(c, **SLICE),
+        lambda c: stats.category_stats(c, **SLICE),
+        lambda c: stats.layer_comparison(c, RUN),
         lambda c: queries.vocabulary(c, "s", RUN),
         lambda c: queries.search_images(c, WordFilter(word="a", **SLICE), sort="entropy"),
         lambda c: rankings.ranked(c, **SLICE, metric="entropy"),
@@ -147,8 +147,8 @@ def test_injection_looking_words_match_nothing_and_break_nothing(con, text):
     lambda c: queries.search_words(c, sort="map"),
     lambda c: queries.search_words(c, sort="mask_mass DESC; DROP TABLE words"),
     lambda c: queries.count_words(c, WordFilter(ranges={"word": (0, 1)})),
-    lambda c: queries.metric_values(c, "1=1", **SLICE),
-    lambda c: queries.word_category_matrix(c, **SLICE, metric="n"),
+    lambda c: stats.metric_values(c, "1=1", **SLICE),
+    lambda c: stats.word_category_matrix(c, **SLICE, metric="n"),
 ])  # fmt: skip
 def test_unknown_metric_is_rejected(con, call):
     with pytest.raises(ValueError, match="unknown metric"):
@@ -184,33 +184,33 @@ def test_words_at_region_ranks_by_mass_share(con):
 
 
 def test_word_stats_agree_with_the_rows(con, everything):
-    stats = queries.word_stats(con, **SLICE).set_index("word")
+    per_word = stats.word_stats(con, **SLICE).set_index("word")
     rows = everything[(everything["method"] == "gradcam") & (everything["layer"] == 8)]
-    assert stats["n"].sum() == len(rows)
+    assert per_word["n"].sum() == len(rows)
     for word in ("a", "refrigerator", "dog"):
         mine = rows[rows["word"] == word]
-        assert stats.loc[word, "n"] == len(mine) == queries.count_words(con, WordFilter(word=word, **SLICE))
-        assert stats.loc[word, "mean_entropy"] == pytest.approx(mine["entropy"].mean())
-        assert stats.loc[word, "median_entropy"] == pytest.approx(mine["entropy"].median())
-    assert stats.loc["dog", "hit_rate"] == pytest.approx(rows.loc[rows["word"] == "dog", "pointing_hit"].mean())
-    assert queries.word_stats(con, **SLICE, min_count=5)["n"].min() >= 5
+        assert per_word.loc[word, "n"] == len(mine) == queries.count_words(con, WordFilter(word=word, **SLICE))
+        assert per_word.loc[word, "mean_entropy"] == pytest.approx(mine["entropy"].mean())
+        assert per_word.loc[word, "median_entropy"] == pytest.approx(mine["entropy"].median())
+    assert per_word.loc["dog", "hit_rate"] == pytest.approx(rows.loc[rows["word"] == "dog", "pointing_hit"].mean())
+    assert stats.word_stats(con, **SLICE, min_count=5)["n"].min() >= 5
 
 
 def test_category_stats_and_matrix_and_alignment(con, everything):
     rows = everything[(everything["method"] == "gradcam") & (everything["layer"] == 8)]
-    cats = queries.category_stats(con, **SLICE).set_index("category")
+    cats = stats.category_stats(con, **SLICE).set_index("category")
     n_dog = queries.count_words(con, WordFilter(category_id=18, **SLICE))
     assert cats.loc["dog", "n"] == (rows["category_id"] == 18).sum() == n_dog
     assert cats.loc["dog", "mean_mask_mass"] == pytest.approx(rows.loc[rows["category_id"] == 18, "mask_mass"].mean())
-    matrix = queries.word_category_matrix(con, **SLICE, metric="pointing_hit").set_index("word")
+    matrix = stats.word_category_matrix(con, **SLICE, metric="pointing_hit").set_index("word")
     assert matrix.loc["dog", "value"] == pytest.approx(cats.loc["dog", "hit_rate"])
     assert matrix["category_id"].notna().all()
-    aligned = queries.word_frequency_alignment(con, **SLICE)
+    aligned = stats.word_frequency_alignment(con, **SLICE)
     assert (aligned["n_object"] > 0).all() and aligned["freq_rank"].is_monotonic_increasing
 
 
 def test_layer_comparison_has_one_row_per_slice(con, everything):
-    layers = queries.layer_comparison(con, RUN)
+    layers = stats.layer_comparison(con, RUN)
     assert list(zip(layers["method"], layers["layer"], strict=True)) == [("attention", 8), ("attention", 11),
                                                                          ("gradcam", 8)]  # fmt: skip
     rows = everything[(everything["method"] == "attention") & (everything["layer"] == 11)]
@@ -239,10 +239,10 @@ def test_list_categories_counts_labels_and_words(con, coco):
 
 
 def test_metric_values_for_chosen_words_and_sampled(con):
-    values = queries.metric_values(con, "mask_mass", **SLICE, words=["refrigerator", "oven"])
+    values = stats.metric_values(con, "mask_mass", **SLICE, words=["refrigerator", "oven"])
     assert set(values["word"]) == {"refrigerator", "oven"} and values["value"].notna().all()
-    assert len(queries.metric_values(con, "entropy", **SLICE, max_rows=7)) == 7
-    assert queries.metric_values(con, "entropy", **SLICE, words=[]).empty
+    assert len(stats.metric_values(con, "entropy", **SLICE, max_rows=7)) == 7
+    assert stats.metric_values(con, "entropy", **SLICE, words=[]).empty
 
 
 def test_export_has_metrics_but_no_maps(con):

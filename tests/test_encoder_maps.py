@@ -13,7 +13,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from dashboard.encoder_panel import top_mass_only
-from db import queries
+from db import queries, stats
 from db.codec import decode_map
 from db.queries import WordFilter
 from extractor import metrics
@@ -179,7 +179,8 @@ def test_searches_filter_and_rank_by_specificity_and_statistics_average_it(small
     kept = queries.search_words(con, replace(slice_, ranges={"specificity_row": (middle, None)}), sort="entropy",
                                 descending=False, limit=1000, offset=0)  # fmt: skip
     assert 0 < len(kept) < len(ranked) and (kept["specificity_row"] >= middle).all()
-    stats = queries.word_stats(con, run_id, method, int(layer))  # a row per (word, category it names)
-    total = (stats["n"] * stats["mean_specificity_cls"]).groupby(stats["word"]).sum() / stats.groupby("word")["n"].sum()
+    per_word = stats.word_stats(con, run_id, method, int(layer))  # a row per (word, category it names)
+    weighted = (per_word["n"] * per_word["mean_specificity_cls"]).groupby(per_word["word"]).sum()
+    total = weighted / per_word.groupby("word")["n"].sum()
     means = ranked.groupby("word")["specificity_cls"].mean()
     np.testing.assert_allclose(total[means.index], means, atol=1e-6)
