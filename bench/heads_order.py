@@ -78,7 +78,7 @@ def timings(con: duckdb.DuckDBPyConnection, sql: str, repeats: int) -> tuple[flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--words", type=int, default=280_000, help="object words (rows = words x 72)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs of each query (median and p95 reported)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         written, ordered = Path(tmp) / "written.duckdb", Path(tmp) / "sorted.duckdb"

@@ -108,7 +108,8 @@ def clear_weights() -> None:
 
 def _weights(ids: np.ndarray, resamples: int, seed: int) -> _Kept:
     """Weights of at least the sorted images `ids` in every resample: the kept table when it has them all, else
-    a new one over them and the kept images (while that stays under _KEPT_BYTES), kept in its place."""
+    a new one over them and the kept images (while that stays under _KEPT_BYTES), kept in its place; one over
+    _KEPT_BYTES even for `ids` alone is returned without being kept."""
     global _kept
     with _kept_lock:
         kept = _kept
@@ -121,6 +122,8 @@ def _weights(ids: np.ndarray, resamples: int, seed: int) -> _Kept:
     table = _poisson_weights(ids, 0, resamples, seed)
     table.flags.writeable = False  # shared by concurrent sessions
     kept = _Kept(seed, resamples, ids, table)
+    if table.nbytes > _KEPT_BYTES:
+        return kept
     with _kept_lock:
         _kept = kept
     return kept

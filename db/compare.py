@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from db.bootstrap import ratio_ci
@@ -70,11 +71,12 @@ def _named(s: Slice) -> dict:
     return {"run": s.run_id, "method": s.method, "layer": s.layer}
 
 
-def _params(a: Slice, b: Slice, by: str, keys: Sequence[str] | None = None) -> dict:
+def _params(a: Slice, b: Slice, by: str, keys: Sequence[str] | None = None, *, kind: bool = True) -> dict:
+    """The slices' parameters, $by (unless not `kind`: a query whose own filter names the kind) and $keys."""
     if by not in BY:
         raise ValueError(f"unknown grouping {by!r}; expected one of {BY}")
     params = {f"{k}_{name}": v for name, s in (("a", a), ("b", b)) for k, v in _named(s).items()}
-    return params | {"by": by} | ({} if keys is None else {"keys": list(keys)})
+    return params | ({"by": by} if kind else {}) | ({} if keys is None else {"keys": list(keys)})
 
 
 def _slice_where(name: str) -> str:
@@ -195,6 +197,8 @@ def changes(
     finalized = finalized_runs(con, a.run_id, b.run_id)
     totals = ranked(key_totals(con, a, b, metric, by, min_count, finalized), order).reset_index(drop=True)
     chosen = totals["key"] if intervals is None else totals["key"].head(intervals)
+    if chosen.empty:  # the first paint (intervals=0): no image rows to read, nothing to resample
+        return totals.assign(low=np.nan, high=np.nan)
     rows = per_image(con, a, b, metric, by, chosen.tolist(), finalized)
     group, keys = pd.factorize(rows["key"], sort=True)
     _, low, high = ratio_ci(
@@ -221,8 +225,7 @@ def _matched(
 ) -> tuple[str, dict]:
     """SQL of the caption words of `keys` in both slices, matched by (image_id, caption_id, word_index), with
     the metric in both (value_a, value_b), and its parameters."""
-    params, value = _params(a, b, by, keys), range_expr(metric)
-    del params["by"]  # the occurrences' own filter (_OCCURRENCE_OF) names the kind
+    params, value = _params(a, b, by, keys, kind=False), range_expr(metric)  # _OCCURRENCE_OF names the kind
     done = finalized_runs(con, a.run_id, b.run_id)
 
     def side(name: str, s: Slice) -> str:

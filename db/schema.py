@@ -131,8 +131,11 @@ def key_select(key_images: str, metrics: Sequence[str] = METRICS) -> str:
     )
 
 
-_KEY_COLUMNS = "run_id VARCHAR NOT NULL, method VARCHAR NOT NULL, layer SMALLINT NOT NULL, key_kind VARCHAR NOT NULL, "
-_KEY_COLUMNS += "key VARCHAR NOT NULL"
+_KEY_COLUMNS = ", ".join(
+    f"{name} {kind} NOT NULL"
+    for name, kind in (("run_id", "VARCHAR"), ("method", "VARCHAR"), ("layer", "SMALLINT"), ("key_kind", "VARCHAR"),
+                       ("key", "VARCHAR"))
+)  # fmt: skip
 _NOT_FINALIZED = "run_id IN (SELECT run_id FROM runs WHERE finalized_at IS NULL)"
 
 # Run by db.writer for one run ($run_id), each list in one transaction. Derived rows exist exactly for

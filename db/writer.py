@@ -302,7 +302,12 @@ def finalize(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
 
 def sort_word_heads(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     """Rewrite a run's word_heads rows in HEADS_ORDER (inside the caller's transaction). DuckDB sorts out of
-    core: the copy spills to the database's temp directory beyond its memory_limit."""
+    core: the copy spills to the database's temp directory beyond its memory_limit.
+
+    The DELETE + INSERT leaves the old rows' blocks free but in the file (DuckDB does not shrink it): the run's
+    heads take about twice their size on disk until later writes reuse that space. A run already in order is
+    sorted again all the same: knowing it is takes a window over all its rows in storage order, not cheap
+    enough to be worth it before a sort finalize runs once."""
     con.execute(
         f"CREATE TEMP TABLE _sorted_heads AS SELECT * FROM word_heads WHERE run_id = $run_id ORDER BY {HEADS_ORDER}",
         {"run_id": run_id},

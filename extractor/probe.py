@@ -74,7 +74,10 @@ class ProbeSettings:
 
         gradcam = run.get("gradcam_layer")
         vocab = run.get("vocab")  # JSON text as DuckDB returns it, a dict as run.json holds it, or NULL
-        vocab = json.loads(vocab) if isinstance(vocab, str) else vocab if isinstance(vocab, Mapping) else {}
+        if isinstance(vocab, str):
+            vocab = json.loads(vocab)
+        if not isinstance(vocab, Mapping):
+            vocab = {}
         return cls(
             checkpoint=Path(run["checkpoint_path"]),
             checkpoint_sha256=run.get("checkpoint_sha256"),
@@ -141,10 +144,12 @@ def tokenizer(vocab: Path, max_tokens: int) -> Tokenizer:
 
 @lru_cache(maxsize=4)
 def vocab_sha256(vocab: Path, mtime_ns: int) -> str:
+    """The vocab file's sha256, hashed once per path and modification time (`mtime_ns` is the cache key)."""
     return file_sha256(vocab)
 
 
 def sha256_of(vocab: Path) -> str:
+    """The vocab file's sha256 as it is now on disk (rehashed only once the file changes)."""
     return vocab_sha256(vocab, vocab.stat().st_mtime_ns)
 
 

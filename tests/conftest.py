@@ -1,12 +1,14 @@
 import os
 from pathlib import Path
 
+import duckdb
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 pytest_plugins = ["tests.review_app"]
+IMAGES, FEWER = 80, 25  # the compared runs' images (runs)
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +69,23 @@ def extracted_db(shared, tmp_path_factory) -> Path:
 def small_db(shared, tmp_path_factory) -> Path:
     """A real extraction of ../shared/coco/val2017-small (10 images)."""
     return run_extraction(shared, tmp_path_factory.mktemp("small") / "small.duckdb", "val2017-small")
+
+
+@pytest.fixture(scope="session")
+def runs(shared, tmp_path_factory) -> dict:
+    """Runs to compare (tests/test_compare*.py) in one database, and their ids: 'a' fine-tuned, 'b' pre-trained
+    (same IMAGES images), 'c' pre-trained Grad-CAM only on the first FEWER images."""
+    db = tmp_path_factory.mktemp("compare") / "runs.duckdb"
+    pretrain = str(shared / "fixtures" / "albef-reference" / "pretrain-tiny" / "checkpoint.pth")
+    run_extraction(shared, db, "val2017-subset", "--limit", str(IMAGES))
+    run_extraction(shared, db, "val2017-subset", "--limit", str(IMAGES), "--checkpoint", pretrain)
+    run_extraction(shared, db, "val2017-subset", "--limit", str(FEWER), "--checkpoint", pretrain, "--method", "gradcam")
+    with duckdb.connect(str(db), read_only=True) as con:
+        found = con.execute("SELECT run_id, checkpoint_path, method, gradcam_layer FROM runs").df()
+    finetuned = found["checkpoint_path"].str.contains("finetuned")
+    ids = {
+        "a": found.loc[finetuned, "run_id"].item(),
+        "b": found.loc[~finetuned & (found["method"] == "both"), "run_id"].item(),
+        "c": found.loc[found["method"] == "gradcam", "run_id"].item(),
+    }
+    return {"db": db, "ids": ids, "gradcam_layer": int(found["gradcam_layer"].iloc[0])}

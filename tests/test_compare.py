@@ -5,8 +5,6 @@ and pandas on the word rows."""
 
 import json
 import shutil
-import sys
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 import duckdb
@@ -14,37 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from db import bootstrap, compare, queries
 from db.compare import Slice
 from db.schema import UNFINALIZE_SQL
-from tests.conftest import run_extraction
+from tests.conftest import FEWER, IMAGES
 from tests.test_browser import browser, page, shoot, streamlit_server, wait_for_overlays  # noqa: F401
+from tests.test_compare_page import open_compare
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-IMAGES, FEWER = 80, 25
 KEYS = ["image_id", "caption_id", "word_index"]
-
-
-@pytest.fixture(scope="module")
-def runs(shared, tmp_path_factory) -> dict:
-    """The database and its runs: 'a' fine-tuned, 'b' pre-trained (same images), 'c' pre-trained Grad-CAM only
-    on the first FEWER images."""
-    db = tmp_path_factory.mktemp("compare") / "runs.duckdb"
-    pretrain = str(shared / "fixtures" / "albef-reference" / "pretrain-tiny" / "checkpoint.pth")
-    run_extraction(shared, db, "val2017-subset", "--limit", str(IMAGES))
-    run_extraction(shared, db, "val2017-subset", "--limit", str(IMAGES), "--checkpoint", pretrain)
-    run_extraction(shared, db, "val2017-subset", "--limit", str(FEWER), "--checkpoint", pretrain, "--method", "gradcam")
-    with duckdb.connect(str(db), read_only=True) as con:
-        found = con.execute("SELECT run_id, checkpoint_path, method, gradcam_layer FROM runs").df()
-    finetuned = found["checkpoint_path"].str.contains("finetuned")
-    ids = {
-        "a": found.loc[finetuned, "run_id"].item(),
-        "b": found.loc[~finetuned & (found["method"] == "both"), "run_id"].item(),
-        "c": found.loc[found["method"] == "gradcam", "run_id"].item(),
-    }
-    return {"db": db, "ids": ids, "gradcam_layer": int(found["gradcam_layer"].iloc[0])}
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +116,18 @@ def test_changes_equal_a_direct_computation_on_the_paired_rows(runs, con, metric
 
 
 @pytest.mark.parametrize(("metric", "by"), [("mask_mass", "word"), ("entropy", "category")])
-def test_over_the_same_captions_the_change_is_the_mean_change_per_caption_word(runs, con, metric, by):
+def test_over_the_same_captions_the_change_is_the_mean_change_per_caption_word(runs, con, metric, by, monkeypatch):
+    paired_per_image = []
+    pairs = compare._pairs
+    monkeypatch.setattr(compare, "_pairs", lambda *args: paired_per_image.append(args) or pairs(*args))
     a, b = gradcam(runs, "a"), Slice(runs["ids"]["b"], "attention", runs["gradcam_layer"])
-    got = compare.changes(con, a, b, metric, by).set_index("key").sort_index()
+    got = compare.key_totals(con, a, b, metric, by).set_index("key").sort_index()
+    assert not paired_per_image  # every key has the same pairing fingerprint: totalled from key_summary
     want = occurrence_changes(runs, a, b, metric, by).sort_index()
     assert len(got) > 10 and got.index.tolist() == want.index.tolist() and (got["n"] == want["n"]).all()
     np.testing.assert_allclose(got["change"], want["change"], atol=1e-9)
+    compare.key_totals(con, a, gradcam(runs, "c"), metric, by)  # fewer images: their keys pair image by image
+    assert paired_per_image
 
 
 def test_a_run_not_finalized_compares_from_its_word_rows_as_a_finalized_one(runs, con, tmp_path):
@@ -191,6 +173,20 @@ def test_intervals_only_for_the_first_keys_of_the_order_asked(runs, con):
     assert first["low"].iloc[5:].isna().all() and first["high"].iloc[5:].isna().all()
 
 
+def test_no_intervals_asked_reads_no_image_rows_and_resamples_nothing(runs, con, monkeypatch):
+    a, b = gradcam(runs, "a"), gradcam(runs, "b")
+    full = compare.changes(con, a, b, "entropy", order="rise")
+
+    def refused(*args, **kwargs):
+        raise AssertionError("not needed without intervals")
+
+    monkeypatch.setattr(compare, "per_image", refused)
+    monkeypatch.setattr(compare, "ratio_ci", refused)
+    none = compare.changes(con, a, b, "entropy", order="rise", intervals=0)
+    assert len(none) > 10 and none["low"].isna().all() and none["high"].isna().all()
+    pd.testing.assert_frame_equal(none.drop(columns=["low", "high"]), full.drop(columns=["low", "high"]))
+
+
 def test_kept_weights_give_the_intervals_of_freshly_hashed_ones_bit_for_bit(runs, con, monkeypatch):
     rows = compare.per_image(con, gradcam(runs, "a"), gradcam(runs, "b"), "entropy")
     group, _ = pd.factorize(rows["key"], sort=True)
@@ -215,6 +211,22 @@ def test_kept_weights_give_the_intervals_of_freshly_hashed_ones_bit_for_bit(runs
             np.testing.assert_array_equal(value, want)
     other_seed = bootstrap.ratio_ci(*every, seed=1)
     assert len(hashed) == 3 and not np.array_equal(other_seed[1], fresh["every"][1])
+
+
+def test_weights_over_the_kept_bytes_are_returned_but_not_kept(runs, con, monkeypatch):
+    rows = compare.per_image(con, gradcam(runs, "a"), gradcam(runs, "c"), "entropy")
+    group = pd.factorize(rows["key"], sort=True)[0]
+    args = (group, rows["image_id"].to_numpy(), rows["sum_b"] - rows["sum_a"], rows["n"])
+    bootstrap.clear_weights()
+    want = bootstrap.ratio_ci(*args)
+    assert bootstrap._kept is not None  # under the cap: kept
+    n_images = rows["image_id"].nunique()
+    monkeypatch.setattr(bootstrap, "_KEPT_BYTES", n_images * 1000 - 1)  # one byte short of this call's table
+    bootstrap.clear_weights()
+    got = bootstrap.ratio_ci(*args)
+    assert bootstrap._kept is None
+    for value, expected in zip(got, want, strict=True):
+        np.testing.assert_array_equal(value, expected)
 
 
 @pytest.mark.parametrize("by", ["word", "category"])
@@ -248,23 +260,23 @@ def test_matched_words_carry_both_runs_maps_of_the_same_caption_word(runs, con):
 # ---------------------------------------------------------------- the page
 
 
-def open_compare(runs, monkeypatch, tmp_path, **query: str) -> AppTest:
-    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(runs["db"]), "--review-db", str(tmp_path / "r.sqlite")])
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.run()
-    at.query_params.clear()
-    at.query_params.update(query)
-    return at.switch_page("views/compare.py").run()
+@pytest.fixture
+def fresh_cache():
+    """The page's cached questions forgotten before and after the test (one that patches what they call)."""
+    st.cache_data.clear()
+    try:
+        yield
+    finally:
+        st.cache_data.clear()
 
 
-def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, monkeypatch, tmp_path):
+def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, con, monkeypatch, tmp_path):
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "entropy"}
-    at = open_compare(runs, monkeypatch, tmp_path, **query)
+    at = open_compare(runs["db"], monkeypatch, tmp_path, **query)
     assert not at.exception
     table = at.dataframe[0].value
-    want = compare.changes(queries.connect_readonly(runs["db"]), gradcam(runs, "a"), gradcam(runs, "b"), "entropy",
-                           min_count=3)  # fmt: skip
+    want = compare.changes(con, gradcam(runs, "a"), gradcam(runs, "b"), "entropy", min_count=3)
     assert set(table["key"]) == set(want["key"])
     assert table["change"].abs().is_monotonic_decreasing  # ranked by the size of the change
     pick = table["key"].iloc[0]
@@ -284,38 +296,35 @@ def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, monkeypat
     assert not [c for c in at.caption if "omputing intervals" in c.value]
     # The deep link round-trips: the URL it wrote opens the same view.
     link = dict(at.query_params)
-    again = open_compare(runs, monkeypatch, tmp_path, **link)
+    again = open_compare(runs["db"], monkeypatch, tmp_path, **link)
     pd.testing.assert_frame_equal(again.dataframe[0].value, table)
     assert dict(again.query_params) == link
 
 
-def test_the_ranking_shows_before_the_intervals_with_a_note_while_they_compute(runs, monkeypatch, tmp_path):
-    def stalled(group, *args, **kwargs):  # the SQL-only first call bootstraps nothing; the second stops here
-        if len(group):
-            raise RuntimeError("intervals stalled")
-        return bootstrap.ratio_ci(group, *args, **kwargs)
+def test_the_ranking_shows_before_the_intervals_with_a_note_while_they_compute(
+    runs, con, monkeypatch, tmp_path, fresh_cache
+):
+    def stalled(*args, **kwargs):  # the SQL-only first paint does not bootstrap; the intervals' call stops here
+        raise RuntimeError("intervals stalled")
 
     monkeypatch.setattr(compare, "ratio_ci", stalled)
-    st.cache_data.clear()
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "mask_mass"}
-    at = open_compare(runs, monkeypatch, tmp_path, **query)
+    at = open_compare(runs["db"], monkeypatch, tmp_path, **query)
     assert at.exception  # the intervals never came (the app redacts the message)
     table = at.dataframe[0].value
-    want = compare.changes(queries.connect_readonly(runs["db"]), gradcam(runs, "a"), gradcam(runs, "b"), "mask_mass",
-                           min_count=3, intervals=0)  # fmt: skip
+    want = compare.changes(con, gradcam(runs, "a"), gradcam(runs, "b"), "mask_mass", min_count=3, intervals=0)
     pd.testing.assert_frame_equal(table, want)
     assert len(table) > 0 and table["low"].isna().all() and table["high"].isna().all()
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert "computing intervals" in chart["layout"]["title"]["text"] and "error_x" not in chart["data"][0]
     assert [c for c in at.caption if "Computing intervals" in c.value]
-    st.cache_data.clear()
 
 
 def test_runs_over_different_images_compare_on_their_intersection_and_say_so(runs, monkeypatch, tmp_path):
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["c"], "slice_a": f"gradcam-{layer}", "per": "category", "order_by": "rise"}
-    at = open_compare(runs, monkeypatch, tmp_path, **query)
+    at = open_compare(runs["db"], monkeypatch, tmp_path, **query)
     assert not at.exception
     note = " ".join(m.value for m in at.info)
     assert f"compared on the {FEWER} images in both; A has {IMAGES - FEWER} more, B has 0 more" in note

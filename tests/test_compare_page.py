@@ -15,15 +15,7 @@ from tests.conftest import run_extraction
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 ONE_RUN = "This database holds a single run"
 SAME = "the same run with the same map"
-
-
-@pytest.fixture(scope="module")
-def two_runs(shared, tmp_path_factory) -> Path:
-    """A database with the fine-tuned and the pre-trained fixture checkpoints' runs over the same images."""
-    db = tmp_path_factory.mktemp("two_runs") / "two.duckdb"
-    pretrain = shared / "fixtures" / "albef-reference" / "pretrain-tiny" / "checkpoint.pth"
-    run_extraction(shared, db, "val2017-small")
-    return run_extraction(shared, db, "val2017-small", "--checkpoint", str(pretrain))
+ONE_MAP = "a single run, with a single map"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,6 +30,7 @@ def sql(db: Path, query: str) -> list[tuple]:
 
 
 def open_compare(db: Path, monkeypatch, tmp_path, **query: str) -> AppTest:
+    """The Compare runs page of the app on `db`, opened with `query` as its URL's parameters."""
     monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(db), "--review-db", str(tmp_path / "r.sqlite")])
     at = AppTest.from_file(str(APP), default_timeout=120)
     at.run()
@@ -73,11 +66,27 @@ def test_the_same_run_and_map_on_both_sides_is_refused_with_a_note(small_db, mon
     assert not at.dataframe and not at.get("plotly_chart")
 
 
-def test_two_runs_compare_without_a_note(two_runs, monkeypatch, tmp_path):
-    at = open_compare(two_runs, monkeypatch, tmp_path)
+def test_one_run_of_one_map_says_a_second_run_is_needed(shared, monkeypatch, tmp_path_factory, tmp_path):
+    db = run_extraction(shared, tmp_path_factory.mktemp("one map") / "one map.duckdb", "val2017-small",
+                        "--method", "gradcam")  # fmt: skip
+    assert sql(db, "SELECT count(DISTINCT (method, layer)) FROM word_summary") == [(1,)]
+    ((images, captions),) = sql(db, "SELECT images_dir, captions_file FROM runs")
+    at = open_compare(db, monkeypatch, tmp_path)
     assert not at.exception
     note = notes(at)
-    assert ONE_RUN not in note and SAME not in note
-    run_ids = {r for (r,) in sql(two_runs, "SELECT run_id FROM runs")}
-    assert {at.query_params["run_a"], at.query_params["run_b"]} == run_ids
+    assert ONE_MAP in note and "a second run is needed" in note.lower()
+    assert SAME not in note and "another map" not in note  # no other map to choose
+    assert f"--images {images} --captions {captions} " in note
+    assert f"--db '{db}'" in note  # a path with a space, quoted for the shell
+    assert not at.dataframe and not at.get("plotly_chart")
+
+
+def test_two_runs_compare_without_a_note(runs, monkeypatch, tmp_path):
+    at = open_compare(runs["db"], monkeypatch, tmp_path)
+    assert not at.exception
+    note = notes(at)
+    assert ONE_RUN not in note and SAME not in note and ONE_MAP not in note
+    run_ids = {r for (r,) in sql(runs["db"], "SELECT run_id FROM runs")}
+    chosen = {at.query_params["run_a"], at.query_params["run_b"]}
+    assert len(chosen) == 2 and chosen <= run_ids  # B defaults to another run
     assert len(at.dataframe[0].value) > 0

@@ -7,8 +7,10 @@ Every choice is in the URL: run_a, run_b, slice_a, slice_b ("method-layer"), met
 from __future__ import annotations
 
 import html
+import shlex
 from dataclasses import replace
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -42,12 +44,31 @@ def run_context(ctx: data.Context, run: dict, shown: Slice) -> data.Context:
     return replace(own, images_dir=images if images is not None and images.is_dir() else ctx.images_dir)
 
 
+def from_coco(run: dict) -> bool:
+    """Whether the run read COCO's captions JSON (captions_file), not a --pairs table or --webdataset shards."""
+    return str(run.get("captions_file") or "").endswith(".json")
+
+
+def source_flag(run: dict) -> str:
+    """The extractor flag that names the run's recorded captions_file: --captions, --pairs or --webdataset."""
+    if from_coco(run):
+        return "--captions"
+    return "--pairs" if str(run.get("captions_file")).endswith((".csv", ".tsv", ".parquet")) else "--webdataset"
+
+
 def second_run_command(run: dict, db_path: str) -> str:
-    """The extractor command that adds another checkpoint's run over this run's images to this database."""
-    inputs = [("--images", run.get("images_dir")), ("--captions", run.get("captions_file")),
+    """The extractor command that adds another checkpoint's run over this run's inputs (as recorded) to this
+    database."""
+    inputs = [("--images", run.get("images_dir")), (source_flag(run), run.get("captions_file")),
               ("--instances", run.get("instances_file"))]  # fmt: skip
-    given = " ".join(f"{flag} {value}" for flag, value in inputs if value)
-    return f"python -m extractor run {given} --checkpoint OTHER.pth --db {db_path}"
+    given = "".join(f"{flag} {shlex.quote(str(value))} " for flag, value in inputs if value)
+    return f"python -m extractor run {given}--checkpoint OTHER.pth --db {shlex.quote(str(db_path))}"
+
+
+def second_run_note(run: dict, db_path: str) -> str:
+    """How to extract a second checkpoint's run comparable with this one, with its command."""
+    over = "the same images" if from_coco(run) else "the same inputs as this run"
+    return f"extract a second one over {over}, e.g.\n\n`{second_run_command(run, db_path)}`"
 
 
 def slice_options(run_id: str) -> list[str]:
@@ -74,9 +95,8 @@ def slice_choice(column, name: str, run_id: str, default: str) -> Slice:
     return Slice(run_id, method, int(layer))
 
 
-def change_chart(top, metric: str, key_name: str) -> go.Figure:
-    """The top changes on an axis centred on zero, with their intervals as error bars once computed (NaN: pending)."""
-    pending = top["low"].isna().all()
+def change_chart(top: pd.DataFrame, metric: str, key_name: str, pending: bool) -> go.Figure:
+    """The top changes on an axis centred on zero, with their intervals as error bars unless still `pending`."""
     reach = max(float(top[["change", "low", "high"]].abs().max().max()), 1e-3) * 1.1
     bars = None if pending else {"type": "data", "array": top["high"] - top["change"],
                                  "arrayminus": top["change"] - top["low"]}  # fmt: skip
@@ -98,12 +118,12 @@ def change_chart(top, metric: str, key_name: str) -> go.Figure:
     return figure
 
 
-def show_changes(slots, changes, metric: str, group: str):
-    """The chart of the top changes and the table of all into their two placeholders; once the intervals are in,
-    the chart takes clicks (its selection is returned)."""
+def show_changes(slots: tuple, changes: pd.DataFrame, metric: str, group: str, pending: bool) -> dict | None:
+    """The chart of the top changes and the table of all into their two placeholders; once the intervals are in
+    (not `pending`), the chart takes clicks (its selection is returned)."""
     chart, table = slots
-    figure = change_chart(changes.head(TOP), metric, group)
-    if changes["low"].isna().all():
+    figure = change_chart(changes.head(TOP), metric, group, pending)
+    if pending:
         chart.plotly_chart(figure)
         event = None
     else:
@@ -164,10 +184,17 @@ ctx = data.context()
 st.title("Compare runs")
 runs = questions.list_runs(ctx.db)
 by_id = {row["run_id"]: row for row in runs.to_dict("records")}
+if len(by_id) < 2 and len(slice_options(ctx.run["run_id"])) < 2:
+    st.warning(
+        "This database holds a single run, with a single map: there is nothing to compare it with. A second run "
+        f"is needed: {second_run_note(ctx.run, ctx.db.path)}",
+        icon=":material/compare_arrows:",
+    )
+    st.stop()
 if len(by_id) < 2:
     st.info(
-        "This database holds a single run: two of its maps compare, but to compare checkpoints, extract a second "
-        f"one over the same images, e.g.\n\n`{second_run_command(ctx.run, ctx.db.path)}`",
+        "This database holds a single run: two of its maps compare, but to compare checkpoints, "
+        + second_run_note(ctx.run, ctx.db.path),
         icon=":material/compare_arrows:",
     )
 left, right = st.columns(2)
@@ -243,14 +270,14 @@ st.caption(
     f"for the first {INTERVALS} in this order."
 )
 slots = st.empty(), st.empty()
-event = show_changes(slots, changes, metric, group)
+event = show_changes(slots, changes, metric, group, pending=choice not in shown)
 if choice not in shown:
     note = st.empty()
     note.caption(f":material/hourglass_top: {PENDING.capitalize()} (1,000 resamples of the images)")
     changes = questions.run_changes(*choice, INTERVALS)
     shown.add(choice)
     note.empty()
-    event = show_changes(slots, changes, metric, group)
+    event = show_changes(slots, changes, metric, group, pending=False)
 chosen_point(event)
 pick = state.url_choice(
     f"Maps of the {group}",
