@@ -132,7 +132,9 @@ def test_a_head_in_the_url_ranks_the_search_by_it_until_cleared(monkeypatch, tmp
     np.testing.assert_allclose([b[2] for b in badges], expected["layer_value"].head(PAGE_SIZE), atol=0.005)
     ignored = [at.selectbox(key=k) for k in REVIEW_KEYS] + [at.toggle(key="group")]  # the head ranking ignores them
     assert all(w.disabled and w.help == NOT_WITH_HEAD for w in ignored)
+    assert not at.get("download_button")  # the exports are of the metric ranking
     at = clear_head(at)
+    assert [b.proto.label for b in at.get("download_button")] == ["CSV", "Parquet"]
     assert "head" not in at.query_params and not head_badges(at)
     assert not [md for md in at.markdown if HEADER.search(md.value)]
     assert not any(w.disabled for w in [at.selectbox(key=k) for k in REVIEW_KEYS] + [at.toggle(key="group")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -238,26 +239,18 @@ ui.colour_key(style)
 ui.badge_legend(metrics)
 if head is None:  # exports are of the metric ranking
     stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
-    csv_col, parquet_col = downloads.columns(2)
-    csv_col.download_button(
-        "CSV",
-        lambda: review_exports.search_export(ctx.db, "csv", where, sort, descending, reviewed),
-        f"{stem}.csv",
-        "text/csv",
-        icon=":material/download:",
-        on_click="ignore",
-        width="stretch",
-        help="Every matching row with its metrics (no maps).",
-    )
-    parquet_col.download_button(
-        "Parquet",
-        lambda: review_exports.search_export(ctx.db, "parquet", where, sort, descending, reviewed),
-        f"{stem}.parquet",
-        "application/vnd.apache.parquet",
-        icon=":material/download:",
-        on_click="ignore",
-        width="stretch",
-    )
+    formats = {"csv": ("CSV", "text/csv"), "parquet": ("Parquet", "application/vnd.apache.parquet")}
+    for column, (fmt, (label, mime)) in zip(downloads.columns(2), formats.items(), strict=True):
+        column.download_button(
+            label,
+            partial(review_exports.search_export, ctx.db, fmt, where, sort, descending, reviewed),
+            f"{stem}.{fmt}",
+            mime,
+            icon=":material/download:",
+            on_click="ignore",
+            width="stretch",
+            help="Every matching row with its metrics (no maps).",
+        )
 
 page = state.url_page(n_pages, "p") if n_pages > 1 else 1
 offset = (page - 1) * ui.PAGE_SIZE
