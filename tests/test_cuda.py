@@ -23,7 +23,7 @@ KEYS = ["image_id", "caption_id", "word_index", "method", "layer"]
 
 def word_rows(db) -> pd.DataFrame:
     columns = ", ".join([*KEYS, "category_id", "peak_row", "peak_col", "mask_mass", "background_mass",
-                         "pointing_hit", "itm_score", "map", "map_max"])  # fmt: skip
+                         "pointing_hit", "itm_score", "specificity_others", "map", "map_max"])  # fmt: skip
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(f"SELECT {columns} FROM words ORDER BY {', '.join(KEYS)}").df()
 
@@ -68,6 +68,23 @@ def test_coco_extraction_on_cuda_agrees_with_cpu(shared, small_db, tmp_path):
     # compare the maps as distributions instead.
     assert np.median(tv) <= 0.02 and tv.max() <= 0.1
     assert mass <= 0.03 and background <= 0.03 and itm <= 0.02
+    # The contrast with the caption's other objects (a sparse product on the device): NULL alike, values close.
+    assert cpu["specificity_others"].isna().equals(cuda["specificity_others"].isna())
+    assert (cpu["specificity_others"] - cuda["specificity_others"]).abs().max() <= 0.05
+    heads_cpu, heads_cuda = (head_rows(db) for db in (small_db, cuda_db))
+    pd.testing.assert_frame_equal(heads_cpu[HEAD_KEYS], heads_cuda[HEAD_KEYS])  # the same words, layers and heads
+    assert heads_cpu["specificity_others"].isna().equals(heads_cuda["specificity_others"].isna())
+    for column in ("mask_mass", "specificity_others"):
+        assert (heads_cpu[column] - heads_cuda[column]).abs().max() <= 0.05, column
+
+
+HEAD_KEYS = ["image_id", "caption_id", "word_index", "layer", "head"]
+
+
+def head_rows(db) -> pd.DataFrame:
+    with duckdb.connect(str(db), read_only=True) as con:
+        keys = ", ".join(HEAD_KEYS)
+        return con.execute(f"SELECT {keys}, mask_mass, specificity_others FROM word_heads ORDER BY {keys}").df()
 
 
 def test_demo_model_grounds_the_same_on_cuda(tmp_path):
