@@ -27,7 +27,7 @@ from extractor.binding import tag_words
 from extractor.checkpoint import load_checkpoint
 from extractor.config import ALBEFConfig
 from extractor.demo.captions import ground_caption
-from extractor.demo.evaluate import ValScene, _covers, _word_maps, evaluate, val_scenes
+from extractor.demo.evaluate import ValScene, evaluate, kind_word_maps, object_covers, val_scenes
 from extractor.demo.prepare import CHECKPOINT_DIR
 from extractor.demo.scene import COLOURS
 from extractor.demo.world import match_demo_words, write_split
@@ -56,7 +56,7 @@ def auc(positives: list[float], negatives: list[float]) -> float:
 
 
 def _references(maps: TokenMaps, layers: list[int]) -> dict[str, dict[str, np.ndarray]]:
-    """Per map kind of `_word_maps` its two word-blind references: the encoder's [CLS] map, the [CLS] row."""
+    """Per map kind of `kind_word_maps` its two word-blind references: the encoder's [CLS] map, the [CLS] row."""
     rows = {f"attn L{la}": maps.attention_grid(la)[0] for la in layers} | {"gradcam": maps.gradcam[0].clip(0)}
     rows |= {f"[CLS] L{la}": rows[f"attn L{la}"] for la in layers}
     encoder = maps.encoder_cls.mean(0)
@@ -77,10 +77,10 @@ def specificity_auc(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer) -
     for item in items:
         tokens = tokenizer([pre_caption(c, cfg.max_words) for c in item.captions])
         results = caption_maps(model, item.pixels, tokens, [0] * len(tokens), cfg.fusion_layers, gradcam=True)
-        covers = _covers(item.scene, cfg.grid_size)
+        covers = object_covers(item.scene, cfg.grid_size)
         for text, tok, maps in zip(item.captions, tokens, results, strict=True):
             grounded, shapes = ground_caption(text, item.scene), match_demo_words(tok.words)
-            word_maps, references = _word_maps(maps, tok.words, tok.word_of_token, cfg.fusion_layers), None
+            word_maps, references = kind_word_maps(maps, tok.words, tok.word_of_token, cfg.fusion_layers), None
             contrasts = None
             tags = tag_words(tok.words, shapes)
             named, scored = (np.array([c or 0 for c in cats]) for cats in (tags.category, tags.scored_category))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from extractor.coco import CocoFormatError, ImageError, image_size
 from extractor.dataset import CocoDataset, ErrorRow
-from extractor.digest import file_sha256
+from extractor.digest import current_sha256
 from extractor.suspects import record_attempt
 
 BLOCK_IMAGES = 1024
@@ -82,16 +82,9 @@ def _no_objects(g: int) -> tuple[np.ndarray, ...]:
 
 def cache_dir(parts: Path, instances: Path, images_dir: Path, g: int) -> Path:
     """The cache of one instances file on one grid (the images folder counts: masks follow the files)."""
-    stat = instances.stat()
-    digest = _file_digest(str(instances), stat.st_mtime_ns, stat.st_size)
+    digest = current_sha256(instances)  # once per file version (a Ray actor asks for every chunk it runs)
     key = hashlib.sha256(f"{digest}|{images_dir.resolve()}|{g}".encode()).hexdigest()
     return parts / "covers" / f"g{g}-{key[:16]}"
-
-
-@lru_cache(maxsize=8)
-def _file_digest(path: str, mtime_ns: int, size: int) -> str:
-    """file_sha256, once per file version in a process (a Ray actor asks for every chunk it runs)."""
-    return file_sha256(path)
 
 
 def cached_locations(folder: Path) -> dict[int, tuple[str, int]]:

@@ -86,7 +86,7 @@ class Reference:
 
 def _specificity(p: Tensor, p_bits: Tensor, reference: Reference) -> Tensor:
     # Each reference's distribution and entropy once, then gathered per word: row-wise, so the same values.
-    q = distribution(reference.maps)
+    q = distribution(reference.maps, checked=False)  # softmax rows and clamped maps: no wait on the device
     q_bits = _bits(q)
     return _jsd(p, p_bits, q[reference.index], q_bits[reference.index])
 
@@ -183,17 +183,13 @@ def word_metrics(
     nan = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
     for name, reference in (("specificity_cls", encoder_cls), ("specificity_row", cls_row)):
         out[name] = nan if reference is None else _specificity(p, p_bits, reference)
-    out["specificity_others"] = nan if others is None else _specificity_others(p, p_bits, others)
+    out["specificity_others"] = nan if others is None else specificity_others(p, others, p_bits)
     return out
 
 
-def specificity_others(p: Tensor, others: Others) -> Tensor:
+def specificity_others(p: Tensor, others: Others, p_bits: Tensor | None = None) -> Tensor:
     """(n,) float64: `extractor.metrics` specificity of each distribution of p (n, N) from the mean of its
-    pair rows, NaN for a row without pairs."""
-    return _specificity_others(p, None, others)
-
-
-def _specificity_others(p: Tensor, p_bits: Tensor | None, others: Others) -> Tensor:
+    pair rows, NaN for a row without pairs; `p_bits`: p's entropies in bits, when already known."""
     q, own = torch.sparse.mm(others.weights, p), p[others.rows]
     own_bits = _bits(own) if p_bits is None else p_bits[others.rows]
     out = torch.full((len(p),), math.nan, dtype=p.dtype, device=p.device)

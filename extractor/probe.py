@@ -35,7 +35,7 @@ from extractor.coco import MAX_PIXELS, CocoFormatError, ImageError, load_image
 from extractor.config import ALBEFConfig
 from extractor.covers import grid_covers
 from extractor.dataset import CocoDataset, load_coco
-from extractor.digest import file_sha256
+from extractor.digest import current_sha256
 from extractor.image import normalize, resized_pixels
 from extractor.maps import ATTENTION, BatchMaps, batch_maps
 from extractor.run import resolve_device
@@ -142,17 +142,6 @@ def tokenizer(vocab: Path, max_tokens: int) -> Tokenizer:
     return Tokenizer(vocab, max_tokens)
 
 
-@lru_cache(maxsize=4)
-def vocab_sha256(vocab: Path, mtime_ns: int) -> str:
-    """The vocab file's sha256, hashed once per path and modification time (`mtime_ns` is the cache key)."""
-    return file_sha256(vocab)
-
-
-def sha256_of(vocab: Path) -> str:
-    """The vocab file's sha256 as it is now on disk (rehashed only once the file changes)."""
-    return vocab_sha256(vocab, vocab.stat().st_mtime_ns)
-
-
 def run_vocab(settings: ProbeSettings) -> Path:
     """The run's vocab file, checked against the sha256 the run recorded. A run recorded elsewhere (another
     machine or checkout) names a path missing here: this checkpoint's default vocab stands in when its sha256
@@ -164,10 +153,10 @@ def run_vocab(settings: ProbeSettings) -> Path:
     vocab = settings.vocab
     if not vocab.is_file():
         default = default_vocab(settings.checkpoint)
-        if settings.vocab_sha256 and default.is_file() and sha256_of(default) == settings.vocab_sha256:
+        if settings.vocab_sha256 and default.is_file() and current_sha256(default) == settings.vocab_sha256:
             return default
         raise ProbeError(f"The vocab {vocab} is not on this machine: put bert-base-uncased's vocab.txt there.")
-    if settings.vocab_sha256 and sha256_of(vocab) != settings.vocab_sha256:
+    if settings.vocab_sha256 and current_sha256(vocab) != settings.vocab_sha256:
         raise ProbeError(f"The vocab at {vocab} is not the run's (its sha256 differs): words would not split as the "
                          "run split them.")  # fmt: skip
     return vocab

@@ -31,6 +31,11 @@ def run_slices(attention_layers: Sequence[int], gradcam_layer: int | None) -> li
     return [(ATTENTION, layer) for layer in attention_layers] + gradcam
 
 
+def attention_layers(slices: Sequence[Slice]) -> list[int]:
+    """The fusion layers whose raw attention a run keeps, in row order."""
+    return [layer for method, layer in slices if method == ATTENTION]
+
+
 def token_maps(maps: BatchMaps, method: str, layer: int) -> Tensor:
     """(C, T, N) per-token maps of one slice."""
     return maps.gradcam if method == GRADCAM else maps.attention_grid(layer)
@@ -80,8 +85,7 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
     encoder = torch.cat([maps.encoder_cls, encoder_mean[:, None]], 1).flatten(0, 1)
     out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)
     if maps.head_attention is not None and batch.masks is not None:
-        layers = [la for m, la in slices if m == ATTENTION]
-        heads = head_metrics(maps.head_attention, batch, layers, pairs)
+        heads = head_metrics(maps.head_attention, batch, attention_layers(slices), pairs)
         out |= {f"head_{name}": value for name, value in heads.items()}
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
@@ -107,11 +111,10 @@ def head_metrics(
     is built only for those words and the words their `specificity_others` is against (`others`: the word
     pairs of `other_object_rows`), never for every word and head.
     """
-    rows = (batch.cover_index > 0).nonzero()[:, 0]
+    is_row = batch.cover_index > 0
+    rows = is_row.nonzero()[:, 0]
     if not layers:
         return {name: torch.zeros(0, len(rows), 0) for name in ("mask_mass", "specificity_others")}
-    is_row = torch.zeros_like(batch.cover_index, dtype=torch.bool)
-    is_row[rows] = True
     keep = is_row[others[0]]  # the pairs of the rows
     needed = torch.cat([rows, others[1][keep]]).unique()  # sorted: the rows and their other words
     at = torch.full_like(batch.cover_index, -1)
@@ -259,7 +262,7 @@ def word_heads(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice]
         "image_id": np.tile(np.repeat(image_of_caption[caption], H), L),
         "caption_id": np.tile(np.repeat(batch.caption_ids[caption], H), L),
         "word_index": np.tile(np.repeat(batch.word_index[rows], H), L).astype(np.int16),
-        "layer": np.repeat(np.array([la for m, la in slices if m == ATTENTION], np.int16)[:L], Wo * H),
+        "layer": np.repeat(np.array(attention_layers(slices), np.int16)[:L], Wo * H),
         "head": np.tile(np.arange(H, dtype=np.int16), L * Wo),
         "mask_mass": masses.reshape(-1),
         "specificity_others": pa.array(specificities.reshape(-1), from_pandas=True),

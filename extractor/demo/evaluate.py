@@ -47,7 +47,7 @@ class Tally:
         return {" ".join(k): float(np.mean(v)) for k, v in sorted(self.hits.items())}
 
 
-def _word_maps(maps, words: list[str], word_of_token: list[int], layers: list[int]) -> dict[str, np.ndarray]:
+def kind_word_maps(maps, words: list[str], word_of_token: list[int], layers: list[int]) -> dict[str, np.ndarray]:
     """Method name -> (n_words, g, g) maps of one caption; '[CLS] Ln' repeats the [CLS] row per word."""
     n = len(words)
     out = {}
@@ -59,7 +59,7 @@ def _word_maps(maps, words: list[str], word_of_token: list[int], layers: list[in
     return out
 
 
-def _covers(scene: Scene, g: int) -> np.ndarray:
+def object_covers(scene: Scene, g: int) -> np.ndarray:
     """(n_objects, g, g) grid coverage of each object's mask."""
     return np.stack([grid_coverage(coverage(o.polygon, scene.res) >= 0.5, g) for o in scene.objects])
 
@@ -135,12 +135,12 @@ def evaluate(model: ALBEF, items: list[ValScene], tokenizer: Tokenizer, seed: in
         scene, raw = item.scene, item.captions
         tokens = tokenizer([pre_caption(c, cfg.max_words) for c in raw])
         results = caption_maps(model, item.pixels, tokens, [0] * len(raw), cfg.fusion_layers, gradcam=True)
-        covers = _covers(scene, cfg.grid_size)
+        covers = object_covers(scene, cfg.grid_size)
         for text, tok, maps in zip(raw, tokens, results, strict=True):
             tally.add("itm", "true", "accepted", maps.itm_score > 0.5)
             if tok.words != [w for *_, w in caption_words(text)]:
                 raise ValueError(f"word indices of {text!r} differ from the cleaned caption {tok.text!r}")
-            word_maps = _word_maps(maps, tok.words, tok.word_of_token, cfg.fusion_layers)
+            word_maps = kind_word_maps(maps, tok.words, tok.word_of_token, cfg.fusion_layers)
             _score_caption(tally, word_maps, tok.words, ground_caption(text, scene), covers, len(scene.objects))
         swaps = [s for kind in SWAP_KINDS for text in raw if (s := swap_caption(text, kind, rng, scene))]
         if swaps:
