@@ -1,7 +1,9 @@
 """Debian's Chromium for the browser tests: where it is, how it starts, where screenshots go."""
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +18,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def playwright_api() -> ModuleType:
+    """playwright.sync_api: `make test` installs it, so in CI a missing Playwright fails, elsewhere it skips."""
+    if os.environ.get("CI") == "true":
+        return importlib.import_module("playwright.sync_api")
+    return pytest.importorskip("playwright.sync_api")
 
 
 def chromium_path() -> Path:

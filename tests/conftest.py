@@ -1,11 +1,15 @@
 import os
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from tests.chromium import launch, playwright_api
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+APP = REPO / "dashboard" / "app.py"
 
 pytest_plugins = ["tests.review_app"]
 IMAGES, FEWER = 80, 25  # the compared runs' images (runs)
@@ -89,3 +93,56 @@ def runs(shared, tmp_path_factory) -> dict:
         "c": found.loc[found["method"] == "gradcam", "run_id"].item(),
     }
     return {"db": db, "ids": ids, "gradcam_layer": int(found["gradcam_layer"].iloc[0])}
+
+
+@pytest.fixture
+def open_app(monkeypatch, tmp_path):
+    """Build an AppTest of the dashboard started as `streamlit run dashboard/app.py -- ARGS`, each script run
+    allowed `timeout` seconds."""
+    from streamlit.testing.v1 import AppTest
+
+    def make(*args: str, timeout: float = 60, **query: str) -> AppTest:
+        monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), *args])
+        at = AppTest.from_file(str(APP), default_timeout=timeout)
+        at.query_params.update(query)
+        return at
+
+    return make
+
+
+def open_page(open_app, db: Path, page: str | None, *args: str, timeout: float = 60, **query: str):
+    """Run the app at a deep link: a page (None = Search, the default) with query parameters."""
+    at = open_app("--db", str(db), *args, timeout=timeout)
+    if page is None:
+        at.query_params.update(query)
+        return at.run()
+    at.run()
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.switch_page(f"views/{page}.py").run()
+
+
+@pytest.fixture(scope="module")
+def close_cached_connections():
+    """Drop the dashboard's cached DuckDB connections after a module's tests (else they live until exit); a
+    module asks for it with `pytestmark = pytest.mark.usefixtures("close_cached_connections")`."""
+    import streamlit as st
+
+    yield
+    st.cache_resource.clear()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for a module's browser tests (tests/test_browser.py's pattern)."""
+    with playwright_api().sync_playwright() as p:
+        chromium = launch(p)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    yield context.new_page()
+    context.close()

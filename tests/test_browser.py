@@ -23,13 +23,10 @@ import pytest
 
 from db import queries, rankings, review
 from db.review import Actor, Item
-from tests.chromium import SCREENSHOTS, launch
+from tests.chromium import SCREENSHOTS, playwright_api
 from tests.conftest import run_extraction
 
-if os.environ.get("CI") == "true":
-    import playwright.sync_api as playwright  # make test installs it: in CI a missing Playwright fails, never skips
-else:
-    playwright = pytest.importorskip("playwright.sync_api")
+playwright = playwright_api()
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE_SIZE = 24
@@ -123,21 +120,6 @@ def server(extracted_db, tmp_path_factory):
     """The dashboard on the real extraction of the shared COCO subset; yields its base URL."""
     with streamlit_server(extracted_db, tmp_path_factory.mktemp("browser") / "review.sqlite") as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        chromium = launch(p)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1800})
-    yield context.new_page()
-    context.close()
 
 
 def wait_for_overlays(page, count: int, timeout_ms: int = 60_000) -> None:

@@ -17,9 +17,10 @@ from db import bootstrap, compare, queries
 from db.compare import Slice
 from db.schema import UNFINALIZE_SQL
 from tests.conftest import FEWER, IMAGES
-from tests.test_browser import browser, page, shoot, streamlit_server, wait_for_overlays  # noqa: F401
+from tests.test_browser import shoot, streamlit_server, wait_for_overlays
 from tests.test_compare_page import open_compare
 
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 KEYS = ["image_id", "caption_id", "word_index"]
 
 
@@ -28,12 +29,6 @@ def con(runs):
     con = queries.connect_readonly(runs["db"])
     yield con
     con.close()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def close_cached_connections():
-    yield
-    st.cache_resource.clear()
 
 
 def gradcam(runs, name: str) -> Slice:
@@ -270,10 +265,10 @@ def fresh_cache():
         st.cache_data.clear()
 
 
-def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, con, monkeypatch, tmp_path):
+def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, con, open_app):
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "entropy"}
-    at = open_compare(runs["db"], monkeypatch, tmp_path, **query)
+    at = open_compare(open_app, runs["db"], **query)
     assert not at.exception
     table = at.dataframe[0].value
     want = compare.changes(con, gradcam(runs, "a"), gradcam(runs, "b"), "entropy", min_count=3)
@@ -296,13 +291,13 @@ def test_the_page_ranks_changes_and_shows_both_maps_side_by_side(runs, con, monk
     assert not [c for c in at.caption if "omputing intervals" in c.value]
     # The deep link round-trips: the URL it wrote opens the same view.
     link = dict(at.query_params)
-    again = open_compare(runs["db"], monkeypatch, tmp_path, **link)
+    again = open_compare(open_app, runs["db"], **link)
     pd.testing.assert_frame_equal(again.dataframe[0].value, table)
     assert dict(again.query_params) == link
 
 
 def test_the_ranking_shows_before_the_intervals_with_a_note_while_they_compute(
-    runs, con, monkeypatch, tmp_path, fresh_cache
+    runs, con, monkeypatch, open_app, fresh_cache
 ):
     def stalled(*args, **kwargs):  # the SQL-only first paint does not bootstrap; the intervals' call stops here
         raise RuntimeError("intervals stalled")
@@ -310,7 +305,7 @@ def test_the_ranking_shows_before_the_intervals_with_a_note_while_they_compute(
     monkeypatch.setattr(compare, "ratio_ci", stalled)
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "mask_mass"}
-    at = open_compare(runs["db"], monkeypatch, tmp_path, **query)
+    at = open_compare(open_app, runs["db"], **query)
     assert at.exception  # the intervals never came (the app redacts the message)
     table = at.dataframe[0].value
     want = compare.changes(con, gradcam(runs, "a"), gradcam(runs, "b"), "mask_mass", min_count=3, intervals=0)
@@ -321,10 +316,10 @@ def test_the_ranking_shows_before_the_intervals_with_a_note_while_they_compute(
     assert [c for c in at.caption if "Computing intervals" in c.value]
 
 
-def test_runs_over_different_images_compare_on_their_intersection_and_say_so(runs, monkeypatch, tmp_path):
+def test_runs_over_different_images_compare_on_their_intersection_and_say_so(runs, open_app):
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["c"], "slice_a": f"gradcam-{layer}", "per": "category", "order_by": "rise"}
-    at = open_compare(runs["db"], monkeypatch, tmp_path, **query)
+    at = open_compare(open_app, runs["db"], **query)
     assert not at.exception
     note = " ".join(m.value for m in at.info)
     assert f"compared on the {FEWER} images in both; A has {IMAGES - FEWER} more, B has 0 more" in note
@@ -332,7 +327,7 @@ def test_runs_over_different_images_compare_on_their_intersection_and_say_so(run
     assert table["change"].is_monotonic_decreasing and len(table) > 0
 
 
-def test_the_compare_page_in_chromium(runs, page, tmp_path):  # noqa: F811
+def test_the_compare_page_in_chromium(runs, page, tmp_path):
     ids, layer = runs["ids"], runs["gradcam_layer"]
     query = {"run_a": ids["a"], "run_b": ids["b"], "slice_a": f"gradcam-{layer}", "metric": "entropy"}
     with queries.connect_readonly(runs["db"]) as con:

@@ -2,26 +2,18 @@
 and the page says how to add a second checkpoint's run), and one run with one map chosen on both sides. On real
 extractions of the shared val2017-small images; the expected command and slices are read with the test's own SQL."""
 
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import run_extraction
+from tests.conftest import open_page, run_extraction
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 ONE_RUN = "This database holds a single run"
 SAME = "the same run with the same map"
 ONE_MAP = "a single run, with a single map"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def close_cached_connections():
-    yield
-    st.cache_resource.clear()
 
 
 def sql(db: Path, query: str) -> list[tuple]:
@@ -29,23 +21,18 @@ def sql(db: Path, query: str) -> list[tuple]:
         return con.execute(query).fetchall()
 
 
-def open_compare(db: Path, monkeypatch, tmp_path, **query: str) -> AppTest:
+def open_compare(open_app, db: Path, **query: str) -> AppTest:
     """The Compare runs page of the app on `db`, opened with `query` as its URL's parameters."""
-    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(db), "--review-db", str(tmp_path / "r.sqlite")])
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.run()
-    at.query_params.clear()
-    at.query_params.update(query)
-    return at.switch_page("views/compare.py").run()
+    return open_page(open_app, db, "compare", timeout=120, **query)
 
 
 def notes(at: AppTest) -> str:
     return " ".join(m.value for m in [*at.info, *at.warning])
 
 
-def test_one_run_says_how_to_extract_a_second_and_still_compares_two_of_its_maps(small_db, monkeypatch, tmp_path):
+def test_one_run_says_how_to_extract_a_second_and_still_compares_two_of_its_maps(small_db, open_app):
     ((images, captions, instances),) = sql(small_db, "SELECT images_dir, captions_file, instances_file FROM runs")
-    at = open_compare(small_db, monkeypatch, tmp_path)
+    at = open_compare(open_app, small_db)
     assert not at.exception
     note = notes(at)
     assert ONE_RUN in note and SAME not in note
@@ -56,22 +43,22 @@ def test_one_run_says_how_to_extract_a_second_and_still_compares_two_of_its_maps
     assert len(table) > 0 and table["change"].abs().max() > 0
 
 
-def test_the_same_run_and_map_on_both_sides_is_refused_with_a_note(small_db, monkeypatch, tmp_path):
+def test_the_same_run_and_map_on_both_sides_is_refused_with_a_note(small_db, open_app):
     ((run_id, method, layer),) = sql(small_db, "SELECT run_id, method, max(layer) FROM word_summary "
                                                "WHERE method = 'gradcam' GROUP BY ALL")  # fmt: skip
     chosen = f"{method}-{layer}"
-    at = open_compare(small_db, monkeypatch, tmp_path, run_a=run_id, run_b=run_id, slice_a=chosen, slice_b=chosen)
+    at = open_compare(open_app, small_db, run_a=run_id, run_b=run_id, slice_a=chosen, slice_b=chosen)
     assert not at.exception
     assert SAME in notes(at)
     assert not at.dataframe and not at.get("plotly_chart")
 
 
-def test_one_run_of_one_map_says_a_second_run_is_needed(shared, monkeypatch, tmp_path_factory, tmp_path):
+def test_one_run_of_one_map_says_a_second_run_is_needed(shared, open_app, tmp_path_factory):
     db = run_extraction(shared, tmp_path_factory.mktemp("one map") / "one map.duckdb", "val2017-small",
                         "--method", "gradcam")  # fmt: skip
     assert sql(db, "SELECT count(DISTINCT (method, layer)) FROM word_summary") == [(1,)]
     ((images, captions),) = sql(db, "SELECT images_dir, captions_file FROM runs")
-    at = open_compare(db, monkeypatch, tmp_path)
+    at = open_compare(open_app, db)
     assert not at.exception
     note = notes(at)
     assert ONE_MAP in note and "a second run is needed" in note.lower()
@@ -81,8 +68,8 @@ def test_one_run_of_one_map_says_a_second_run_is_needed(shared, monkeypatch, tmp
     assert not at.dataframe and not at.get("plotly_chart")
 
 
-def test_two_runs_compare_without_a_note(runs, monkeypatch, tmp_path):
-    at = open_compare(runs["db"], monkeypatch, tmp_path)
+def test_two_runs_compare_without_a_note(runs, open_app):
+    at = open_compare(open_app, runs["db"])
     assert not at.exception
     note = notes(at)
     assert ONE_RUN not in note and SAME not in note and ONE_MAP not in note

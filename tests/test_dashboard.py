@@ -15,53 +15,20 @@ from urllib.parse import parse_qsl
 import duckdb
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard import markup
 from db import writer
 from db.queries import WordFilter
-from tests.conftest import run_extraction
+from tests.conftest import open_page, run_extraction
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 # ---------------------------------------------------------------- helpers
 
 
 @pytest.fixture(scope="session")
 def db(extracted_db) -> Path:
     return extracted_db
-
-
-@pytest.fixture
-def open_app(monkeypatch, tmp_path):
-    """Build an AppTest of the dashboard started as `streamlit run dashboard/app.py -- ARGS`."""
-
-    def make(*args: str, **query: str) -> AppTest:
-        monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), *args])
-        at = AppTest.from_file(str(APP), default_timeout=60)
-        at.query_params.update(query)
-        return at
-
-    return make
-
-
-@pytest.fixture(scope="module", autouse=True)
-def close_cached_connections():
-    """Drop the dashboard's cached DuckDB connections after these tests (else they live until exit)."""
-    yield
-    st.cache_resource.clear()
-
-
-def open_page(open_app, db: Path, page: str | None, *args: str, **query: str) -> AppTest:
-    """Run the app at a deep link: a page (None = Search, the default) with query parameters."""
-    at = open_app("--db", str(db), *args)
-    if page is None:
-        at.query_params.update(query)
-        return at.run()
-    at.run()
-    at.query_params.clear()
-    at.query_params.update(query)
-    return at.switch_page(f"views/{page}.py").run()
 
 
 def messages(at: AppTest) -> str:

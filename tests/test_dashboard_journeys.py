@@ -7,13 +7,15 @@ the test's own on the database file.
 from urllib.parse import parse_qsl
 
 import duckdb
+import pytest
 
 from db import queries, rankings
 from tests import test_dashboard as base
-from tests.test_dashboard import assert_clean, card_links, messages, open_page, run_row, shown_slice
+from tests.conftest import open_page
+from tests.test_dashboard import assert_clean, card_links, messages, run_row, shown_slice
 
-# The fixtures of tests/test_dashboard.py, by name.
-db, open_app, close_cached_connections = base.db, base.open_app, base.close_cached_connections
+db = base.db  # tests/test_dashboard.py's fixture, by name
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 
 def search_links(at) -> list[dict[str, str]]:

@@ -4,23 +4,21 @@ The run is a real `run --pairs` extraction of val2017-subset's first images (tes
 mask, box, IoU, pointing and background values are NULL. Expected rankings come from db.rankings.
 """
 
-import sys
 from urllib.parse import parse_qsl
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from dashboard.components import metric_label
 from db import queries, rankings
 from db.metrics import BY_NAME, METRICS
-from tests import test_dashboard as base
+from tests.conftest import open_page
 from tests.review_app import sign_in
-from tests.test_dashboard import assert_clean, card_links, open_page, shown_slice
+from tests.test_dashboard import assert_clean, card_links, messages, shown_slice
 from tests.test_inputs import pairs_run, subset_pairs
 
-open_app, close_cached_connections = base.open_app, base.close_cached_connections
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 # NULL without object labels: the object metrics and the mass outside every labelled object.
 OBJECT_METRICS = {m for m in METRICS if BY_NAME[m].needs_object} | {"background_mass"}
 
@@ -74,7 +72,7 @@ def test_the_landing_page_ranks_by_entropy_and_names_what_is_missing(open_app, p
 def test_an_old_link_ranking_by_background_mass_falls_back_with_a_note(open_app, pairs_db):
     at = open_page(open_app, pairs_db, None, rank="images", rank_by="background_mass")
     assert_clean(at)
-    assert "background\\_mass” from the link is not available here; showing entropy" in base.messages(at)
+    assert "background\\_mass” from the link is not available here; showing entropy" in messages(at)
     images = links(at, "image")
     assert len(images) == 12  # every image of the run, ranked by its words' mean entropy
 
@@ -101,9 +99,8 @@ def test_statistics_offer_only_the_runs_metrics(open_app, pairs_db, view):
         assert [s.key for s in at.slider] == ["min_H"]
 
 
-def test_the_admin_queue_form_ranks_by_what_the_run_has(pairs_db, accounts, monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "argv", ["app.py", "--db", str(pairs_db), "--review-db", str(tmp_path / "r.sqlite")])
-    at = AppTest.from_file(str(base.APP), default_timeout=60)
+def test_the_admin_queue_form_ranks_by_what_the_run_has(pairs_db, accounts, open_app):
+    at = open_app("--db", str(pairs_db))
     at.secrets["auth"] = {"public_read": False, "users": accounts}
     sign_in(at.run(), "carol").switch_page("review/views/admin.py").run()
     assert_clean(at)

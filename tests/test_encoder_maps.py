@@ -1,16 +1,12 @@
 """The image encoder's own [CLS] attention (DINO's view): taken from the encoder's one pass, stored per image
 (each head and their mean), and the reference of each word's `specificity_cls`."""
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
-import streamlit as st
 import torch
-from streamlit.testing.v1 import AppTest
 
 from dashboard.encoder_panel import top_mass_only
 from db import queries, stats
@@ -22,8 +18,9 @@ from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.image import eval_transform
 from extractor.model import ALBEF
+from tests.conftest import open_page
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +134,7 @@ def test_dinos_threshold_keeps_the_fewest_cells_holding_60_percent(small_db):
         np.testing.assert_allclose(kept[kept > 0], m[kept > 0], rtol=0.01, atol=peak / 255)
 
 
-def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, monkeypatch, tmp_path):
+def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, open_app):
     con = duckdb.connect(str(small_db), read_only=True)
     ((image_id, caption_id, word_index, spec_cls, spec_row, spec_others, method, layer),) = stored(
         con,
@@ -147,25 +144,18 @@ def test_the_image_page_shows_the_encoders_view_beside_the_word(small_db, monkey
         WHERE word_class = 'object' AND specificity_others IS NOT NULL
         ORDER BY image_id, caption_id, word_index, method, layer LIMIT 1""",
     )
-    monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), "--db", str(small_db)])
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    at.query_params.clear()
-    at.query_params.update(image=str(image_id), caption=str(caption_id), w=str(word_index), method=method,
-                           layer=str(layer))  # fmt: skip
-    at = at.switch_page("views/image.py").run()
-    try:
-        assert not at.exception
-        assert any("The image encoder's own attention" in s.value for s in at.subheader)
-        text = " ".join(m.value for m in at.markdown)
-        assert "image encoder [CLS]" in text and "caption [CLS] row" in text and "caption's other objects" in text
-        assert all(f"head {h}" in text for h in range(4))
-        assert f"spec·enc {spec_cls:.2f}" in text and f"spec·row {spec_row:.2f}" in text
-        assert f"spec·obj {spec_others:.2f}" in text
-        n_images = len(at.get("imgs"))
-        at.toggle(key="encoder_top").set_value(True).run()
-        assert not at.exception and len(at.get("imgs")) == n_images
-    finally:
-        st.cache_resource.clear()
+    query = {"image": str(image_id), "caption": str(caption_id), "w": str(word_index), "method": method}
+    at = open_page(open_app, small_db, "image", layer=str(layer), **query)
+    assert not at.exception
+    assert any("The image encoder's own attention" in s.value for s in at.subheader)
+    text = " ".join(m.value for m in at.markdown)
+    assert "image encoder [CLS]" in text and "caption [CLS] row" in text and "caption's other objects" in text
+    assert all(f"head {h}" in text for h in range(4))
+    assert f"spec·enc {spec_cls:.2f}" in text and f"spec·row {spec_row:.2f}" in text
+    assert f"spec·obj {spec_others:.2f}" in text
+    n_images = len(at.get("imgs"))
+    at.toggle(key="encoder_top").set_value(True).run()
+    assert not at.exception and len(at.get("imgs")) == n_images
 
 
 def test_searches_filter_and_rank_by_specificity_and_statistics_average_it(small_db):

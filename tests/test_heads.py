@@ -3,14 +3,12 @@ head's maps, relate to the head-mean map's mask mass as mass's linearity says, a
 draws their layer x head heatmap."""
 
 import json
-import sys
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -25,6 +23,8 @@ from extractor.image import eval_transform
 from extractor.maps import caption_maps, merge_pieces
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, pre_caption
+
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 
 def direct_head_masses(shared) -> pd.DataFrame:
@@ -135,13 +135,9 @@ def test_layer_by_head_means_are_the_stored_masses_means(small_db, stored_and_di
     assert one["n"].tolist() == expected["size"].tolist() and 0 < one["n"].sum() < grid["n"].sum()
 
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-
-
-def statistics_heads(monkeypatch, tmp_path, db: Path, category: str | None = None) -> AppTest:
+def statistics_heads(open_app, db: Path, category: str | None = None) -> AppTest:
     """The Statistics page's grounding-heads view, headless, optionally for one category."""
-    monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), "--db", str(db)])
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at = open_app("--db", str(db)).run()
     at.query_params.update(view="grounding heads")
     at = at.switch_page("views/statistics.py").run()
     if category:
@@ -154,19 +150,16 @@ def heatmap_of(at: AppTest) -> dict:
     return json.loads(chart.proto.spec)["data"][0]
 
 
-def test_statistics_draws_the_layer_by_head_heatmap(monkeypatch, tmp_path, small_db):
-    try:
-        at = statistics_heads(monkeypatch, tmp_path, small_db)
-        assert not at.exception, [e.value for e in at.exception]
-        with duckdb.connect(str(small_db), read_only=True) as con:
-            run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
-            grid = heads.head_means(con, run_id)
-            person = heads.head_means(con, run_id, category_id=1)  # COCO's person, the subset's most named category
-        shown = heatmap_of(at)  # one square cell per (layer, head), its colour the mean
-        assert (shown["y"], shown["x"]) == (grid["layer"].tolist(), grid["head"].tolist())
-        np.testing.assert_allclose(shown["marker"]["color"], grid["mean"], rtol=1e-6)
-        assert shown["customdata"] == grid["n"].tolist() and grid["layer"].nunique() > 1
-        at = statistics_heads(monkeypatch, tmp_path, small_db, "person")
-        np.testing.assert_allclose(heatmap_of(at)["marker"]["color"], person["mean"], rtol=1e-6)
-    finally:
-        st.cache_resource.clear()  # the dashboard's cached DuckDB connections
+def test_statistics_draws_the_layer_by_head_heatmap(open_app, small_db):
+    at = statistics_heads(open_app, small_db)
+    assert not at.exception, [e.value for e in at.exception]
+    with duckdb.connect(str(small_db), read_only=True) as con:
+        run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+        grid = heads.head_means(con, run_id)
+        person = heads.head_means(con, run_id, category_id=1)  # COCO's person, the subset's most named category
+    shown = heatmap_of(at)  # one square cell per (layer, head), its colour the mean
+    assert (shown["y"], shown["x"]) == (grid["layer"].tolist(), grid["head"].tolist())
+    np.testing.assert_allclose(shown["marker"]["color"], grid["mean"], rtol=1e-6)
+    assert shown["customdata"] == grid["n"].tolist() and grid["layer"].nunique() > 1
+    at = statistics_heads(open_app, small_db, "person")
+    np.testing.assert_allclose(heatmap_of(at)["marker"]["color"], person["mean"], rtol=1e-6)

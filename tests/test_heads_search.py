@@ -4,7 +4,6 @@ Statistics heatmap's cells open it, and each card computes the head's own map wi
 
 import re
 import shutil
-import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -12,33 +11,21 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.components import PAGE_SIZE
 from dashboard.heads_view import NOT_WITH_HEAD
 from db import heads
 from db.queries import WordFilter, connect_readonly
-from tests.test_browser import (  # noqa: F401
-    browser,  # noqa: F401
-    page,
-    shoot,
-    streamlit_server,
-    wait_for_overlays,
-)
+from tests.conftest import open_page
+from tests.test_browser import shoot, streamlit_server, wait_for_overlays
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 HEADER = re.compile(r"\*\*([\d,]+)\*\* occurrences · Ranked by head (\d+) of layer (\d+) \(its mask mass\)")
 HEAD_BADGE = re.compile(r":primary-badge\[head (\d+) mask mass ([\d.]+)\] :gray-badge\[layer mean ([\d.]+)\]")
 ANY_BADGE = re.compile(r":primary-badge\[head \d+ [^\]]+ ([\d.]+|–)\] :gray-badge\[layer mean ([\d.]+|–)\]")
 NO_ROWS = "only words naming an object have per-head values"
 REVIEW_KEYS = ("rv_verdict", "rv_tag", "rv_status", "rv_sort")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def close_cached_connections():
-    yield
-    st.cache_resource.clear()  # the dashboard's cached DuckDB connections
+pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +91,9 @@ def test_search_by_head_pages_through_the_direct_ranking(extracted_db, run, cate
     assert shown["map"].notna().all() and shown["caption"].notna().all()  # the layer's stored map, and context
 
 
-def search_page(monkeypatch, tmp_path, db: Path, **query: str) -> AppTest:
+def search_page(open_app, db: Path, **query: str) -> AppTest:
     """The Search page, headless, opened with these query parameters."""
-    monkeypatch.setattr(sys, "argv", [str(APP), "--review-db", str(tmp_path / "review.sqlite"), "--db", str(db)])
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params.update(query)
-    at = at.run()  # the Search is the landing page
+    at = open_page(open_app, db, None, timeout=120, **query)
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -120,10 +104,10 @@ def head_badges(at: AppTest) -> list[tuple[int, float, float]]:
     return [(int(m[1]), float(m[2]), float(m[3])) for m in found if m]
 
 
-def test_a_head_in_the_url_ranks_the_search_by_it_until_cleared(monkeypatch, tmp_path, extracted_db, run):
+def test_a_head_in_the_url_ranks_the_search_by_it_until_cleared(open_app, extracted_db, run):
     layer, head = run["layer"], 1
     expected = direct_ranking(extracted_db, layer, head, category_id=1)
-    at = search_page(monkeypatch, tmp_path, extracted_db, head=f"{layer}.{head}", by="category", category="person")
+    at = search_page(open_app, extracted_db, head=f"{layer}.{head}", by="category", category="person")
     (header,) = [m for m in (HEADER.search(md.value) for md in at.markdown) if m]
     assert (int(header[1].replace(",", "")), int(header[2]), int(header[3])) == (len(expected), head, layer)
     badges = head_badges(at)
@@ -145,9 +129,9 @@ def clear_head(at: AppTest) -> AppTest:
 
 
 @pytest.mark.parametrize("link", [{"by": "word", "word": "a"}, {"head": "9.9"}])
-def test_a_head_that_ranks_nothing_says_why_and_can_be_cleared(monkeypatch, tmp_path, extracted_db, run, link):
+def test_a_head_that_ranks_nothing_says_why_and_can_be_cleared(open_app, extracted_db, run, link):
     """A word naming no object has no per-head rows; a link's head may not be one of the run's."""
-    at = search_page(monkeypatch, tmp_path, extracted_db, **({"head": f"{run['layer']}.0"} | link))
+    at = search_page(open_app, extracted_db, **({"head": f"{run['layer']}.0"} | link))
     assert any(NO_ROWS in i.value for i in at.info) and not head_badges(at)
     assert not any("Widen the metric ranges" in i.value for i in at.info)
     at = clear_head(at)
@@ -159,8 +143,8 @@ def test_a_head_that_ranks_nothing_says_why_and_can_be_cleared(monkeypatch, tmp_
     ("link", "said", "not_said"),
     [({"head": "3"}, "expected LAYER.HEAD", "mask_mass"), ({"head_metric": "bogus"}, "mask_mass", "LAYER.HEAD")],
 )
-def test_a_malformed_head_link_names_what_is_wrong(monkeypatch, tmp_path, extracted_db, run, link, said, not_said):
-    at = search_page(monkeypatch, tmp_path, extracted_db, **({"head": f"{run['layer']}.0"} | link))
+def test_a_malformed_head_link_names_what_is_wrong(open_app, extracted_db, run, link, said, not_said):
+    at = search_page(open_app, extracted_db, **({"head": f"{run['layer']}.0"} | link))
     (warning,) = at.warning
     assert said in warning.value and not_said not in warning.value
     if "head_metric" in link:
@@ -168,12 +152,12 @@ def test_a_malformed_head_link_names_what_is_wrong(monkeypatch, tmp_path, extrac
     assert not head_badges(at)  # the Search ranks by the layer's metrics instead
 
 
-def test_a_head_value_that_is_null_shows_a_dash_on_the_last_page(monkeypatch, tmp_path, extracted_db, run):
+def test_a_head_value_that_is_null_shows_a_dash_on_the_last_page(open_app, extracted_db, run):
     layer, head = run["layer"], 0
     expected = direct_ranking(extracted_db, layer, head, metric="specificity_others")
     last = last_pages(len(expected))[1]
     query = {"head": f"{layer}.{head}", "head_metric": "specificity_others", "p": str(last // PAGE_SIZE + 1)}
-    at = search_page(monkeypatch, tmp_path, extracted_db, **query)
+    at = search_page(open_app, extracted_db, **query)
     shown = [m[1] for m in (ANY_BADGE.search(md.value) for md in at.markdown) if m]
     want = expected.iloc[last:]["head_value"]
     assert want.isna().any()
@@ -184,10 +168,10 @@ def compute_first_head_map(at: AppTest) -> AppTest:
     return next(b for b in at.button if b.label == "Compute this head's map").click().run()
 
 
-def test_a_card_computes_its_heads_map_with_the_probe(monkeypatch, tmp_path, extracted_db, run):
+def test_a_card_computes_its_heads_map_with_the_probe(open_app, extracted_db, run):
     layer, head = run["layer"], 0
     top = direct_ranking(extracted_db, layer, head).iloc[0]
-    at = search_page(monkeypatch, tmp_path, extracted_db, head=f"{layer}.{head}")
+    at = search_page(open_app, extracted_db, head=f"{layer}.{head}")
     n_images = len(at.get("image"))
     at = compute_first_head_map(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -197,19 +181,19 @@ def test_a_card_computes_its_heads_map_with_the_probe(monkeypatch, tmp_path, ext
     assert re.search(r"mask ([\d.]+)\]", note)[1] == f"{top['head_value']:.2f}"
 
 
-def test_without_the_checkpoint_the_card_says_why_in_one_sentence(monkeypatch, tmp_path, extracted_db, run):
+def test_without_the_checkpoint_the_card_says_why_in_one_sentence(open_app, tmp_path, extracted_db, run):
     db = tmp_path / "moved.duckdb"
     shutil.copy(extracted_db, db)
     with duckdb.connect(str(db)) as con:
         con.execute("UPDATE runs SET checkpoint_path = $p", {"p": str(tmp_path / "gone" / "checkpoint.pth")})
-    at = compute_first_head_map(search_page(monkeypatch, tmp_path, db, head=f"{run['layer']}.0"))
+    at = compute_first_head_map(search_page(open_app, db, head=f"{run['layer']}.0"))
     (error,) = at.error
     gone = tmp_path / "gone" / "checkpoint.pth"
     said = error.value.replace("\\", "")  # the page escapes markdown
     assert said == f"The run's checkpoint {gone} is not on this machine: copy it there to probe this run."
 
 
-def test_clicking_a_heatmap_cell_opens_the_search_ranked_by_that_head_in_chromium(extracted_db, run, page, tmp_path):  # noqa: F811
+def test_clicking_a_heatmap_cell_opens_the_search_ranked_by_that_head_in_chromium(extracted_db, run, page, tmp_path):
     head = run["heads"] - 1  # the right-most column, in the last layer's row (the bottom one)
     expected = direct_ranking(extracted_db, run["layer"], head)
     with streamlit_server(extracted_db, tmp_path / "review.sqlite") as base:

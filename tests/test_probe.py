@@ -31,7 +31,6 @@ from tests.test_dashboard import run_row
 from tests.test_inputs import pairs_run, subset_pairs, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
 METRIC_COLUMNS = ["peak_row", "peak_col", "peak_value", "entropy", "mask_mass", "box_mass", "background_mass",
                   "iou_top60", "pointing_hit"]  # fmt: skip
 
@@ -234,11 +233,10 @@ def test_the_dashboard_starts_without_torch():
 
 
 @pytest.fixture
-def image_page(demo_db, accounts, tmp_path, monkeypatch):
+def image_page(demo_db, accounts, tmp_path, open_app):
     """The Image page of the demo database's first image, signed in as a reviewer."""
-    store = tmp_path / "review.sqlite"
-    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(demo_db), "--review-db", str(store)])
-    at = AppTest.from_file(str(APP), default_timeout=120)
+    store = tmp_path / "review.sqlite"  # open_app's review store
+    at = open_app("--db", str(demo_db), timeout=120)
     at.secrets["auth"] = {"public_read": False, "users": accounts}
     sign_in(at.run(), "alice")
     image_id = int(stored_captions(demo_db, 1).iloc[0].image_id)
@@ -286,11 +284,10 @@ def shards_db(shared, tmp_path_factory) -> Path:
     return db
 
 
-def test_an_image_inside_a_webdataset_shard_is_probed_on_its_page(shards_db, monkeypatch, tmp_path):
+def test_an_image_inside_a_webdataset_shard_is_probed_on_its_page(shards_db, open_app):
     cap = stored_captions(shards_db, 1).iloc[0]
     assert ".tar/" in cap.file_name  # the image is a shard member, not a file
-    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(shards_db), "--review-db", str(tmp_path / "r.sqlite")])
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at = open_app("--db", str(shards_db), timeout=120).run()
     at.query_params.update({"image": str(int(cap.image_id))})
     at = at.switch_page("views/image.py").run()
     at.text_input(key="probe_caption").input(cap.raw).run()
@@ -323,7 +320,8 @@ def maps_on_screen(page, box, caption: str) -> float:
 
 def test_probe_an_uploaded_image_in_chromium(demo_db, tmp_path):
     """Upload a demo scene on the Probe page, type a caption, see every word's map (screenshot kept)."""
-    browser_test = pytest.importorskip("tests.test_browser")
+    from tests import test_browser as browser_test  # skips (fails in CI) without Playwright, as its own tests do
+
     image = Path(run_row(demo_db)["images_dir"]) / stored_captions(demo_db, 1).iloc[0].file_name
     with (
         browser_test.streamlit_server(demo_db, tmp_path / "review.sqlite") as base,

@@ -15,19 +15,14 @@ from dashboard import auth
 from db import queries, review
 from db.queries import WordFilter
 from db.review import Actor, Item
-from tests.chromium import CHROMIUM_ARGS, SCREENSHOTS, chromium_path
+from tests.chromium import SCREENSHOTS, launch, playwright_api
 
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright_api()
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
 ROLES = {"alice": "reviewer", "bob": "reviewer", "carol": "admin"}
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    return chromium_path()
 
 
 def free_port() -> int:
@@ -123,11 +118,11 @@ def verdict_line(page, user: str, verdict: str):
     return page.get_by_test_id("stMarkdownContainer").filter(has_text=f"{verdict} {user} ·")
 
 
-def test_two_reviewers_see_each_others_verdicts(chromium, server, queue):
+def test_two_reviewers_see_each_others_verdicts(server, queue):
     store, items = queue
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             alice = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
             bob = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
