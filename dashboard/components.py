@@ -201,6 +201,11 @@ def bound_noun(row: Mapping[str, Any]) -> str | None:
     return None if index is None or pd.isna(index) else row["caption"].split(" ")[int(index)]
 
 
+def named_objects(instances: pd.DataFrame, row: Mapping[str, Any]) -> pd.DataFrame:
+    """The instances of a word row's image of the category it names (what its card outlines)."""
+    return instances[(instances["image_id"] == row["image_id"]) & (instances["category_id"] == row["category_id"])]
+
+
 def word_card(
     ctx: data.Context,
     row: Mapping[str, Any],

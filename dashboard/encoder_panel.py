@@ -49,6 +49,8 @@ def others_map(words: pd.DataFrame, word: pd.Series, method: str, layer: int) ->
     """The mean map of the words of the word's caption naming another category than the one it is scored
     against (the reference of `specificity_others`), from their stored maps; None where there are none."""
     scored = word["bound_category_id"] if pd.notna(word["bound_category_id"]) else word["category_id"]
+    if pd.isna(scored):
+        return None
     others = words[
         (words["caption_id"] == word["caption_id"])
         & (words["method"] == method)
@@ -56,7 +58,7 @@ def others_map(words: pd.DataFrame, word: pd.Series, method: str, layer: int) ->
         & words["category_id"].notna()
         & (words["category_id"] != scored)
     ]
-    if pd.isna(scored) or others.empty:
+    if others.empty:
         return None
     maps = np.stack([decode_map(b, float(m)) for b, m in zip(others["map"], others["map_max"], strict=True)])
     return encode_map(distribution(maps).mean(0))

@@ -119,7 +119,7 @@ def _weights(ids: np.ndarray, resamples: int, seed: int) -> _Kept:
             return kept
         union = np.union1d(kept.ids, ids)
         ids = union if union.size * resamples <= _KEPT_BYTES else ids
-    table = _poisson_weights(ids, 0, resamples, seed)
+    table = _poisson_weights(ids, resamples, seed)
     table.flags.writeable = False  # shared by concurrent sessions
     kept = _Kept(seed, resamples, ids, table)
     if table.nbytes > _KEPT_BYTES:
@@ -129,11 +129,11 @@ def _weights(ids: np.ndarray, resamples: int, seed: int) -> _Kept:
     return kept
 
 
-def _poisson_weights(ids: np.ndarray, first: int, n: int, seed: int) -> np.ndarray:
-    """(images, n) Poisson(1) weights as uint8 of the images `ids` in resamples first..first+n-1: a 32-bit
+def _poisson_weights(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """(images, n) Poisson(1) weights as uint8 of the images `ids` in resamples 0..n-1: a 32-bit
     hash of the image's and the resample's own hashes (murmur3's finalizer), through the Poisson CDF."""
     image = _splitmix64(ids.astype(np.uint64) ^ np.uint64(seed)).astype(np.uint32)  # the low 32 bits
-    resample = _splitmix64(np.arange(first, first + n, dtype=np.uint64) + np.uint64(1 << 63)).astype(np.uint32)
+    resample = _splitmix64(np.arange(n, dtype=np.uint64) + np.uint64(1 << 63)).astype(np.uint32)
     weights = np.empty((len(ids), n), dtype=np.uint8)
     step = max(1, _CACHE_BLOCK // n)
     for lo in range(0, len(ids), step):  # a block of images at a time: each pass below stays in cache

@@ -27,9 +27,9 @@ import pandas as pd
 from db.bootstrap import ratio_ci
 from db.filters import check_metric, range_expr
 from db.queries import frame
-from db.schema import key_image_select, key_select
+from db.schema import KEY_KINDS, key_image_select, key_select
 
-BY = ("word", "category")
+BY = KEY_KINDS
 ORDERS = ("size", "rise", "fall")
 _ONLY_KEYS = "key IN (SELECT unnest($keys::VARCHAR[]))"
 

@@ -31,8 +31,14 @@ class Head:
     metric: str = HEAD_METRICS[0]
 
     def __post_init__(self) -> None:
-        if self.metric not in HEAD_METRICS:
-            raise ValueError(f"unknown per-head metric {self.metric!r}; expected one of {HEAD_METRICS}")
+        head_metric(self.metric)
+
+
+def head_metric(metric: str) -> str:
+    """`metric` when it is a per-head metric (a column spliced into SQL), else ValueError."""
+    if metric not in HEAD_METRICS:
+        raise ValueError(f"unknown per-head metric {metric!r}; expected one of {HEAD_METRICS}")
+    return metric
 
 
 def head_means(
@@ -40,7 +46,7 @@ def head_means(
 ) -> pd.DataFrame:
     """Per (layer, head) of a run: layer, head, n (words with a value) and mean of one per-head metric, over
     every word with an object or over the words naming one category (as the Search's category does)."""
-    column = Head(0, 0, metric).metric
+    column = head_metric(metric)
     join, params = "", {"run_id": run_id}
     if category_id is not None:
         clause, params = word_filter_sql(WordFilter(run_id=run_id, method=ATTENTION, category_id=category_id))

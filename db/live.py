@@ -21,7 +21,7 @@ from db.schema import DERIVED_TABLES, check_schema, init_db
 from db.writer import RUN_COLUMNS, parts_signature
 
 FILE = "extraction"  # the catalog the database file is attached as
-RESULT_TABLES = (*partsdir.RESULT_TABLES, partsdir.DONE_TABLE)
+RESULT_TABLES = partsdir.BUILD_TABLES
 DATASET_KEYS = {"categories": "category_id", "images": "image_id", "captions": "caption_id",
                 "instances": "annotation_id"}  # fmt: skip
 

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 DATASET_TABLES = ("categories", "images", "captions", "instances")
 RESULT_TABLES = ("caption_results", "caption_maps", "words", "image_maps", "word_heads", "errors")
 DONE_TABLE = "image_status"
+BUILD_TABLES = (*RESULT_TABLES, DONE_TABLE)  # every table of a run's parts
 READ_BYTES = 64 << 20  # Parquet bytes `read_groups` reads at once
 READ_THREADS = 8  # files read at once: an object store answers each GET after a round trip
 
@@ -256,7 +257,8 @@ def done_parts(
     run's done_files of DONE_TABLE when the caller has them (then that folder is not listed again)."""
     store = open_store(parts)
     chunks = _parquet_names(store, run_id, DONE_TABLE) if done is None else [p.rsplit("/", 1)[-1] for p in done]
-    names, kept = {t: chunks if t == DONE_TABLE else _parquet_names(store, run_id, t) for t in tables}, set(chunks)
+    names = {t: chunks if t == DONE_TABLE else _parquet_names(store, run_id, t) for t in tables}
+    kept = set(chunks)
     return {t: [store.path("runs", run_id, t, n) for n in found if n in kept] for t, found in names.items()}
 
 

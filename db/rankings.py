@@ -14,6 +14,7 @@ import pandas as pd
 from db.filters import all_of, check_metric
 from db.metrics import METRICS
 from db.queries import frame, rows_of
+from db.schema import metric_sums
 
 # A slice "grounds best" by mean mask mass when enough occurrences have it, else by least background mass.
 _GROUNDING = "coalesce(sum(sum_mask_mass) / nullif(sum(n_mask_mass), 0), 0)"
@@ -31,11 +32,8 @@ def _image_aggregates(rows: str, metric: str, where: str) -> str:
     from `words` (filtered first and only that metric's sums: twice as fast as a view of finalize's)."""
     if rows == "word_lookup":
         return f"(SELECT * FROM image_summary WHERE {where})"
-    m = check_metric(metric)
-    return (
-        f"(SELECT image_id, count(*) AS n, count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m} "
-        f"FROM words WHERE {where} GROUP BY image_id)"
-    )
+    sums = metric_sums([check_metric(metric)])
+    return f"(SELECT image_id, count(*) AS n, {sums} FROM words WHERE {where} GROUP BY image_id)"
 
 
 def _mean(metric: str) -> str:

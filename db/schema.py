@@ -88,6 +88,13 @@ LOOKUP_ORDER = "run_id, method, layer, category_id NULLS LAST, word, image_id, c
 # word_summary and image_summary keep additive aggregates (count and sum of each metric), so means over
 # any grouping of their rows are exact; word_summary also medians per word.
 _SUMS = [f"count({m}) AS n_{m}, sum({m}::DOUBLE) AS sum_{m}" for m in METRICS]
+
+
+def metric_sums(metrics: Sequence[str] = METRICS) -> str:
+    """The additive aggregates (n_<metric>, sum_<metric>) of `metrics`, as SQL select items."""
+    return ", ".join(sums for m, sums in zip(METRICS, _SUMS, strict=True) if m in metrics)
+
+
 _SUM_COLUMNS = [f"n_{m} BIGINT, sum_{m} DOUBLE" for m in METRICS]
 _SUMMARY_AGGREGATES = ",\n    ".join(_SUMS + [f"median({m}) AS median_{m}" for m in SCORES])
 _SUMMARY_COLUMNS = ",\n    ".join(_SUM_COLUMNS + [f"median_{m} DOUBLE" for m in SCORES])
@@ -110,7 +117,7 @@ def key_image_select(rows: str, where: str, metrics: Sequence[str] = METRICS, ki
     (key_kind 'word': a word; 'category': a COCO category's name, over the words naming it) and image, the
     additive aggregates of `metrics`. db.compare reads it, or this SQL (one metric, one kind) on a run not
     finalized."""
-    sums = ", ".join(sums for m, sums in zip(METRICS, _SUMS, strict=True) if m in metrics)
+    sums = metric_sums(metrics)
     keys = {"word": ("word", ""), "category": ("c.name", _CATEGORY_JOIN)}
     return " UNION ALL ".join(
         f"SELECT run_id, method, layer, '{kind}' AS key_kind, {keys[kind][0]} AS key, image_id, count(*) AS n, "
@@ -150,7 +157,7 @@ FINALIZE_SQL = (
     f"INSERT INTO word_lookup BY NAME SELECT {LOOKUP_COLUMNS} FROM words WHERE run_id = $run_id "
     f"ORDER BY {LOOKUP_ORDER}",
     "INSERT INTO word_summary BY NAME " + _SUMMARY_SELECT.format(runs="run_id = $run_id"),
-    f"INSERT INTO image_summary BY NAME SELECT run_id, method, layer, image_id, count(*) AS n, {', '.join(_SUMS)} "
+    f"INSERT INTO image_summary BY NAME SELECT run_id, method, layer, image_id, count(*) AS n, {metric_sums()} "
     "FROM words WHERE run_id = $run_id GROUP BY run_id, method, layer, image_id ORDER BY method, layer, image_id",
     f"INSERT INTO key_image_summary BY NAME {key_image_select('words', 'run_id = $run_id')} "
     f"ORDER BY {KEY_ORDER}, image_id",

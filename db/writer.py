@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 # Dataset tables and the column their rows are stored in order of.
 DATASET_TABLES = {"categories": "category_id", "images": "image_id", "instances": "image_id", "captions": "image_id"}
-RESULT_TABLES = partsdir.RESULT_TABLES[:-1]  # keyed by (run_id, image_id): every part table but errors
-BATCH_TABLES = (*RESULT_TABLES, "errors")  # what write_images accepts
+BATCH_TABLES = partsdir.RESULT_TABLES  # what write_images accepts
+RESULT_TABLES = tuple(t for t in BATCH_TABLES if t != "errors")  # keyed by (run_id, image_id)
 _MERGE_ALIAS = "_merge_source"
 # word_heads' order within a run, written by finalize: one head's rows are contiguous (zone maps prune a
 # search ranked by one head to them), in image order within it (joins to given images prune too; by mask
@@ -105,15 +105,16 @@ def _insert_parts(con: duckdb.DuckDBPyConnection, store: partsdir.Store, table: 
     """Insert Parquet parts into `table` by name: parts written before a column existed (a run resumed across a
     schema change) read it as NULL. DuckDB reads local files itself (the fastest build); other stores go through
     Arrow, a group of files at a time."""
-    ordered = f" ORDER BY {order}" if order else ""
-    if store.local and files:
-        con.execute(f"INSERT {conflict}INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)"
-                    + ordered, [files])  # fmt: skip
+    if not files:
+        return
+    insert = f"INSERT {conflict}INTO {table} BY NAME SELECT * FROM {{}}" + (f" ORDER BY {order}" if order else "")
+    if store.local:
+        con.execute(insert.format("read_parquet(?, union_by_name = true)"), [files])
         return
     for rows in partsdir.read_groups(store, files):
         con.register("_part", rows)
         try:
-            con.execute(f"INSERT {conflict}INTO {table} BY NAME SELECT * FROM _part" + ordered)
+            con.execute(insert.format("_part"))
         finally:
             con.unregister("_part")
 
@@ -128,11 +129,11 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: partsdir.Store, run_id: st
     if con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall() == [(signature,)]:
         return False
     run = partsdir.read_run(parts, run_id)
-    tables = partsdir.done_parts(parts, run_id, (*RESULT_TABLES, "errors", partsdir.DONE_TABLE), done)
+    tables = partsdir.done_parts(parts, run_id, partsdir.BUILD_TABLES, done)
     finished = [s["finished_at"] for s in sessions if s.get("finished_at")]
     with _transaction(con):
         _run_script(con, UNFINALIZE_SQL, run_id)
-        for table in (*RESULT_TABLES, "errors", "image_status", "runs"):
+        for table in (*partsdir.BUILD_TABLES, "runs"):
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         _insert_run(con, run)
         con.execute(

@@ -163,9 +163,7 @@ def side_by_side(contexts: tuple[data.Context, data.Context], rows, metric: str)
     instances = questions.image_instances(ctx.db, tuple(int(i) for i in rows["image_id"].unique()))
     missing = False
     for row in rows.to_dict("records"):
-        matched = instances[
-            (instances["image_id"] == row["image_id"]) & (instances["category_id"] == row["category_id"])
-        ]
+        matched = ui.named_objects(instances, row)
         with st.container(border=True):
             for column, side, run_ctx in zip(st.columns(2), "ab", contexts, strict=True):
                 card = row | {

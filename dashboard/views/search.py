@@ -272,9 +272,7 @@ for start in range(0, len(rows), ui.GRID_COLUMNS):
     for column, row in zip(
         st.columns(ui.GRID_COLUMNS), rows.iloc[start : start + ui.GRID_COLUMNS].to_dict("records"), strict=False
     ):
-        matched = instances[
-            (instances["image_id"] == row["image_id"]) & (instances["category_id"] == row["category_id"])
-        ]
+        matched = ui.named_objects(instances, row)
         with column.container(border=True):
             missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort if head is None else None)
             if head is not None:
