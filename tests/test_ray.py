@@ -69,14 +69,15 @@ def killed_mid_run(shared, db: Path) -> tuple[int, set[str], int]:
 
 
 def test_a_killed_ray_worker_costs_only_a_retry(shared, small_db, tmp_path):
-    # On a loaded machine the test may be scheduled only after the actor has done every image: try again then.
+    # The kill must leave a chunk the killed actor never started, so that another actor has to journal it.
+    # On a loaded machine the kill may land late (once, in CI, on the last chunk): try again then.
     for attempt in range(3):
         db = tmp_path / f"killed-{attempt}.duckdb"
         killed, actors, done_then = killed_mid_run(shared, db)
-        if done_then < 10:
+        if done_then <= 8:
             break
-    assert done_then < 10, "the actor finished every image before it could be killed, three times"
-    assert str(killed) in actors and len(actors) >= 2  # Ray started another actor, which redid the chunk
+    assert done_then <= 8, f"the actor had done {done_then} of 10 images before it could be killed, three times"
+    assert str(killed) in actors and len(actors) >= 2, actors  # Ray started another actor for the rest
     (run_id,) = parts.run_ids(parts.parts_dir(db))
     assert len(parts.done_image_ids(parts.parts_dir(db), run_id)) == 10
     assert_same_results(db, small_db)  # nothing lost, nothing twice
