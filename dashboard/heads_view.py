@@ -9,7 +9,8 @@ on request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ from dashboard import data, paths, probe_panel, questions, state
 from dashboard.markup import literal
 from dashboard.overlay import OverlayStyle
 from db.heads import ATTENTION, HEAD_METRICS, Head
+from db.queries import WordFilter
 
 ALL = "all categories"
 CELL_PX = 36
@@ -62,8 +64,9 @@ def head_param(head: Head) -> dict[str, str]:
     return {"head": f"{head.layer}.{head.head}", "head_metric": head.metric}
 
 
-def url_head() -> Head | None:
-    """The head the URL ranks by (``head=3.7``: layer 3, head 7), None when absent; a malformed one is said."""
+def url_ranking() -> HeadRanking | None:
+    """The head ranking the URL asks for (``head=3.7``: layer 3, head 7), None when absent; a malformed one is
+    said."""
     raw, metric = st.query_params.get("head"), st.query_params.get("head_metric", HEAD_METRICS[0])
     if raw is None:
         return None
@@ -76,7 +79,7 @@ def url_head() -> Head | None:
     except ValueError:
         st.warning(f"Head “{literal(raw)}” from the link is not one: expected LAYER.HEAD.")
         return None
-    return Head(layer, head, metric)
+    return HeadRanking(Head(layer, head, metric))
 
 
 def clear_head() -> None:
@@ -85,26 +88,60 @@ def clear_head() -> None:
     state.first_page("p")
 
 
-def head_header(head: Head, total: int, order: str) -> None:
-    """What the Search ranks by, with the way back to ranking by the layer's metrics."""
-    left, right = st.columns([3, 1], vertical_alignment="center")
-    left.markdown(
-        f"**{total:,}** occurrences · Ranked by head {head.head} of layer {head.layer} "
-        f"(its {ui.metric_label(head.metric)}) · {order}"
-    )
-    right.button("Clear head ranking", key="clear_head", icon=":material/close:", on_click=clear_head)
-    st.caption(
-        f"The cards show layer {head.layer}'s map (the mean over its heads), as stored; "
-        "“Compute this head's map” draws the head's own with the live probe."
-    )
+@dataclass(frozen=True)
+class HeadRanking:
+    """The Search ranked by one head's own metric instead of a layer metric: everything the page does
+    differently then. Its rows are the head's layer's, so the cards show that layer's (mean) map; Rank by,
+    the review filters and one card per image do not apply (NOT_WITH_HEAD); there are no exports."""
 
+    head: Head
 
-def no_head_rows(head: Head) -> str:
-    """Why a search ranked by a head finds nothing."""
-    return (
-        f"No occurrence here has a value of head {head.head} of layer {head.layer}: only words naming an object "
-        "have per-head values, and the head must be one of the run's fusion layers and heads."
-    )
+    def count(self, db: data.Database, where: WordFilter) -> int:
+        """How many word rows the head ranks."""
+        return questions.count_by_head(db, where, self.head)
+
+    def page(
+        self, ctx: data.Context, where: WordFilter, descending: bool, style: OverlayStyle, offset: int
+    ) -> tuple[pd.DataFrame, Callable[[Mapping[str, Any]], None]]:
+        """One page of the word rows ranked by the head's value (`head_value`), and what goes below each card."""
+        rows = questions.search_by_head(ctx.db, where, self.head, descending, ui.PAGE_SIZE, offset)
+        return rows, lambda row: self.card(ctx, row, style)
+
+    def context(self, ctx: data.Context) -> data.Context:
+        """The page's context for the cards' maps and links: the head's attention layer."""
+        return replace(ctx, method=ATTENTION, layer=self.head.layer)
+
+    def header(self, total: int, order: str) -> None:
+        """What the Search ranks by, with the way back to ranking by the layer's metrics (shown before any stop:
+        its button is the way out of a link's bad head)."""
+        head = self.head
+        left, right = st.columns([3, 1], vertical_alignment="center")
+        left.markdown(
+            f"**{total:,}** occurrences · Ranked by head {head.head} of layer {head.layer} "
+            f"(its {ui.metric_label(head.metric)}) · {order}"
+        )
+        right.button("Clear head ranking", key="clear_head", icon=":material/close:", on_click=clear_head)
+        st.caption(
+            f"The cards show layer {head.layer}'s map (the mean over its heads), as stored; "
+            "“Compute this head's map” draws the head's own with the live probe."
+        )
+
+    def nothing_found(self) -> str:
+        """Why a search ranked by the head finds nothing."""
+        return (
+            f"No occurrence here has a value of head {self.head.head} of layer {self.head.layer}: only words naming "
+            "an object have per-head values, and the head must be one of the run's fusion layers and heads."
+        )
+
+    def card(self, ctx: data.Context, row: Mapping[str, Any], style: OverlayStyle) -> None:
+        """Below a Search card: the head's value badges, and its own map computed by the live probe on request."""
+        st.markdown(value_badges(row, self.head))
+        key = (row["caption_id"], row["word_index"], self.head)
+        computed = st.session_state.setdefault(COMPUTED, set())
+        if key not in computed and not st.button("Compute this head's map", key=f"head_map_{key[0]}_{key[1]}"):
+            return
+        computed.add(key)
+        head_map(ctx, row, self.head, style)
 
 
 def value_badges(row: Mapping[str, Any], head: Head) -> str:
@@ -116,17 +153,6 @@ def value_badges(row: Mapping[str, Any], head: Head) -> str:
 def shown(value: Any) -> str:
     """A value to two decimals; a dash where there is none (a word with no other object to contrast with)."""
     return "–" if value is None or pd.isna(value) else f"{float(value):.2f}"
-
-
-def head_card(ctx: data.Context, row: Mapping[str, Any], head: Head, style: OverlayStyle) -> None:
-    """Below a Search card: the head's value badges, and its own map computed by the live probe on request."""
-    st.markdown(value_badges(row, head))
-    key = (row["caption_id"], row["word_index"], head)
-    computed = st.session_state.setdefault(COMPUTED, set())
-    if key not in computed and not st.button("Compute this head's map", key=f"head_map_{key[0]}_{key[1]}"):
-        return
-    computed.add(key)
-    head_map(ctx, row, head, style)
 
 
 def head_map(ctx: data.Context, row: Mapping[str, Any], head: Head, style: OverlayStyle) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -15,7 +16,6 @@ from dashboard.markup import literal
 from dashboard.review import controls as review_controls
 from dashboard.review import exports as review_exports
 from dashboard.review import session as review_session
-from db.heads import ATTENTION
 from db.queries import WordFilter
 from db.review import joined
 
@@ -62,10 +62,65 @@ def best_view_note(best: data.BestView, method: str, layer: int) -> str | None:
     return f"“{literal(best.name)}” grounds best in {where} ({score}); you are looking at {method} · layer {layer}."
 
 
+def stop_when_empty(total: int, note: str) -> None:
+    """Stop the page when nothing matches, saying why: the typed word is not in the run, or `note`."""
+    if total:
+        return
+    if by == "word" and chosen and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
+        st.warning(f"“{literal(chosen)}” does not occur in the captions of this run. Pick a word from the list.")
+    else:
+        st.info(note)
+    st.stop()
+
+
+def export_buttons(column, where: WordFilter, sort: str, descending: bool, reviewed: pd.DataFrame | None) -> None:
+    """The metric ranking's downloads, every matching row with its metrics, in `column`."""
+    stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
+    formats = {"csv": ("CSV", "text/csv"), "parquet": ("Parquet", "application/vnd.apache.parquet")}
+    for button, (fmt, (label, mime)) in zip(column.columns(2), formats.items(), strict=True):
+        button.download_button(
+            label,
+            partial(review_exports.search_export, ctx.db, fmt, where, sort, descending, reviewed),
+            f"{stem}.{fmt}",
+            mime,
+            icon=":material/download:",
+            on_click="ignore",
+            width="stretch",
+            help="Every matching row with its metrics (no maps).",
+        )
+
+
+def metric_page(
+    db: data.Database,
+    where: WordFilter,
+    sort: str,
+    descending: bool,
+    reviewed: pd.DataFrame | None,
+    grouped: bool,
+    offset: int,
+) -> tuple[pd.DataFrame, Callable[[dict], None]]:
+    """One page of the metric ranking, and what goes below each card: the image's other matches when grouped."""
+    if grouped:
+        ranked_images = questions.search_images(db, where, sort, descending, ui.PAGE_SIZE, offset)
+        image_ids = tuple(int(i) for i in ranked_images["image_id"])
+        hits = questions.search_words(db, replace(where, image_ids=image_ids), sort, descending, None, 0)
+        # search_words' order puts each image's best occurrence first.
+        rows = hits.drop_duplicates("image_id").set_index("image_id").loc[list(image_ids)].reset_index()
+        return rows, lambda row: ui.more_matches(hits[hits["image_id"] == row["image_id"]].iloc[1:], sort)
+    if reviewed is None:
+        rows = questions.search_words(db, where, sort, descending, ui.PAGE_SIZE, offset)
+    else:
+        rows = joined.item_words(db.connection(), reviewed.iloc[offset : offset + ui.PAGE_SIZE], with_maps=True)
+    return rows, lambda row: None
+
+
 ctx = data.context()
 run_id = ctx.run["run_id"]
 st.title("Search")
-head = heads_view.url_head()  # ranked by one head's own metric (from the Statistics heads view)
+# Ranked by one head's own metric (from the Statistics heads view) instead of a layer metric: the controls
+# of the metric ranking are off then, and `off` says why.
+head_ranking = heads_view.url_ranking()
+off = heads_view.NOT_WITH_HEAD if head_ranking else None
 
 by = st.radio(
     "Search by",
@@ -106,7 +161,7 @@ else:
     ids = dict(zip(categories["name"], categories["category_id"], strict=True))
     chosen, target = category, {"category_id": int(ids[category])} if category else None
 
-if target is None and head is None:
+if target is None and head_ranking is None:
     overview.show(ctx)
     st.stop()
 
@@ -122,7 +177,7 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
         widget=left.selectbox,
         on_change=first_page,
         format_func=ui.metric_label,
-        disabled=head is not None,  # the head's own metric ranks
+        disabled=off is not None,
         help=ui.metrics_help(metrics),
     )
     order = right.radio(
@@ -172,7 +227,7 @@ with st.expander("Filters and ranking", icon=":material/filter_alt:"):
         left,
         right,
         on_change=first_page,
-        off_why=heads_view.NOT_WITH_HEAD if head else None,
+        off_why=off,
     )
 
 with st.expander("Display", icon=":material/palette:"):
@@ -182,10 +237,9 @@ with st.expander("Display", icon=":material/palette:"):
         key="group",
         bind=state.BIND,
         on_change=first_page,
-        disabled=head is not None,
-        help=heads_view.NOT_WITH_HEAD
-        if head
-        else "Group the occurrences by image: each card shows an image's best-ranked occurrence and lists "
+        disabled=off is not None,
+        help=off
+        or "Group the occurrences by image: each card shows an image's best-ranked occurrence and lists "
         "all of its matching words.",
     )
 
@@ -198,74 +252,45 @@ where = WordFilter(
     **(target or {}),
 )
 descending = order == "descending"
-# Verdict, tag and review-status filters and review sort keys join the whole result with the reviews.
-reviewed = (
-    joined.reviewed_search(ctx.db.connection(), review_session.connection(), where, sort, descending, review_filter)
-    if review_filter.active and head is None
-    else None
-)
-if head is not None:
-    total = questions.count_by_head(ctx.db, where, head)
-    heads_view.head_header(head, total, order)  # before any stop: its button is the way out of a link's bad head
-    ctx = replace(ctx, method=ATTENTION, layer=head.layer)  # the cards' maps and links: the head's layer
-else:
+if head_ranking is None:
+    # Verdict, tag and review-status filters and review sort keys join the whole result with the reviews.
+    reviewed = (
+        joined.reviewed_search(ctx.db.connection(), review_session.connection(), where, sort, descending, review_filter)
+        if review_filter.active
+        else None
+    )
     total = questions.count_words(ctx.db, where) if reviewed is None else len(reviewed)
-if total == 0:
-    if by == "word" and chosen and questions.count_words(ctx.db, WordFilter(word=chosen, run_id=run_id)) == 0:
-        st.warning(f"“{literal(chosen)}” does not occur in the captions of this run. Pick a word from the list.")
-    elif head is not None:
-        st.info(heads_view.no_head_rows(head))
-    else:
-        st.info("No occurrences match these filters. Widen the metric ranges or reset the filters.")
-    st.stop()
-
-# One card per image: a page of images ranked by their best occurrence (not with review filters).
-grouped = by_image and reviewed is None and head is None
-# The first page's query (cached) also counts the images, so page 1 asks once.
-first = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, 0) if grouped else None
-n_images = int(first["n_images"].iloc[0]) if grouped and not first.empty else 0
-n_pages = math.ceil((n_images if grouped else total) / ui.PAGE_SIZE)
-if head is None:
+    stop_when_empty(total, "No occurrences match these filters. Widen the metric ranges or reset the filters.")
+    # One card per image: a page of images ranked by their best occurrence (not with review filters).
+    grouped = by_image and reviewed is None
+    # The first page's query (cached) also counts the images, so page 1 asks once.
+    first = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, 0) if grouped else None
+    n_images = int(first["n_images"].iloc[0]) if grouped and not first.empty else 0
     header, downloads = st.columns([3, 2], vertical_alignment="bottom")
     header.markdown(
         f"**{total:,}** occurrences"
         + (f" in **{n_images:,}** images" if grouped else "")
         + f" · {ctx.method} layer {ctx.layer} · ranked by **{ui.metric_label(sort)}** ({order})"
     )
-note = None if ctx.best is None or ctx.best.name is None or head else best_view_note(ctx.best, ctx.method, ctx.layer)
-if note:
-    st.caption(note)
+    export_buttons(downloads, where, sort, descending, reviewed)
+    note = None if ctx.best is None or ctx.best.name is None else best_view_note(ctx.best, ctx.method, ctx.layer)
+    if note:
+        st.caption(note)
+    page_of = partial(metric_page, ctx.db, where, sort, descending, reviewed, grouped)
+    n_rows, card_sort = n_images if grouped else total, sort
+else:
+    total = head_ranking.count(ctx.db, where)
+    head_ranking.header(total, order)  # before any stop: its button is the way out of a link's bad head
+    ctx = head_ranking.context(ctx)
+    stop_when_empty(total, head_ranking.nothing_found())
+    page_of = partial(head_ranking.page, ctx, where, descending, style)
+    n_rows, card_sort = total, None
 ui.colour_key(style)
 ui.badge_legend(metrics)
-if head is None:  # exports are of the metric ranking
-    stem = f"search_{chosen}_{ctx.method}{ctx.layer}".replace(" ", "_")
-    formats = {"csv": ("CSV", "text/csv"), "parquet": ("Parquet", "application/vnd.apache.parquet")}
-    for column, (fmt, (label, mime)) in zip(downloads.columns(2), formats.items(), strict=True):
-        column.download_button(
-            label,
-            partial(review_exports.search_export, ctx.db, fmt, where, sort, descending, reviewed),
-            f"{stem}.{fmt}",
-            mime,
-            icon=":material/download:",
-            on_click="ignore",
-            width="stretch",
-            help="Every matching row with its metrics (no maps).",
-        )
 
+n_pages = math.ceil(n_rows / ui.PAGE_SIZE)
 page = state.url_page(n_pages, "p") if n_pages > 1 else 1
-offset = (page - 1) * ui.PAGE_SIZE
-if grouped:
-    ranked_images = questions.search_images(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
-    image_ids = tuple(int(i) for i in ranked_images["image_id"])
-    hits = questions.search_words(ctx.db, replace(where, image_ids=image_ids), sort, descending, None, 0)
-    # search_words' order puts each image's best occurrence first.
-    rows = hits.drop_duplicates("image_id").set_index("image_id").loc[list(image_ids)].reset_index()
-elif head is not None:
-    rows = questions.search_by_head(ctx.db, where, head, descending, ui.PAGE_SIZE, offset)
-elif reviewed is None:
-    rows = questions.search_words(ctx.db, where, sort, descending, ui.PAGE_SIZE, offset)
-else:
-    rows = joined.item_words(ctx.db.connection(), reviewed.iloc[offset : offset + ui.PAGE_SIZE], with_maps=True)
+rows, below_card = page_of((page - 1) * ui.PAGE_SIZE)
 instances = questions.image_instances(ctx.db, tuple(int(i) for i in rows["image_id"].unique()))
 missing = False
 for start in range(0, len(rows), ui.GRID_COLUMNS):
@@ -274,10 +299,7 @@ for start in range(0, len(rows), ui.GRID_COLUMNS):
     ):
         matched = ui.named_objects(instances, row)
         with column.container(border=True):
-            missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, sort if head is None else None)
-            if head is not None:
-                heads_view.head_card(ctx, row, head, style)
-            if grouped:
-                ui.more_matches(hits[hits["image_id"] == row["image_id"]].iloc[1:], sort)
+            missing |= not ui.word_card(ctx, row, style, matched, show_mask, show_box, card_sort)
+            below_card(row)
 if missing:
     ui.image_missing_note(ctx)
