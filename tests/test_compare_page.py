@@ -8,12 +8,16 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.components import metric_label
+from db.metrics import METRICS
 from tests.conftest import open_page, run_extraction
+from tests.test_inputs import pairs_run
 
 pytestmark = pytest.mark.usefixtures("close_cached_connections")
 ONE_RUN = "This database holds a single run"
 SAME = "the same run with the same map"
 ONE_MAP = "a single run, with a single map"
+PRETRAINED = ("fixtures", "albef-reference", "pretrain-tiny", "checkpoint.pth")
 
 
 def sql(db: Path, query: str) -> list[tuple]:
@@ -77,3 +81,49 @@ def test_two_runs_compare_without_a_note(runs, open_app):
     chosen = {at.query_params["run_a"], at.query_params["run_b"]}
     assert len(chosen) == 2 and chosen <= run_ids  # B defaults to another run
     assert len(at.dataframe[0].value) > 0
+
+
+@pytest.fixture(scope="module")
+def unlabelled(shared, tmp_path_factory) -> dict:
+    """One database of two runs over val2017-small: 'labelled' (pre-trained, with --instances) and 'unlabelled'
+    (fine-tuned, COCO captions without --instances: no object metrics), and their ids."""
+    db = tmp_path_factory.mktemp("unlabelled") / "runs.duckdb"
+    coco = shared / "coco" / "val2017-small"
+    pairs_run(shared, db, "--images", str(coco / "val2017"), "--captions",
+              str(next((coco / "annotations").glob("captions_*.json"))))  # fmt: skip
+    run_extraction(shared, db, "val2017-small", "--checkpoint", str(shared.joinpath(*PRETRAINED)))
+    ids = dict(sql(db, "SELECT CASE WHEN instances_file IS NULL THEN 'unlabelled' ELSE 'labelled' END, run_id "
+                       "FROM runs"))  # fmt: skip
+    return {"db": db, **ids}
+
+
+def measured(db: Path, run_id: str) -> list[str]:
+    """The ranked metrics with at least one value in the run's word rows, by direct SQL."""
+    counts = ", ".join(f"count({m})" for m in METRICS)
+    (found,) = sql(db, f"SELECT {counts} FROM words WHERE run_id = '{run_id}'")
+    return [m for m, n in zip(METRICS, found, strict=True) if n > 0]
+
+
+@pytest.mark.parametrize(("a", "b"), [("labelled", "unlabelled"), ("unlabelled", "labelled"), ("labelled", "labelled")])
+def test_the_metric_choice_offers_only_what_both_runs_measure(unlabelled, open_app, a, b):
+    db, run_a, run_b = unlabelled["db"], unlabelled[a], unlabelled[b]
+    at = open_compare(open_app, db, run_a=run_a, run_b=run_b)
+    assert not at.exception and not at.warning
+    both = [m for m in measured(db, run_a) if m in measured(db, run_b)]
+    assert ("mask_mass" in both) == (a == b) and "entropy" in both
+    assert at.selectbox(key="metric").options == [metric_label(m) for m in both]
+    assert len(at.dataframe[0].value) > 0
+
+
+def test_a_linked_metric_a_run_lacks_is_said_in_one_sentence(unlabelled, open_app):
+    at = open_compare(open_app, unlabelled["db"], run_a=unlabelled["labelled"], run_b=unlabelled["unlabelled"],
+                      metric="mask_mass")  # fmt: skip
+    assert not at.exception
+    (warning,) = at.warning
+    shown = at.query_params["metric"]
+    assert shown != "mask_mass" and at.selectbox(key="metric").value == shown
+    assert warning.value == (
+        "The link's metric, mask mass, is not measured in run B (a run without object labels has no object "
+        f"metrics), so it cannot be compared: showing {metric_label(shown)} instead."
+    )
+    assert len(at.dataframe[0].value) > 0  # the page compares the metric shown instead

@@ -178,6 +178,17 @@ def side_by_side(contexts: tuple[data.Context, data.Context], rows, metric: str)
         ui.image_missing_note(ctx)
 
 
+def missing_metric_note(metric: str, shown: str, present: dict[str, set[str]]) -> str:
+    """That the runs (by name, with the metrics each has) cannot compare `metric`, which of them lacks it, and
+    the metric `shown` instead, in one sentence."""
+    lacking = [name for name, has in present.items() if metric not in has]
+    which = "either run" if len(lacking) == len(present) else f"run {lacking[0]}"
+    return (
+        f"The link's metric, {ui.metric_label(metric)}, is not measured in {which} (a run without object labels "
+        f"has no object metrics), so it cannot be compared: showing {ui.metric_label(shown)} instead."
+    )
+
+
 ctx = data.context()
 st.title("Compare runs")
 runs = questions.list_runs(ctx.db)
@@ -227,8 +238,18 @@ if a == b:
     )
     st.stop()
 metric_col, group_col, count_col, rank_col = st.columns([2, 1, 1, 2])
+# Only the metrics both runs have: a run without object labels has no object metrics to compare.
+present = {name: set(questions.present_metrics(ctx.db, run)) for name, run in (("A", run_a), ("B", run_b))}
+metrics = tuple(m for m in METRICS if all(m in has for has in present.values()))
+wanted = st.query_params.get("metric")
 metric = state.url_choice(
-    "Metric", METRICS, param="metric", widget=metric_col.selectbox, format_func=ui.metric_label, help=ui.metrics_help()
+    "Metric",
+    metrics,
+    param="metric",
+    widget=metric_col.selectbox,
+    notes=[] if wanted in METRICS else None,  # a metric the runs lack is said below, in its own words
+    format_func=ui.metric_label,
+    help=ui.metrics_help(metrics),
 )
 group = state.url_choice("Per", BY, param="per", widget=group_col.radio, horizontal=True)
 min_count = count_col.number_input(
@@ -242,6 +263,8 @@ rank = state.url_choice(
     format_func=RANKS.get,
     help="Order of the table.",
 )
+if wanted in METRICS and wanted not in metrics:
+    st.warning(missing_metric_note(wanted, metric, present))
 
 overlap = questions.image_overlap(ctx.db, run_a, run_b)
 if overlap["both"] == 0:
