@@ -26,6 +26,7 @@ from extractor.image import device_jpeg, resized_pixels
 from extractor.pairs import image_source
 from extractor.suspects import record_attempt
 from extractor.text import TokenizedCaption, Tokenizer, batch_tensors, pre_caption
+from extractor.word_index import WordIndex, word_index
 
 
 def worker_init(*_: object) -> None:
@@ -133,6 +134,7 @@ class Batch:
     masks: Tensor | None  # (1 + K, N) float64 category covers of the batch's images; None without instances
     boxes: Tensor | None
     unions: Tensor | None  # (I, N)
+    index: WordIndex  # which words the per-word device work picks, worked out here on the host
     # host columns
     image_ids: np.ndarray  # (I,) the images that decoded
     caption_ids: np.ndarray  # (C,)
@@ -158,7 +160,7 @@ class Batch:
         for name, value in moved.items():
             if isinstance(value, Tensor):
                 moved[name] = value.to(device, non_blocking=True)
-        return Batch(**moved)
+        return Batch(**(moved | {"index": self.index.to(device)}))
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread on CUDA."""
@@ -166,7 +168,7 @@ class Batch:
         for name, value in pinned.items():
             if isinstance(value, Tensor):
                 pinned[name] = value.pin_memory()
-        return Batch(**pinned)
+        return Batch(**(pinned | {"index": self.index.pin_memory()}))
 
     def with_jpegs_decoded(self, decoded: list[Tensor | None], res: int) -> Batch:
         """The batch with all its pixels in order: `decoded` holds one per jpeg, (3, res, res) uint8 on the
@@ -204,7 +206,7 @@ class Batch:
         word_slots = self.word_slots - dropped_before * self.piece_weights.shape[1]  # slots in (C, Wmax) move up
         gone_files = {error[2] for error in failed.values()}
         words = keep_word.numpy()
-        return replace(
+        kept = replace(
             self,
             pixels=self.pixels[keep.to(self.pixels.device)],
             input_ids=self.input_ids[keep_caption],
@@ -228,6 +230,13 @@ class Batch:
             failed_ids=[*self.failed_ids, *(int(self.image_ids[row]) for row in failed)],
             errors=[*(e for e in self.errors if not (e[0] == "caption" and e[2] in gone_files)), *failed.values()],
         )
+        return replace(kept, index=index_of(kept))
+
+
+def index_of(batch: Batch) -> WordIndex:
+    """`extractor.word_index.word_index` of a batch still on the host."""
+    return word_index(batch.cover_index.numpy(), batch.category_id, batch.bound_index, batch.bound_category,
+                      batch.word_caption.numpy(), batch.piece_weights, batch.word_slots)  # fmt: skip
 
 
 def collate(items: list[ImageItem]) -> Batch:
@@ -245,9 +254,13 @@ def collate(items: list[ImageItem]) -> Batch:
         pieces = (owner == torch.arange(len(tok.words))[:, None]).float()
         weights[c, : len(tok.words), : len(owner)] = pieces / pieces.sum(1, keepdim=True)
     word_caption = np.repeat(np.arange(len(tokens)), n_words)
-    word_index = np.concatenate([np.arange(n) for n in n_words]) if tokens else np.zeros(0, np.int64)
+    in_caption = np.concatenate([np.arange(n) for n in n_words]) if tokens else np.zeros(0, np.int64)
+    word_slots = torch.from_numpy(word_caption * w_max + in_caption)
     tags = [t for _, (_, _, t) in caps]
     categories = [cid for t in tags for cid in t.category]
+    category_id = np.array([c or 0 for c in categories], np.int32)
+    bound_index = np.array([-1 if b is None else b for t in tags for b in t.bound_index], np.int16)
+    bound_category = np.array([c or 0 for t in tags for c in t.bound_category], np.int32)
     masks, boxes, unions, cover_index = _stack_covers(good, caps)
     return Batch(
         pixels=torch.stack(decoded) if decoded else torch.zeros(0, dtype=torch.uint8),
@@ -255,22 +268,25 @@ def collate(items: list[ImageItem]) -> Batch:
         attention_mask=mask,
         image_index=torch.tensor([i for i, _ in caps], dtype=torch.long),
         piece_weights=weights,
-        word_slots=torch.from_numpy(word_caption * w_max + word_index),
+        word_slots=word_slots,
         word_caption=torch.from_numpy(word_caption),
         cover_index=cover_index,
         masks=masks,
         boxes=boxes,
         unions=unions,
+        index=word_index(
+            cover_index.numpy(), category_id, bound_index, bound_category, word_caption, weights, word_slots
+        ),  # fmt: skip
         image_ids=np.array([it.record["id"] for it in good], np.int64),
         caption_ids=np.array([cap_id for _, (cap_id, _, _) in caps], np.int64),
         words=[w for tok in tokens for w in tok.words],
-        word_index=word_index.astype(np.int16),
+        word_index=in_caption.astype(np.int16),
         n_pieces=np.array([n for tok in tokens for n in tok.n_pieces], np.int8),
-        category_id=np.array([c or 0 for c in categories], np.int32),
+        category_id=category_id,
         no_category=np.array([c is None for c in categories], bool),
         word_class=np.array([c for t in tags for c in t.word_class], str),
-        bound_index=np.array([-1 if b is None else b for t in tags for b in t.bound_index], np.int16),
-        bound_category=np.array([c or 0 for t in tags for c in t.bound_category], np.int32),
+        bound_index=bound_index,
+        bound_category=bound_category,
         failed_ids=[it.record["id"] for it in items if it.pixels is None and it.jpeg is None],
         errors=[e for it in items for e in it.errors],
         jpegs=[RawJpeg(row, it.record, it.path, it.jpeg) for row, it in enumerate(good) if it.jpeg is not None],

@@ -10,8 +10,9 @@ the cumulative sums would move DINO's top-60% boundary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -97,25 +98,38 @@ def _jsd(p: Tensor, p_bits: Tensor, q: Tensor, q_bits: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Others:
-    """The references of `specificity_others` for n rows, one sparse (k, n) x (n, N) product away: the k rows
-    with pairs, and the (k, n) weights averaging each one's pair rows (no (pairs, N) gather)."""
+    """The references of `specificity_others`, indexed on the host so that the device never waits to learn a
+    size: the k rows with pairs (ascending), and per pair its row's place among them, its other row and the
+    weight 1 / (its row's pairs) that makes each reference the mean of its rows' maps."""
 
     rows: Tensor
-    weights: Tensor
+    position: Tensor
+    other: Tensor
+    weight: Tensor  # float64
 
     @classmethod
-    def of_pairs(cls, pairs: tuple[Tensor, Tensor], n: int) -> Others:
-        """From (row, other row) pairs (`extractor.metrics.other_object_pairs`, int64 on the maps' device)."""
-        word, other = pairs
-        rows, position = word.unique(return_inverse=True)
-        count = torch.zeros(len(rows), dtype=torch.float64, device=word.device).index_add_(
-            0, position, torch.ones(len(word), dtype=torch.float64, device=word.device)
-        )
-        # The pairs are in range by construction: the invariant check would cost a pass over them.
-        weights = torch.sparse_coo_tensor(
-            torch.stack([position, other]), 1.0 / count[position], (len(rows), n), check_invariants=False
-        )
-        return cls(rows, weights)
+    def of_pairs(cls, word: np.ndarray, other: np.ndarray) -> Others:
+        """CPU tensors from (row, other row) pairs (`extractor.metrics.other_object_pairs`)."""
+        rows, position, count = np.unique(word, return_inverse=True, return_counts=True)
+        index = (torch.from_numpy(a.astype(np.int64)) for a in (rows, position, other))
+        return cls(*index, torch.from_numpy(1.0 / count[position]))
+
+    def to(self, device: torch.device) -> Others:
+        return Others(*(t.to(device, non_blocking=True) for t in astuple(self)))
+
+    def pin_memory(self) -> Others:
+        return Others(*(t.pin_memory() for t in astuple(self)))
+
+    def tiled(self, times: int, n: int) -> Others:
+        """The same pairs in each of `times` consecutive blocks of n rows (one per slice of a batch)."""
+        k = len(self.rows)
+        return Others(tiled(self.rows, times, n), tiled(self.position, times, k), tiled(self.other, times, n),
+                      self.weight.repeat(times))  # fmt: skip
+
+
+def tiled(index: Tensor, times: int, n: int) -> Tensor:
+    """(times * k,): an index (k,) into a block of n rows, for each of `times` consecutive blocks."""
+    return (index + n * torch.arange(times, device=index.device)[:, None]).flatten()
 
 
 def word_metrics(
@@ -123,10 +137,11 @@ def word_metrics(
     category_cover: Tensor | None = None,
     box_cover: Tensor | None = None,
     union_cover: Tensor | None = None,
-    has_object: Tensor | None = None,
+    object_rows: Tensor | None = None,
     encoder_cls: Reference | None = None,
     cls_row: Reference | None = None,
     others: Others | None = None,
+    checked: bool = True,
 ) -> dict[str, Tensor]:
     """:func:`extractor.metrics.word_metrics_batch` on flattened maps, on their device.
 
@@ -138,9 +153,12 @@ def word_metrics(
         box_cover: (n, N) grid cover of the same category's boxes; given with category_cover.
         union_cover: (N,) or (n, N) cover of the union of all the image's masks; None when no
             instances file was given.
-        has_object: (n,) bool, which rows' covers are real; default all when category_cover is given.
+        object_rows: (k,) int64, the rows whose covers are real, ascending; default all when category_cover
+            is given. An index, not a mask, so that the device never waits to count them.
         encoder_cls, cls_row: each word's word-blind reference (see word_metrics_batch), or None.
         others: each word's reference of `specificity_others` (`Others.of_pairs`), or None.
+        checked: raise on a negative map, which waits for the device; False for maps non-negative by
+            construction.
 
     Returns:
         Tensors of length n on the maps' device: peak_row, peak_col (int64), peak_value, entropy,
@@ -149,7 +167,7 @@ def word_metrics(
         pointing_hit, has_object (bool), NaN (pointing_hit False) where word_metrics_batch has them NULL.
 
     Raises:
-        ValueError: a negative map (checking it waits for the device once per call).
+        ValueError: a negative map, when checked.
     """
     n, N = maps.shape
     g = math.isqrt(N)
@@ -157,22 +175,22 @@ def word_metrics(
         raise ValueError(f"maps must be flattened square grids (n, g*g), got {N} cells")
     if (category_cover is None) != (box_cover is None):
         raise ValueError("category_cover and box_cover go together")
-    p = distribution(maps)
+    p = distribution(maps, checked)
     row, col, value = _peak(p, g)
     nats = _nats(p)  # the entropy, and in bits each specificity's H(p)
     out = {"peak_row": row, "peak_col": col, "peak_value": value, "entropy": nats / math.log(N)}
     if category_cover is None:
-        has_object = torch.zeros(n, dtype=torch.bool, device=p.device)
+        object_rows = torch.zeros(0, dtype=torch.long, device=p.device)
         category_cover = box_cover = torch.zeros_like(p)
-    elif has_object is None:
-        has_object = torch.ones(n, dtype=torch.bool, device=p.device)
+    elif object_rows is None:
+        object_rows = torch.arange(n, device=p.device)
+    has_object = torch.zeros(n, dtype=torch.bool, device=p.device).index_fill_(0, object_rows, True)
     cover, no_object = category_cover.double(), ~has_object
     out["mask_mass"] = _mass(p, cover).masked_fill(no_object, math.nan)
     out["box_mass"] = _mass(p, box_cover.double()).masked_fill(no_object, math.nan)
     # Only rows with an object have an IoU: the sort behind it is most of the metrics' cost.
     out["iou_top60"] = torch.full((n,), math.nan, dtype=p.dtype, device=p.device)
-    rows = has_object.nonzero()[:, 0]
-    out["iou_top60"][rows] = _iou_top60(p[rows], cover[rows])
+    out["iou_top60"][object_rows] = _iou_top60(p[object_rows], cover[object_rows])
     out["pointing_hit"] = _hit(p, cover) & has_object
     out["has_object"] = has_object
     if union_cover is None:
@@ -188,32 +206,42 @@ def word_metrics(
 
 
 def specificity_others(p: Tensor, others: Others, p_bits: Tensor | None = None) -> Tensor:
-    """(n,) float64: `extractor.metrics` specificity of each distribution of p (n, N) from the mean of its
-    pair rows, NaN for a row without pairs; `p_bits`: p's entropies in bits, when already known."""
-    q, own = torch.sparse.mm(others.weights, p), p[others.rows]
+    """(n, ...) float64: `extractor.metrics` specificity of each distribution of p (n, ..., N) from the mean of
+    its pair rows, NaN for a row without pairs; `p_bits`: p's entropies in bits, when already known."""
+    weight = others.weight.view(-1, *(1,) * (p.dim() - 1))
+    q = torch.zeros(len(others.rows), *p.shape[1:], dtype=p.dtype, device=p.device)
+    q.index_add_(0, others.position, p[others.other] * weight)
+    own = p[others.rows]
     own_bits = _bits(own) if p_bits is None else p_bits[others.rows]
-    out = torch.full((len(p),), math.nan, dtype=p.dtype, device=p.device)
+    out = torch.full(p.shape[:-1], math.nan, dtype=p.dtype, device=p.device)
     out[others.rows] = _jsd(own, own_bits, q, _bits(q))
     return out
 
 
-def encode(maps: Tensor) -> tuple[Tensor, Tensor]:
+def valid(maps: Tensor) -> Tensor:
+    """A bool scalar on the maps' device: every value finite and non-negative. Left there, it can travel
+    back with a batch's results and be checked on the host without waiting for the device."""
+    return (maps.isfinite() & (maps >= 0)).all()
+
+
+def encode(maps: Tensor, checked: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`db.codec.encode_maps` on flattened maps: round(255 * m / max(m)) as uint8, and max(m).
 
     Args:
         maps: (n, N) finite, non-negative; computed in float32 as the codec does.
+        checked: raise on maps that are not (`valid`), which waits for the device.
 
     Returns:
         (codes uint8 (n, N), maxes float32 (n,)) on the maps' device; an all-zero map encodes as
         zeros with max 0.
 
     Raises:
-        ValueError: a negative or non-finite map (checking it waits for the device once per call).
+        ValueError: a negative or non-finite map, when checked.
     """
     maps = maps.float()
-    if not (maps.isfinite() & (maps >= 0)).all():
+    if checked and not valid(maps):
         raise ValueError("maps must be finite and non-negative")
     maxes = maps.amax(-1)
     # A tensor numerator: torch computes `255.0 / maxes` as 255 * (1 / maxes), an ulp off numpy's division.
-    scale = torch.where(maxes > 0, maxes.new_tensor(255.0) / maxes.where(maxes > 0, 1.0), 0.0)
+    scale = torch.where(maxes > 0, torch.full_like(maxes, 255.0) / maxes.where(maxes > 0, 1.0), 0.0)
     return (maps * scale[:, None]).round().to(torch.uint8), maxes

@@ -6,6 +6,7 @@ With `run --decode device`, JPEG files are decoded and resized where the model r
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -39,9 +40,15 @@ def resized_pixels(img: Image.Image, res: int) -> torch.Tensor:
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, R, R) uint8 -> float32 scaled to [0, 1] and CLIP-normalised, where the pixels are."""
-    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+    mean, std = clip_stats(pixels.device)
     return pixels.float().div(255).sub(mean).div(std)
+
+
+@functools.cache
+def clip_stats(device: torch.device) -> tuple[Tensor, Tensor]:
+    """CLIP's channel mean and std as (1, 3, 1, 1) on `device`, made once: a tensor made from Python numbers
+    is copied from the host, which on CUDA waits for the device."""
+    return tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
 
 
 def decodable_on_device(data: bytes) -> bool:

@@ -18,9 +18,8 @@ from torch import Tensor
 from extractor import device_metrics
 from extractor.batch import Batch
 from extractor.dataset import ErrorRow
-from extractor.device_metrics import Others, Reference
+from extractor.device_metrics import Reference
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
-from extractor.metrics import other_object_pairs
 
 Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
 
@@ -65,6 +64,7 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
         "encoder_cls": Reference(encoder_mean, batch.image_index[batch.word_caption].repeat(n_slices)),
         "cls_row": Reference(cls_all, batch.word_caption.repeat(n_slices) + n_captions * slice_offsets),
     }  # fmt: skip
+    n_words = len(batch.words)
     covers = {}
     if batch.masks is not None:
         index = batch.cover_index.repeat(n_slices)
@@ -72,69 +72,47 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
             "category_cover": batch.masks[index],
             "box_cover": batch.boxes[index],
             "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
-            "has_object": index > 0,
+            "object_rows": device_metrics.tiled(batch.index.object_rows, n_slices, n_words),
         }
-    pairs = other_object_rows(batch)
-    others = Others.of_pairs(tuple(torch.cat([r + s * len(batch.words) for s in range(n_slices)]) for r in pairs),
-                             len(words))  # fmt: skip
-    out = device_metrics.word_metrics(words, **covers, **references, others=others)
-    out["map"], out["map_max"] = device_metrics.encode(words)
-    out["caption_map"], out["caption_map_max"] = device_metrics.encode(torch.cat(caption_means).clamp(min=0))
-    out["cls_map"], out["cls_map_max"] = device_metrics.encode(cls_all)
+    others = batch.index.others.tiled(n_slices, n_words)
+    out = device_metrics.word_metrics(words, **covers, **references, others=others, checked=False)
+    caption_maps = torch.cat(caption_means).clamp(min=0)
     # Per image its heads in order, then their mean (head -1 in image_maps).
     encoder = torch.cat([maps.encoder_cls, encoder_mean[:, None]], 1).flatten(0, 1)
-    out["encoder_map"], out["encoder_map_max"] = device_metrics.encode(encoder)
+    encoded = {"map": words, "caption_map": caption_maps, "cls_map": cls_all, "encoder_map": encoder}
+    for name, kept in encoded.items():
+        out[name], out[f"{name}_max"] = device_metrics.encode(kept, checked=False)
+    # Checked on the host once the batch is back (`batch_tables`): here it would wait for the device.
+    out["valid"] = torch.stack([device_metrics.valid(kept) for kept in encoded.values()]).all()
     if maps.head_attention is not None and batch.masks is not None:
-        heads = head_metrics(maps.head_attention, batch, attention_layers(slices), pairs)
+        heads = head_metrics(maps.head_attention, batch, attention_layers(slices))
         out |= {f"head_{name}": value for name, value in heads.items()}
     out["itm_score"] = maps.itm_logits.softmax(-1)[:, 1]
     out["itc_score"] = maps.itc
     return out
 
 
-def other_object_rows(batch: Batch) -> tuple[Tensor, Tensor]:
-    """`extractor.metrics.other_object_pairs` of the batch's words (rows of one slice's word block), on the
-    batch's device."""
-    scored = np.where(batch.bound_index >= 0, batch.bound_category, batch.category_id)
-    caption = np.cumsum(batch.word_index == 0)  # a caption's words come together, its first at index 0
-    pairs = other_object_pairs(batch.category_id, scored, caption)
-    return tuple(torch.from_numpy(a).to(batch.word_caption.device) for a in pairs)
-
-
-def head_metrics(
-    head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int], others: tuple[Tensor, Tensor]
-) -> dict[str, Tensor]:
+def head_metrics(head_attention: dict[int, Tensor], batch: Batch, layers: Sequence[int]) -> dict[str, Tensor]:
     """(L, Wo, H) float32 each: the mask mass and specificity_others of each head's whole-word map, per layer,
     for the Wo words with an object (mask_mass not NULL), in word order.
 
     A head's map is its patch columns as a distribution, merged over the word's pieces as word maps are; it
-    is built only for those words and the words their `specificity_others` is against (`others`: the word
-    pairs of `other_object_rows`), never for every word and head.
+    is built only for those words and the words their `specificity_others` is against (`batch.index.heads`),
+    never for every word and head.
     """
-    is_row = batch.cover_index > 0
-    rows = is_row.nonzero()[:, 0]
+    words = batch.index.heads
     if not layers:
-        return {name: torch.zeros(0, len(rows), 0) for name in ("mask_mass", "specificity_others")}
-    keep = is_row[others[0]]  # the pairs of the rows
-    needed = torch.cat([rows, others[1][keep]]).unique()  # sorted: the rows and their other words
-    at = torch.full_like(batch.cover_index, -1)
-    at[needed] = torch.arange(len(needed), device=rows.device)
-    weights = batch.piece_weights.flatten(0, 1)[batch.word_slots[needed]]  # (U, T)
-    word, token = weights.nonzero(as_tuple=True)  # every (needed word, piece) pair
-    caption = batch.word_slots[needed][word] // batch.piece_weights.shape[1]
-    w, covers = weights[word, token].double()[:, None, None], batch.masks[batch.cover_index[rows]][:, None]
-    n_heads = head_attention[layers[0]].shape[1]
-    heads = torch.arange(n_heads, device=rows.device)
-    per_head = tuple((at[side[keep]][:, None] * n_heads + heads).flatten() for side in others)
-    contrast = Others.of_pairs(per_head, len(needed) * n_heads)
+        return {name: torch.zeros(0, len(words.object_at), 0) for name in ("mask_mass", "specificity_others")}
+    covers = batch.masks[batch.cover_index[batch.index.object_rows]][:, None]
+    weight = words.piece_weight[:, None, None]
     masses, specificities = [], []
     for layer in layers:
-        a = head_attention[layer][caption, :, token, 1:].double()  # (P, H, N)
-        merged = torch.zeros(len(needed), *a.shape[1:], dtype=a.dtype, device=a.device).index_add_(0, word, w * a)
+        a = head_attention[layer][words.piece_caption, :, words.piece_token, 1:].double()  # (P, H, N)
+        merged = torch.zeros(len(words.words), *a.shape[1:], dtype=a.dtype, device=a.device)
+        merged.index_add_(0, words.piece_word, weight * a)
         p = device_metrics.distribution(merged.flatten(0, 1), checked=False).view_as(merged)
-        masses.append((p[at[rows]] * covers).sum(-1))
-        spec = device_metrics.specificity_others(p.flatten(0, 1), contrast).view(len(needed), n_heads)
-        specificities.append(spec[at[rows]])
+        masses.append((p[words.object_at] * covers).sum(-1))
+        specificities.append(device_metrics.specificity_others(p, words.others)[words.object_at])
     return {"mask_mass": torch.stack(masses).float(), "specificity_others": torch.stack(specificities).float()}
 
 
@@ -174,6 +152,9 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def batch_tables(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice], run_id: str) -> dict[str, pa.Table]:
     """The rows of one batch: words, caption_results, caption_maps, image_maps, errors and image_status, as Arrow
     tables."""
+    if not out["valid"]:
+        ids = batch.image_ids.tolist()
+        raise ValueError(f"the model gave maps that are not finite and non-negative for images {ids}")
     W, C, S = len(batch.words), len(batch.caption_ids), len(slices)
     image_of_caption = batch.image_ids[batch.image_index.numpy()] if C else np.zeros(0, np.int64)
     word_caption = batch.word_caption.numpy()

@@ -96,12 +96,10 @@ def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None,
         flat(category_cover, device),
         flat(box_cover, device),
         flat(union_cover, device),
-        None if has_object is None else torch.from_numpy(has_object).to(device),
+        None if has_object is None else torch.from_numpy(np.flatnonzero(has_object)).to(device),
         shared_reference(encoder_cls, device),
         shared_reference(cls_row, device),
-        None
-        if pairs is None
-        else device_metrics.Others.of_pairs(tuple(torch.from_numpy(a).to(device) for a in pairs), len(maps)),
+        None if pairs is None else device_metrics.Others.of_pairs(*pairs).to(device),
     )
     assert got.keys() == expected.keys()
     assert all(value.device.type == device for value in got.values())

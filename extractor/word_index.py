@@ -1,0 +1,85 @@
+"""Which of a batch's words the per-word work on the device picks, worked out on the host.
+
+A `nonzero` or `unique` on a CUDA tensor has to copy its count back before the next step can be queued,
+so the host waits there for the model's whole pass, and the device then idles while the host lays out
+the previous batch. These indices depend only on the captions and the object labels, so the loader
+workers compute them with the batch; the device's per-word work is then fixed-size operations only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from extractor.device_metrics import Others
+from extractor.metrics import other_object_pairs
+
+
+@dataclass(frozen=True)
+class HeadWords:
+    """The words whose per-head maps are built: the U words with an object and those they are contrasted
+    with (ascending), and their P (word, token) pieces."""
+
+    words: Tensor  # (U,) rows of the batch's words
+    object_at: Tensor  # (Wo,) each word with an object: its place in `words`
+    piece_word: Tensor  # (P,) place in `words`
+    piece_caption: Tensor  # (P,) caption row
+    piece_token: Tensor  # (P,) token of the caption
+    piece_weight: Tensor  # (P,) float64, 1 / the word's pieces
+    others: Others  # the words with an object against their contrasts, as places in `words`
+
+    def to(self, device: torch.device) -> HeadWords:
+        *tensors, others = astuple(self)
+        return HeadWords(*(t.to(device, non_blocking=True) for t in tensors), self.others.to(device))
+
+    def pin_memory(self) -> HeadWords:
+        *tensors, others = astuple(self)
+        return HeadWords(*(t.pin_memory() for t in tensors), self.others.pin_memory())
+
+
+@dataclass(frozen=True)
+class WordIndex:
+    """A batch's word indices (module docstring): rows of its W words, as in `Batch`."""
+
+    object_rows: Tensor  # (Wo,) the words with an object in their image, ascending
+    others: Others  # each word scored against a category, with the caption's words naming another
+    heads: HeadWords
+
+    def to(self, device: torch.device) -> WordIndex:
+        return WordIndex(self.object_rows.to(device, non_blocking=True), self.others.to(device), self.heads.to(device))
+
+    def pin_memory(self) -> WordIndex:
+        return WordIndex(self.object_rows.pin_memory(), self.others.pin_memory(), self.heads.pin_memory())
+
+
+def word_index(
+    cover_index: np.ndarray,
+    category_id: np.ndarray,
+    bound_index: np.ndarray,
+    bound_category: np.ndarray,
+    word_caption: np.ndarray,
+    piece_weights: Tensor,
+    word_slots: Tensor,
+) -> WordIndex:
+    """The indices of a batch's W words from its host columns (see `extractor.batch.Batch`)."""
+    scored = np.where(bound_index >= 0, bound_category, category_id)
+    word, other = other_object_pairs(category_id, scored, word_caption)
+    object_rows = np.flatnonzero(cover_index > 0)
+    keep = cover_index[word] > 0
+    words = np.union1d(object_rows, other[keep])
+    at = np.full(len(cover_index), -1)
+    at[words] = np.arange(len(words))
+    slots = word_slots.numpy()[words]
+    weights = piece_weights.flatten(0, 1)[torch.from_numpy(slots)].numpy()  # (U, T)
+    piece_word, token = np.nonzero(weights)
+    heads = HeadWords(
+        *(torch.from_numpy(a.astype(np.int64)) for a in (words, at[object_rows], piece_word)),
+        torch.from_numpy(slots[piece_word] // max(piece_weights.shape[1], 1)),
+        torch.from_numpy(token.astype(np.int64)),
+        torch.from_numpy(weights[piece_word, token].astype(np.float64)),
+        Others.of_pairs(at[word[keep]], at[other[keep]]),
+    )
+    return WordIndex(torch.from_numpy(object_rows.astype(np.int64)), Others.of_pairs(word, other), heads)

@@ -1,0 +1,142 @@
+"""A batch's per-word device work never waits for the device: every index it needs is worked out on the host
+(`extractor.word_index`), and the one check of its maps travels back with the results.
+
+On the meta device a tensor has a shape but no values, so any step whose size depends on values (a
+`nonzero`, a `unique`, an `if` on a tensor) raises there: the same steps that on CUDA make the host wait.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from extractor import run
+from extractor.batch import Batch, ImageFiles, collate
+from extractor.covers import cache_dir, fill_cache
+from extractor.image import normalize
+from extractor.maps import BatchMaps
+from extractor.pipeline import device_outputs, host_rows
+from extractor.summarize import HostCopy, batch_tables, word_outputs
+from tests.test_run import FIXTURE
+
+N_IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def extraction(shared, tmp_path_factory):
+    """The fine-tuned fixture's setup on val2017-small, and the loader's items of its first images."""
+    coco = shared / "coco" / "val2017-small"
+    folder = tmp_path_factory.mktemp("index")
+    opts = run.Options(
+        images=coco / "val2017",
+        captions=next((coco / "annotations").glob("captions_*.json")),
+        instances=next((coco / "annotations").glob("instances_*.json")),
+        checkpoint=shared / "fixtures" / "albef-reference" / FIXTURE / "checkpoint.pth",
+        config=None,
+        vocab=shared / "bert-base-uncased" / "vocab.txt",
+        db=folder / "x.duckdb",
+        device="cpu",
+    )
+    s = run.setup(opts, torch.device("cpu"))
+    records = s.dataset.images_with_captions()[:N_IMAGES]
+    journal = (folder / "journal", "test")
+    journal[0].mkdir()
+    covers = cache_dir(s.scratch, opts.instances, opts.images, s.cfg.grid_size)
+    covers_at = fill_cache(covers, records, s.dataset, opts.images, s.cfg.grid_size, 0, journal)
+    files = ImageFiles(opts.images, s.dataset, records, s.tokenizer, s.cfg.image_res, s.cfg.max_words, covers_at,
+                       journal, False)  # fmt: skip
+    return s, [files[i] for i in range(len(records))]
+
+
+def maps_of(s: run.Setup, batch: Batch) -> BatchMaps:
+    return s.mapper(normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index)
+
+
+def on_meta(value):
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if isinstance(value, dict):
+        return {k: on_meta(v) for k, v in value.items()}
+    return value
+
+
+def test_the_per_word_work_needs_no_value_from_the_device(extraction):
+    s, items = extraction
+    batch = collate(items)
+    maps = maps_of(s, batch)
+    assert maps.head_attention and batch.masks is not None and len(batch.index.others.rows)  # every step runs
+    expected = word_outputs(maps, batch, s.slices)
+    meta_maps = dataclasses.replace(maps, **{f.name: on_meta(getattr(maps, f.name)) for f in dataclasses.fields(maps)})
+    got = word_outputs(meta_maps, batch.to(torch.device("meta")), s.slices)
+    assert got.keys() == expected.keys()
+    assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (v.shape, v.dtype) for k, v in expected.items()}
+
+
+def index_arrays(index) -> dict[str, np.ndarray]:
+    """Every array of a WordIndex by a dotted name."""
+    arrays = {"object_rows": index.object_rows.numpy()}
+    for prefix, part in (("others", index.others), ("heads", index.heads), ("heads.others", index.heads.others)):
+        for f in dataclasses.fields(part):
+            if isinstance(value := getattr(part, f.name), torch.Tensor):
+                arrays[f"{prefix}.{f.name}"] = value.numpy()
+    return arrays
+
+
+def test_a_batch_that_loses_an_image_is_indexed_as_if_collated_without_it(extraction):
+    _, items = extraction
+    lost = 2
+    kept = collate(items)._without({lost: ("image", "x", "x.jpg", "unreadable")})
+    fresh = collate(items[:lost] + items[lost + 1 :])
+    assert kept.words == fresh.words and len(kept.index.others.rows) and len(kept.index.heads.piece_word)
+    got, want = index_arrays(kept.index), index_arrays(fresh.index)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_maps_that_are_not_finite_stop_the_batch_with_its_images_named(extraction):
+    s, items = extraction
+    batch = collate(items[:2])
+    maps = maps_of(s, batch)
+    layer = next(iter(maps.attention))
+    maps.attention[layer][0, 0, 1, 3] = float("nan")
+    out = HostCopy(word_outputs(maps, batch, s.slices)).arrays()
+    with pytest.raises(
+        ValueError, match=re.escape(f"not finite and non-negative for images {batch.image_ids.tolist()}")
+    ):
+        batch_tables(batch, out, s.slices, "run")
+    healthy = HostCopy(word_outputs(maps_of(s, batch), batch, s.slices)).arrays()
+    assert len(batch_tables(batch, healthy, s.slices, "run")["words"]) == len(batch.words) * len(s.slices)
+
+
+def test_the_index_names_the_words_with_objects_and_their_contrasts(extraction):
+    _, items = extraction
+    batch = collate(items)
+    index = batch.index
+    np.testing.assert_array_equal(index.object_rows.numpy(), np.flatnonzero(batch.cover_index.numpy() > 0))
+    heads = index.heads
+    words = heads.words.numpy()
+    assert set(index.object_rows.tolist()) <= set(words.tolist())
+    np.testing.assert_array_equal(words[heads.object_at.numpy()], index.object_rows.numpy())
+    # every piece of every indexed word, with its weight 1 / the word's pieces
+    pieces = np.bincount(heads.piece_word.numpy(), minlength=len(words))
+    np.testing.assert_array_equal(pieces, batch.n_pieces[words])
+    np.testing.assert_allclose(heads.piece_weight.numpy(), 1.0 / pieces[heads.piece_word.numpy()], rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_queuing_a_batch_never_waits_for_the_device(extraction):
+    s_cpu, items = extraction
+    s = run.setup(dataclasses.replace(s_cpu.opts, device="cuda"), torch.device("cuda"))
+    batch = collate(items).pin_memory()
+    normalize(batch.pixels.to(s.device))  # its constants are made once per device, waiting then
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the device raises
+    try:
+        outputs = device_outputs(batch.to(s.device), s.mapper, s.slices)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _, tables = host_rows(batch, outputs, s.slices, "run")
+    assert len(tables["words"]) == len(batch.words) * len(s.slices)
