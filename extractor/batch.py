@@ -181,7 +181,7 @@ class Batch:
         pixels = torch.empty(len(self.image_ids), 3, res, res, dtype=torch.uint8, device=device)
         from_jpeg = {jpeg.row for jpeg in self.jpegs}
         if decoded_here := [row for row in range(len(pixels)) if row not in from_jpeg]:
-            pixels[decoded_here] = self.pixels.to(device)
+            pixels[decoded_here] = self.pixels.to(device, non_blocking=True)
         failed: dict[int, ErrorRow] = {}
         for jpeg, image in zip(self.jpegs, decoded, strict=True):
             if image is None:
