@@ -10,7 +10,7 @@ process decodes a batch's at once (`Batch.with_jpegs_decoded`).
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from extractor.dataset import CocoDataset, ErrorRow
 from extractor.image import device_jpeg, resized_pixels
 from extractor.pairs import image_source
 from extractor.suspects import record_attempt
+from extractor.tensors import Tensors
 from extractor.text import TokenizedCaption, Tokenizer, batch_tensors, pre_caption
 from extractor.word_index import WordIndex, word_index
 
@@ -116,7 +117,7 @@ class RawJpeg:
 
 
 @dataclass
-class Batch:
+class Batch(Tensors):
     """A batch of images with all their captions (C) and words (W in all), ready for the device.
 
     Tensors are moved to the device with `to`; the numpy columns stay on the host for the rows. With
@@ -153,22 +154,6 @@ class Batch:
     @property
     def n_images(self) -> int:
         return len(self.image_ids) + len(self.failed_ids)
-
-    def to(self, device: torch.device) -> Batch:
-        """The batch with its tensors on `device` (non-blocking from pinned memory)."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, Tensor):
-                moved[name] = value.to(device, non_blocking=True)
-        return Batch(**(moved | {"index": self.index.to(device)}))
-
-    def pin_memory(self) -> Batch:
-        """Called by the DataLoader's pinning thread on CUDA."""
-        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in pinned.items():
-            if isinstance(value, Tensor):
-                pinned[name] = value.pin_memory()
-        return Batch(**(pinned | {"index": self.index.pin_memory()}))
 
     def with_jpegs_decoded(self, decoded: list[Tensor | None], res: int) -> Batch:
         """The batch with all its pixels in order: `decoded` holds one per jpeg, (3, res, res) uint8 on the

@@ -10,13 +10,13 @@ the cumulative sums would move DINO's top-60% boundary.
 from __future__ import annotations
 
 import math
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from extractor.metrics import OBJECT_CELL_COVERAGE, TOP_MASS_FRACTION
+from extractor.word_index import Others
 
 
 def distribution(maps: Tensor, checked: bool = True) -> Tensor:
@@ -94,42 +94,6 @@ def _specificity(p: Tensor, p_bits: Tensor, reference: Reference) -> Tensor:
 
 def _jsd(p: Tensor, p_bits: Tensor, q: Tensor, q_bits: Tensor) -> Tensor:
     return (_bits((p + q) / 2) - (p_bits + q_bits) / 2).clamp(0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class Others:
-    """The references of `specificity_others`, indexed on the host so that the device never waits to learn a
-    size: the k rows with pairs (ascending), and per pair its row's place among them, its other row and the
-    weight 1 / (its row's pairs) that makes each reference the mean of its rows' maps."""
-
-    rows: Tensor
-    position: Tensor
-    other: Tensor
-    weight: Tensor  # float64
-
-    @classmethod
-    def of_pairs(cls, word: np.ndarray, other: np.ndarray) -> Others:
-        """CPU tensors from (row, other row) pairs (`extractor.metrics.other_object_pairs`)."""
-        rows, position, count = np.unique(word, return_inverse=True, return_counts=True)
-        index = (torch.from_numpy(a.astype(np.int64)) for a in (rows, position, other))
-        return cls(*index, torch.from_numpy(1.0 / count[position]))
-
-    def to(self, device: torch.device) -> Others:
-        return Others(*(t.to(device, non_blocking=True) for t in astuple(self)))
-
-    def pin_memory(self) -> Others:
-        return Others(*(t.pin_memory() for t in astuple(self)))
-
-    def tiled(self, times: int, n: int) -> Others:
-        """The same pairs in each of `times` consecutive blocks of n rows (one per slice of a batch)."""
-        k = len(self.rows)
-        return Others(tiled(self.rows, times, n), tiled(self.position, times, k), tiled(self.other, times, n),
-                      self.weight.repeat(times))  # fmt: skip
-
-
-def tiled(index: Tensor, times: int, n: int) -> Tensor:
-    """(times * k,): an index (k,) into a block of n rows, for each of `times` consecutive blocks."""
-    return (index + n * torch.arange(times, device=index.device)[:, None]).flatten()
 
 
 def word_metrics(

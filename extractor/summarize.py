@@ -20,6 +20,7 @@ from extractor.batch import Batch
 from extractor.dataset import ErrorRow
 from extractor.device_metrics import Reference
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
+from extractor.word_index import tiled
 
 Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
 
@@ -72,7 +73,7 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
             "category_cover": batch.masks[index],
             "box_cover": batch.boxes[index],
             "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
-            "object_rows": device_metrics.tiled(batch.index.object_rows, n_slices, n_words),
+            "object_rows": tiled(batch.index.object_rows, n_slices, n_words),
         }
     others = batch.index.others.tiled(n_slices, n_words)
     out = device_metrics.word_metrics(words, **covers, **references, others=others, checked=False)

@@ -8,18 +8,48 @@ workers compute them with the batch; the device's per-word work is then fixed-si
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from extractor.device_metrics import Others
 from extractor.metrics import other_object_pairs
+from extractor.tensors import Tensors
 
 
 @dataclass(frozen=True)
-class HeadWords:
+class Others(Tensors):
+    """The references of `specificity_others`, indexed on the host so that the device never waits to learn a
+    size: the k rows with pairs (ascending), and per pair its row's place among them, its other row and the
+    weight 1 / (its row's pairs) that makes each reference the mean of its rows' maps."""
+
+    rows: Tensor
+    position: Tensor
+    other: Tensor
+    weight: Tensor  # float64
+
+    @classmethod
+    def of_pairs(cls, word: np.ndarray, other: np.ndarray) -> Others:
+        """CPU tensors from (row, other row) pairs (`extractor.metrics.other_object_pairs`)."""
+        rows, position, count = np.unique(word, return_inverse=True, return_counts=True)
+        index = (torch.from_numpy(a.astype(np.int64)) for a in (rows, position, other))
+        return cls(*index, torch.from_numpy(1.0 / count[position]))
+
+    def tiled(self, times: int, n: int) -> Others:
+        """The same pairs in each of `times` consecutive blocks of n rows (one per slice of a batch)."""
+        k = len(self.rows)
+        return Others(tiled(self.rows, times, n), tiled(self.position, times, k), tiled(self.other, times, n),
+                      self.weight.repeat(times))  # fmt: skip
+
+
+def tiled(index: Tensor, times: int, n: int) -> Tensor:
+    """(times * k,): an index (k,) into a block of n rows, for each of `times` consecutive blocks."""
+    return (index + n * torch.arange(times, device=index.device)[:, None]).flatten()
+
+
+@dataclass(frozen=True)
+class HeadWords(Tensors):
     """The words whose per-head maps are built: the U words with an object and those they are contrasted
     with (ascending), and their P (word, token) pieces."""
 
@@ -31,28 +61,14 @@ class HeadWords:
     piece_weight: Tensor  # (P,) float64, 1 / the word's pieces
     others: Others  # the words with an object against their contrasts, as places in `words`
 
-    def to(self, device: torch.device) -> HeadWords:
-        *tensors, others = astuple(self)
-        return HeadWords(*(t.to(device, non_blocking=True) for t in tensors), self.others.to(device))
-
-    def pin_memory(self) -> HeadWords:
-        *tensors, others = astuple(self)
-        return HeadWords(*(t.pin_memory() for t in tensors), self.others.pin_memory())
-
 
 @dataclass(frozen=True)
-class WordIndex:
+class WordIndex(Tensors):
     """A batch's word indices (module docstring): rows of its W words, as in `Batch`."""
 
     object_rows: Tensor  # (Wo,) the words with an object in their image, ascending
     others: Others  # each word scored against a category, with the caption's words naming another
     heads: HeadWords
-
-    def to(self, device: torch.device) -> WordIndex:
-        return WordIndex(self.object_rows.to(device, non_blocking=True), self.others.to(device), self.heads.to(device))
-
-    def pin_memory(self) -> WordIndex:
-        return WordIndex(self.object_rows.pin_memory(), self.others.pin_memory(), self.heads.pin_memory())
 
 
 def word_index(

@@ -6,7 +6,9 @@ On the meta device a tensor has a shape but no values, so any step whose size de
 """
 
 import dataclasses
+import pickle
 import re
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from extractor.image import normalize
 from extractor.maps import BatchMaps
 from extractor.pipeline import device_outputs, host_rows
 from extractor.summarize import HostCopy, batch_tables, word_outputs
+from extractor.tensors import SHARED_MEMORY_BYTES
 from tests.test_run import FIXTURE
 
 N_IMAGES = 6
@@ -140,3 +143,19 @@ def test_on_cuda_queuing_a_batch_never_waits_for_the_device(extraction):
         torch.cuda.set_sync_debug_mode("default")
     _, tables = host_rows(batch, outputs, s.slices, "run")
     assert len(tables["words"]) == len(batch.words) * len(s.slices)
+
+
+def test_a_batch_crosses_processes_whole_with_only_large_tensors_in_shared_memory(extraction):
+    _, items = extraction
+    tiny = collate(items)
+    batch = dataclasses.replace(tiny, pixels=torch.randint(0, 256, (len(items), 3, 384, 384), dtype=torch.uint8))
+    got = pickle.loads(ForkingPickler.dumps(batch))  # as a loader worker's batch reaches the main process
+    assert got.pixels.is_shared() and got.pixels.nbytes >= SHARED_MEMORY_BYTES  # ALBEF's 384 px images
+    small = [got.input_ids, got.word_slots, got.index.object_rows, got.index.heads.others.weight]
+    assert not any(t.is_shared() for t in small)
+    assert torch.equal(got.pixels, batch.pixels) and torch.equal(got.piece_weights, batch.piece_weights)
+    assert got.words == batch.words and np.array_equal(got.image_ids, batch.image_ids)
+    got_index, want_index = index_arrays(got.index), index_arrays(batch.index)
+    assert got_index.keys() == want_index.keys()
+    for name, want in want_index.items():
+        np.testing.assert_array_equal(got_index[name], want, err_msg=name)

@@ -15,6 +15,7 @@ from extractor.image import eval_transform
 from extractor.maps import caption_maps, merge_pieces
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, pre_caption
+from extractor.word_index import Others
 
 RNG = np.random.default_rng(0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -99,7 +100,7 @@ def assert_metrics_equal(device: str, maps, category_cover=None, box_cover=None,
         None if has_object is None else torch.from_numpy(np.flatnonzero(has_object)).to(device),
         shared_reference(encoder_cls, device),
         shared_reference(cls_row, device),
-        None if pairs is None else device_metrics.Others.of_pairs(*pairs).to(device),
+        None if pairs is None else Others.of_pairs(*pairs).to(device),
     )
     assert got.keys() == expected.keys()
     assert all(value.device.type == device for value in got.values())
