@@ -172,9 +172,8 @@ def word_metrics(
 def specificity_others(p: Tensor, others: Others, p_bits: Tensor | None = None) -> Tensor:
     """(n, ...) float64: `extractor.metrics` specificity of each distribution of p (n, ..., N) from the mean of
     its pair rows, NaN for a row without pairs; `p_bits`: p's entropies in bits, when already known."""
-    weight = others.weight.view(-1, *(1,) * (p.dim() - 1))
     q = torch.zeros(len(others.rows), *p.shape[1:], dtype=p.dtype, device=p.device)
-    q.index_add_(0, others.position, p[others.other] * weight)
+    q = q.index_add_(0, others.position, p[others.other]) * others.scale.view(-1, *(1,) * (p.dim() - 1))
     own = p[others.rows]
     own_bits = _bits(own) if p_bits is None else p_bits[others.rows]
     out = torch.full(p.shape[:-1], math.nan, dtype=p.dtype, device=p.device)

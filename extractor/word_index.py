@@ -21,26 +21,26 @@ from extractor.tensors import Tensors
 @dataclass(frozen=True)
 class Others(Tensors):
     """The references of `specificity_others`, indexed on the host so that the device never waits to learn a
-    size: the k rows with pairs (ascending), and per pair its row's place among them, its other row and the
-    weight 1 / (its row's pairs) that makes each reference the mean of its rows' maps."""
+    size: the k rows with pairs (ascending) and the 1 / (its pairs) that makes each one's reference the mean
+    of its pairs' maps; per pair, its row's place among them and its other row."""
 
     rows: Tensor
+    scale: Tensor  # float64
     position: Tensor
     other: Tensor
-    weight: Tensor  # float64
 
     @classmethod
     def of_pairs(cls, word: np.ndarray, other: np.ndarray) -> Others:
         """CPU tensors from (row, other row) pairs (`extractor.metrics.other_object_pairs`)."""
         rows, position, count = np.unique(word, return_inverse=True, return_counts=True)
-        index = (torch.from_numpy(a.astype(np.int64)) for a in (rows, position, other))
-        return cls(*index, torch.from_numpy(1.0 / count[position]))
+        rows, position, other = (torch.from_numpy(a.astype(np.int64)) for a in (rows, position, other))
+        return cls(rows, torch.from_numpy(1.0 / count), position, other)
 
     def tiled(self, times: int, n: int) -> Others:
         """The same pairs in each of `times` consecutive blocks of n rows (one per slice of a batch)."""
         k = len(self.rows)
-        return Others(tiled(self.rows, times, n), tiled(self.position, times, k), tiled(self.other, times, n),
-                      self.weight.repeat(times))  # fmt: skip
+        return Others(tiled(self.rows, times, n), self.scale.repeat(times), tiled(self.position, times, k),
+                      tiled(self.other, times, n))  # fmt: skip
 
 
 def tiled(index: Tensor, times: int, n: int) -> Tensor:

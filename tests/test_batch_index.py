@@ -151,7 +151,7 @@ def test_a_batch_crosses_processes_whole_with_only_large_tensors_in_shared_memor
     batch = dataclasses.replace(tiny, pixels=torch.randint(0, 256, (len(items), 3, 384, 384), dtype=torch.uint8))
     got = pickle.loads(ForkingPickler.dumps(batch))  # as a loader worker's batch reaches the main process
     assert got.pixels.is_shared() and got.pixels.nbytes >= SHARED_MEMORY_BYTES  # ALBEF's 384 px images
-    small = [got.input_ids, got.word_slots, got.index.object_rows, got.index.heads.others.weight]
+    small = [got.input_ids, got.word_slots, got.index.object_rows, got.index.heads.others.scale]
     assert not any(t.is_shared() for t in small)
     assert torch.equal(got.pixels, batch.pixels) and torch.equal(got.piece_weights, batch.piece_weights)
     assert got.words == batch.words and np.array_equal(got.image_ids, batch.image_ids)
