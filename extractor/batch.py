@@ -27,7 +27,7 @@ from extractor.pairs import image_source
 from extractor.suspects import record_attempt
 from extractor.tensors import Tensors
 from extractor.text import TokenizedCaption, Tokenizer, batch_tensors, pre_caption
-from extractor.word_index import WordIndex, word_index
+from extractor.word_picks import WordPicks, word_picks
 
 
 def worker_init(*_: object) -> None:
@@ -107,8 +107,8 @@ class ImageFiles(Dataset):
 
 
 @dataclass
-class RawJpeg:
-    """A JPEG file of a batch left to decode where the model runs."""
+class RawJpeg(Tensors):
+    """A JPEG file of a batch left to decode where the model runs (its bytes cross processes by value)."""
 
     row: int  # the image's row in the batch
     record: dict
@@ -135,7 +135,7 @@ class Batch(Tensors):
     masks: Tensor | None  # (1 + K, N) float64 category covers of the batch's images; None without instances
     boxes: Tensor | None
     unions: Tensor | None  # (I, N)
-    index: WordIndex  # which words the per-word device work picks, worked out here on the host
+    picks: WordPicks  # which words the per-word device work picks, worked out here on the host
     # host columns
     image_ids: np.ndarray  # (I,) the images that decoded
     caption_ids: np.ndarray  # (C,)
@@ -165,8 +165,9 @@ class Batch(Tensors):
         device = next((image.device for image in decoded if image is not None), self.pixels.device)
         pixels = torch.empty(len(self.image_ids), 3, res, res, dtype=torch.uint8, device=device)
         from_jpeg = {jpeg.row for jpeg in self.jpegs}
-        if decoded_here := [row for row in range(len(pixels)) if row not in from_jpeg]:
-            pixels[decoded_here] = self.pixels.to(device, non_blocking=True)
+        decoded_here = [row for row in range(len(pixels)) if row not in from_jpeg]
+        for row, image in zip(decoded_here, self.pixels, strict=True):  # by row: a list index would wait
+            pixels[row] = image.to(device, non_blocking=True)
         failed: dict[int, ErrorRow] = {}
         for jpeg, image in zip(self.jpegs, decoded, strict=True):
             if image is None:
@@ -175,7 +176,7 @@ class Batch(Tensors):
                 except Exception as e:
                     failed[jpeg.row] = image_error(jpeg.record, jpeg.path, e)
                     continue
-            pixels[jpeg.row] = image.to(device)
+            pixels[jpeg.row] = image.to(device, non_blocking=True)
         return replace(self, pixels=pixels, jpegs=[])._without(failed)
 
     def _without(self, failed: dict[int, ErrorRow]) -> Batch:
@@ -193,7 +194,7 @@ class Batch(Tensors):
         words = keep_word.numpy()
         kept = replace(
             self,
-            pixels=self.pixels[keep.to(self.pixels.device)],
+            pixels=self.pixels[keep.nonzero()[:, 0].to(self.pixels.device, non_blocking=True)],  # rows: no mask
             input_ids=self.input_ids[keep_caption],
             attention_mask=self.attention_mask[keep_caption],
             image_index=image_row[self.image_index[keep_caption]],
@@ -215,12 +216,12 @@ class Batch(Tensors):
             failed_ids=[*self.failed_ids, *(int(self.image_ids[row]) for row in failed)],
             errors=[*(e for e in self.errors if not (e[0] == "caption" and e[2] in gone_files)), *failed.values()],
         )
-        return replace(kept, index=index_of(kept))
+        return replace(kept, picks=picks_of(kept))
 
 
-def index_of(batch: Batch) -> WordIndex:
-    """`extractor.word_index.word_index` of a batch still on the host."""
-    return word_index(batch.cover_index.numpy(), batch.category_id, batch.bound_index, batch.bound_category,
+def picks_of(batch: Batch) -> WordPicks:
+    """`extractor.word_picks.word_picks` of a batch still on the host."""
+    return word_picks(batch.cover_index.numpy(), batch.category_id, batch.bound_index, batch.bound_category,
                       batch.word_caption.numpy(), batch.piece_weights, batch.word_slots)  # fmt: skip
 
 
@@ -259,9 +260,9 @@ def collate(items: list[ImageItem]) -> Batch:
         masks=masks,
         boxes=boxes,
         unions=unions,
-        index=word_index(
+        picks=word_picks(
             cover_index.numpy(), category_id, bound_index, bound_category, word_caption, weights, word_slots
-        ),  # fmt: skip
+        ),
         image_ids=np.array([it.record["id"] for it in good], np.int64),
         caption_ids=np.array([cap_id for _, (cap_id, _, _) in caps], np.int64),
         words=[w for tok in tokens for w in tok.words],

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from extractor.metrics import OBJECT_CELL_COVERAGE, TOP_MASS_FRACTION
-from extractor.word_index import Others
+from extractor.word_picks import Others
 
 
 def distribution(maps: Tensor, checked: bool = True) -> Tensor:
@@ -173,7 +173,7 @@ def specificity_others(p: Tensor, others: Others, p_bits: Tensor | None = None) 
     """(n, ...) float64: `extractor.metrics` specificity of each distribution of p (n, ..., N) from the mean of
     its pair rows, NaN for a row without pairs; `p_bits`: p's entropies in bits, when already known."""
     q = torch.zeros(len(others.rows), *p.shape[1:], dtype=p.dtype, device=p.device)
-    q = q.index_add_(0, others.position, p[others.other]) * others.scale.view(-1, *(1,) * (p.dim() - 1))
+    q = q.index_add_(0, others.position, p[others.other]) / others.count.view(-1, *(1,) * (p.dim() - 1))
     own = p[others.rows]
     own_bits = _bits(own) if p_bits is None else p_bits[others.rows]
     out = torch.full(p.shape[:-1], math.nan, dtype=p.dtype, device=p.device)

@@ -6,7 +6,6 @@ With `run --decode device`, JPEG files are decoded and resized where the model r
 
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
 
@@ -39,16 +38,13 @@ def resized_pixels(img: Image.Image, res: int) -> torch.Tensor:
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, R, R) uint8 -> float32 scaled to [0, 1] and CLIP-normalised, where the pixels are."""
-    mean, std = clip_stats(pixels.device)
-    return pixels.float().div(255).sub(mean).div(std)
+    """(B, 3, R, R) uint8 -> float32 scaled to [0, 1] and CLIP-normalised, where the pixels are.
 
-
-@functools.cache
-def clip_stats(device: torch.device) -> tuple[Tensor, Tensor]:
-    """CLIP's channel mean and std as (1, 3, 1, 1) on `device`, made once: a tensor made from Python numbers
-    is copied from the host, which on CUDA waits for the device."""
-    return tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    The constants stay Python numbers: a tensor made of them would be copied from the host, which on CUDA
+    waits for the device."""
+    x = pixels.float().div(255)
+    channels = zip(CLIP_MEAN, CLIP_STD, strict=True)
+    return torch.stack([(x[:, c] - mean) / std for c, (mean, std) in enumerate(channels)], 1)
 
 
 def decodable_on_device(data: bytes) -> bool:

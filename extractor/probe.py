@@ -256,17 +256,18 @@ def probe_with(
     """`probe` with a model already loaded (the benchmark's random ALBEF base)."""
     started = time.perf_counter()
     item = probe_item(settings, opened_image(image), caption, image_id, images_dir)
-    batch = collate([item]).to(device)
+    host = collate([item])  # its columns lay out the rows; its copy on the device feeds the model
+    batch = host.to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         maps = batch_maps(model, normalize(batch.pixels), batch.input_ids, batch.attention_mask, batch.image_index,
                           settings.layers, settings.gradcam_layer is not None, keep_heads=heads)  # fmt: skip
     out = HostCopy(word_outputs(maps, batch, settings.slices)).arrays()
-    frames = [word_frame(batch, out, settings.slices, MEAN)]
+    frames = [word_frame(host, out, settings.slices, MEAN)]
     n_heads = next(iter(maps.attention.values())).shape[1] if heads and maps.attention else 0
     attention = [(ATTENTION, la) for la in settings.layers]
     for h in range(n_heads):
         one = HostCopy(word_outputs(head_maps(maps, h), batch, attention)).arrays()
-        frames.append(word_frame(batch, one, attention, h))
+        frames.append(word_frame(host, one, attention, h))
     words = pd.concat(frames, ignore_index=True).drop(columns=["run_id", "caption_id"])
     return Probe(item.captions[0][1].text, words, float(out["itm_score"][0]), float(out["itc_score"][0]),
                  settings.cfg.grid_size, time.perf_counter() - started)  # fmt: skip

@@ -20,7 +20,7 @@ from extractor.batch import Batch
 from extractor.dataset import ErrorRow
 from extractor.device_metrics import Reference
 from extractor.maps import ATTENTION, GRADCAM, BatchMaps
-from extractor.word_index import tiled
+from extractor.word_picks import tiled
 
 Slice = tuple[str, int]  # (method, layer): one kind of map a run keeps
 
@@ -54,8 +54,8 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
         tokens = token_maps(maps, method, layer)
         merged = torch.bmm(batch.piece_weights, tokens)  # (C, Wmax, N): each word the mean of its pieces
         word_maps.append(merged.flatten(0, 1)[batch.word_slots])
-        n_words = batch.piece_weights.any(-1).sum(-1, keepdim=True).clamp(min=1)
-        caption_means.append(merged.sum(1) / n_words)
+        words_in_caption = batch.piece_weights.any(-1).sum(-1, keepdim=True).clamp(min=1)  # (C, 1)
+        caption_means.append(merged.sum(1) / words_in_caption)
         cls_rows.append(tokens[:, 0])
     words, cls_all = torch.cat(word_maps).clamp(min=0), torch.cat(cls_rows).clamp(min=0)
     n_slices, n_captions = len(slices), len(batch.caption_ids)
@@ -73,9 +73,9 @@ def word_outputs(maps: BatchMaps, batch: Batch, slices: Sequence[Slice]) -> dict
             "category_cover": batch.masks[index],
             "box_cover": batch.boxes[index],
             "union_cover": batch.unions[batch.image_index[batch.word_caption]].repeat(n_slices, 1),
-            "object_rows": tiled(batch.index.object_rows, n_slices, n_words),
+            "object_rows": tiled(batch.picks.object_rows, n_slices, n_words),
         }
-    others = batch.index.others.tiled(n_slices, n_words)
+    others = batch.picks.others.tiled(n_slices, n_words)
     out = device_metrics.word_metrics(words, **covers, **references, others=others, checked=False)
     caption_maps = torch.cat(caption_means).clamp(min=0)
     # Per image its heads in order, then their mean (head -1 in image_maps).
@@ -98,22 +98,22 @@ def head_metrics(head_attention: dict[int, Tensor], batch: Batch, layers: Sequen
     for the Wo words with an object (mask_mass not NULL), in word order.
 
     A head's map is its patch columns as a distribution, merged over the word's pieces as word maps are; it
-    is built only for those words and the words their `specificity_others` is against (`batch.index.heads`),
+    is built only for those words and the words their `specificity_others` is against (`batch.picks.heads`),
     never for every word and head.
     """
-    words = batch.index.heads
+    heads = batch.picks.heads
     if not layers:
-        return {name: torch.zeros(0, len(words.object_at), 0) for name in ("mask_mass", "specificity_others")}
-    covers = batch.masks[batch.cover_index[batch.index.object_rows]][:, None]
-    weight = words.piece_weight[:, None, None]
+        return {name: torch.zeros(0, len(heads.object_at), 0) for name in ("mask_mass", "specificity_others")}
+    covers = batch.masks[batch.cover_index[batch.picks.object_rows]][:, None]
+    weight = heads.piece_weight[:, None, None]
     masses, specificities = [], []
     for layer in layers:
-        a = head_attention[layer][words.piece_caption, :, words.piece_token, 1:].double()  # (P, H, N)
-        merged = torch.zeros(len(words.words), *a.shape[1:], dtype=a.dtype, device=a.device)
-        merged.index_add_(0, words.piece_word, weight * a)
+        a = head_attention[layer][heads.piece_caption, :, heads.piece_token, 1:].double()  # (P, H, N)
+        merged = torch.zeros(len(heads.rows), *a.shape[1:], dtype=a.dtype, device=a.device)
+        merged.index_add_(0, heads.piece_word, weight * a)
         p = device_metrics.distribution(merged.flatten(0, 1), checked=False).view_as(merged)
-        masses.append((p[words.object_at] * covers).sum(-1))
-        specificities.append(device_metrics.specificity_others(p, words.others)[words.object_at])
+        masses.append((p[heads.object_at] * covers).sum(-1))
+        specificities.append(device_metrics.specificity_others(p, heads.others)[heads.object_at])
     return {"mask_mass": torch.stack(masses).float(), "specificity_others": torch.stack(specificities).float()}
 
 

@@ -19,21 +19,34 @@ class Tensors:
     """A dataclass mixin: its tensor fields, and those of nested `Tensors`, move together; other fields (host
     columns) stay as they are."""
 
-    def to(self, device: torch.device) -> Self:
-        """On `device`, copied without waiting (from pinned memory, without holding up the host)."""
-        return self.mapped(lambda t: t.to(device, non_blocking=True))
+    def to(self, device: torch.device | str) -> Self:
+        """On `device`; onto a GPU without waiting for the copies (they queue on its stream)."""
+        device = torch.device(device)
+        return self.mapped(lambda t: t.to(device, non_blocking=device.type != "cpu"))
 
     def pin_memory(self) -> Self:
         """Called by a DataLoader's pinning thread on CUDA."""
         return self.mapped(Tensor.pin_memory)
 
     def mapped(self, fn: Callable[[Tensor], Tensor]) -> Self:
+        """A copy with `fn` applied to each of its tensors, nested ones included."""
         return replace(self, **{f.name: _mapped(getattr(self, f.name), fn) for f in fields(self)})
 
     def __reduce__(self) -> tuple:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        small = [k for k, v in values.items() if isinstance(v, Tensor) and v.nbytes < SHARED_MEMORY_BYTES]
+        small = [k for k, v in values.items() if _by_value(v)]
         return _rebuilt, (type(self), values | {k: values[k].numpy() for k in small}, small)
+
+
+def _by_value(value: Any) -> bool:
+    """Whether a field is a small host tensor that numpy can hold (pickled by value)."""
+    return (
+        isinstance(value, Tensor)
+        and value.device.type == "cpu"
+        and not value.requires_grad
+        and value.dtype != torch.bfloat16
+        and value.nbytes < SHARED_MEMORY_BYTES
+    )
 
 
 def _mapped(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:

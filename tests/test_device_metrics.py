@@ -15,7 +15,7 @@ from extractor.image import eval_transform
 from extractor.maps import caption_maps, merge_pieces
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, pre_caption
-from extractor.word_index import Others
+from extractor.word_picks import Others
 
 RNG = np.random.default_rng(0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

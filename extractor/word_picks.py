@@ -21,11 +21,11 @@ from extractor.tensors import Tensors
 @dataclass(frozen=True)
 class Others(Tensors):
     """The references of `specificity_others`, indexed on the host so that the device never waits to learn a
-    size: the k rows with pairs (ascending) and the 1 / (its pairs) that makes each one's reference the mean
-    of its pairs' maps; per pair, its row's place among them and its other row."""
+    size: the k rows with pairs (ascending) and how many pairs each has (each one's reference is the mean of
+    its pairs' maps); per pair, its row's place among them and its other row."""
 
     rows: Tensor
-    scale: Tensor  # float64
+    count: Tensor  # float64
     position: Tensor
     other: Tensor
 
@@ -34,12 +34,12 @@ class Others(Tensors):
         """CPU tensors from (row, other row) pairs (`extractor.metrics.other_object_pairs`)."""
         rows, position, count = np.unique(word, return_inverse=True, return_counts=True)
         rows, position, other = (torch.from_numpy(a.astype(np.int64)) for a in (rows, position, other))
-        return cls(rows, torch.from_numpy(1.0 / count), position, other)
+        return cls(rows, torch.from_numpy(count.astype(np.float64)), position, other)
 
     def tiled(self, times: int, n: int) -> Others:
         """The same pairs in each of `times` consecutive blocks of n rows (one per slice of a batch)."""
         k = len(self.rows)
-        return Others(tiled(self.rows, times, n), self.scale.repeat(times), tiled(self.position, times, k),
+        return Others(tiled(self.rows, times, n), self.count.repeat(times), tiled(self.position, times, k),
                       tiled(self.other, times, n))  # fmt: skip
 
 
@@ -53,25 +53,25 @@ class HeadWords(Tensors):
     """The words whose per-head maps are built: the U words with an object and those they are contrasted
     with (ascending), and their P (word, token) pieces."""
 
-    words: Tensor  # (U,) rows of the batch's words
-    object_at: Tensor  # (Wo,) each word with an object: its place in `words`
-    piece_word: Tensor  # (P,) place in `words`
+    rows: Tensor  # (U,) rows of the batch's words
+    object_at: Tensor  # (Wo,) each word with an object: its place in `rows`
+    piece_word: Tensor  # (P,) place in `rows`
     piece_caption: Tensor  # (P,) caption row
     piece_token: Tensor  # (P,) token of the caption
     piece_weight: Tensor  # (P,) float64, 1 / the word's pieces
-    others: Others  # the words with an object against their contrasts, as places in `words`
+    others: Others  # the words with an object against their contrasts, as places in `rows`
 
 
 @dataclass(frozen=True)
-class WordIndex(Tensors):
-    """A batch's word indices (module docstring): rows of its W words, as in `Batch`."""
+class WordPicks(Tensors):
+    """A batch's picks (module docstring): rows of its W words, as in `Batch`."""
 
     object_rows: Tensor  # (Wo,) the words with an object in their image, ascending
     others: Others  # each word scored against a category, with the caption's words naming another
     heads: HeadWords
 
 
-def word_index(
+def word_picks(
     cover_index: np.ndarray,
     category_id: np.ndarray,
     bound_index: np.ndarray,
@@ -79,8 +79,8 @@ def word_index(
     word_caption: np.ndarray,
     piece_weights: Tensor,
     word_slots: Tensor,
-) -> WordIndex:
-    """The indices of a batch's W words from its host columns (see `extractor.batch.Batch`)."""
+) -> WordPicks:
+    """The picks among a batch's W words, from its host columns (see `extractor.batch.Batch`)."""
     scored = np.where(bound_index >= 0, bound_category, category_id)
     word, other = other_object_pairs(category_id, scored, word_caption)
     object_rows = np.flatnonzero(cover_index > 0)
@@ -98,4 +98,4 @@ def word_index(
         torch.from_numpy(weights[piece_word, token].astype(np.float64)),
         Others.of_pairs(at[word[keep]], at[other[keep]]),
     )
-    return WordIndex(torch.from_numpy(object_rows.astype(np.int64)), Others.of_pairs(word, other), heads)
+    return WordPicks(torch.from_numpy(object_rows.astype(np.int64)), Others.of_pairs(word, other), heads)

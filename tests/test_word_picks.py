@@ -1,5 +1,5 @@
 """A batch's per-word device work never waits for the device: every index it needs is worked out on the host
-(`extractor.word_index`), and the one check of its maps travels back with the results.
+(`extractor.word_picks`), and the one check of its maps travels back with the results.
 
 On the meta device a tensor has a shape but no values, so any step whose size depends on values (a
 `nonzero`, a `unique`, an `if` on a tensor) raises there: the same steps that on CUDA make the host wait.
@@ -31,7 +31,7 @@ N_IMAGES = 6
 def extraction(shared, tmp_path_factory):
     """The fine-tuned fixture's setup on val2017-small, and the loader's items of its first images."""
     coco = shared / "coco" / "val2017-small"
-    folder = tmp_path_factory.mktemp("index")
+    folder = tmp_path_factory.mktemp("picks")
     opts = run.Options(
         images=coco / "val2017",
         captions=next((coco / "annotations").glob("captions_*.json")),
@@ -69,7 +69,7 @@ def test_the_per_word_work_needs_no_value_from_the_device(extraction):
     s, items = extraction
     batch = collate(items)
     maps = maps_of(s, batch)
-    assert maps.head_attention and batch.masks is not None and len(batch.index.others.rows)  # every step runs
+    assert maps.head_attention and batch.masks is not None and len(batch.picks.others.rows)  # every step runs
     expected = word_outputs(maps, batch, s.slices)
     meta_maps = dataclasses.replace(maps, **{f.name: on_meta(getattr(maps, f.name)) for f in dataclasses.fields(maps)})
     got = word_outputs(meta_maps, batch.to(torch.device("meta")), s.slices)
@@ -77,34 +77,35 @@ def test_the_per_word_work_needs_no_value_from_the_device(extraction):
     assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (v.shape, v.dtype) for k, v in expected.items()}
 
 
-def index_arrays(index) -> dict[str, np.ndarray]:
-    """Every array of a WordIndex by a dotted name."""
-    arrays = {"object_rows": index.object_rows.numpy()}
-    for prefix, part in (("others", index.others), ("heads", index.heads), ("heads.others", index.heads.others)):
+def picks_arrays(picks) -> dict[str, np.ndarray]:
+    """Every array of a WordPicks by a dotted name."""
+    arrays = {"object_rows": picks.object_rows.numpy()}
+    for prefix, part in (("others", picks.others), ("heads", picks.heads), ("heads.others", picks.heads.others)):
         for f in dataclasses.fields(part):
             if isinstance(value := getattr(part, f.name), torch.Tensor):
                 arrays[f"{prefix}.{f.name}"] = value.numpy()
     return arrays
 
 
-def test_a_batch_that_loses_an_image_is_indexed_as_if_collated_without_it(extraction):
+def test_a_batch_that_loses_an_image_picks_as_if_collated_without_it(extraction):
     _, items = extraction
     lost = 2
     kept = collate(items)._without({lost: ("image", "x", "x.jpg", "unreadable")})
     fresh = collate(items[:lost] + items[lost + 1 :])
-    assert kept.words == fresh.words and len(kept.index.others.rows) and len(kept.index.heads.piece_word)
-    got, want = index_arrays(kept.index), index_arrays(fresh.index)
+    assert kept.words == fresh.words and len(kept.picks.others.rows) and len(kept.picks.heads.piece_word)
+    got, want = picks_arrays(kept.picks), picks_arrays(fresh.picks)
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def test_maps_that_are_not_finite_stop_the_batch_with_its_images_named(extraction):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_maps_that_are_not_finite_stop_the_batch_with_its_images_named(extraction, bad):
     s, items = extraction
     batch = collate(items[:2])
     maps = maps_of(s, batch)
     layer = next(iter(maps.attention))
-    maps.attention[layer][0, 0, 1, 3] = float("nan")
+    maps.attention[layer][0, 0, 1, 3] = bad
     out = HostCopy(word_outputs(maps, batch, s.slices)).arrays()
     with pytest.raises(
         ValueError, match=re.escape(f"not finite and non-negative for images {batch.image_ids.tolist()}")
@@ -114,16 +115,16 @@ def test_maps_that_are_not_finite_stop_the_batch_with_its_images_named(extractio
     assert len(batch_tables(batch, healthy, s.slices, "run")["words"]) == len(batch.words) * len(s.slices)
 
 
-def test_the_index_names_the_words_with_objects_and_their_contrasts(extraction):
+def test_the_picks_are_the_words_with_objects_and_their_contrasts(extraction):
     _, items = extraction
     batch = collate(items)
-    index = batch.index
-    np.testing.assert_array_equal(index.object_rows.numpy(), np.flatnonzero(batch.cover_index.numpy() > 0))
-    heads = index.heads
-    words = heads.words.numpy()
-    assert set(index.object_rows.tolist()) <= set(words.tolist())
-    np.testing.assert_array_equal(words[heads.object_at.numpy()], index.object_rows.numpy())
-    # every piece of every indexed word, with its weight 1 / the word's pieces
+    picks = batch.picks
+    np.testing.assert_array_equal(picks.object_rows.numpy(), np.flatnonzero(batch.cover_index.numpy() > 0))
+    heads = picks.heads
+    words = heads.rows.numpy()
+    assert set(picks.object_rows.tolist()) <= set(words.tolist())
+    np.testing.assert_array_equal(words[heads.object_at.numpy()], picks.object_rows.numpy())
+    # every piece of every picked word, with its weight 1 / the word's pieces
     pieces = np.bincount(heads.piece_word.numpy(), minlength=len(words))
     np.testing.assert_array_equal(pieces, batch.n_pieces[words])
     np.testing.assert_allclose(heads.piece_weight.numpy(), 1.0 / pieces[heads.piece_word.numpy()], rtol=1e-6)
@@ -151,11 +152,11 @@ def test_a_batch_crosses_processes_whole_with_only_large_tensors_in_shared_memor
     batch = dataclasses.replace(tiny, pixels=torch.randint(0, 256, (len(items), 3, 384, 384), dtype=torch.uint8))
     got = pickle.loads(ForkingPickler.dumps(batch))  # as a loader worker's batch reaches the main process
     assert got.pixels.is_shared() and got.pixels.nbytes >= SHARED_MEMORY_BYTES  # ALBEF's 384 px images
-    small = [got.input_ids, got.word_slots, got.index.object_rows, got.index.heads.others.scale]
+    small = [got.input_ids, got.word_slots, got.picks.object_rows, got.picks.heads.others.count]
     assert not any(t.is_shared() for t in small)
     assert torch.equal(got.pixels, batch.pixels) and torch.equal(got.piece_weights, batch.piece_weights)
     assert got.words == batch.words and np.array_equal(got.image_ids, batch.image_ids)
-    got_index, want_index = index_arrays(got.index), index_arrays(batch.index)
-    assert got_index.keys() == want_index.keys()
-    for name, want in want_index.items():
-        np.testing.assert_array_equal(got_index[name], want, err_msg=name)
+    got_picks, want_picks = picks_arrays(got.picks), picks_arrays(batch.picks)
+    assert got_picks.keys() == want_picks.keys()
+    for name, want in want_picks.items():
+        np.testing.assert_array_equal(got_picks[name], want, err_msg=name)
