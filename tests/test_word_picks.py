@@ -17,7 +17,7 @@ import torch
 from extractor import run
 from extractor.batch import Batch, ImageFiles, collate
 from extractor.covers import cache_dir, fill_cache
-from extractor.image import normalize
+from extractor.image import decode_on_device, normalize
 from extractor.maps import BatchMaps
 from extractor.pipeline import device_outputs, host_rows
 from extractor.summarize import HostCopy, batch_tables, word_outputs
@@ -48,9 +48,13 @@ def extraction(shared, tmp_path_factory):
     journal[0].mkdir()
     covers = cache_dir(s.scratch, opts.instances, opts.images, s.cfg.grid_size)
     covers_at = fill_cache(covers, records, s.dataset, opts.images, s.cfg.grid_size, 0, journal)
-    files = ImageFiles(opts.images, s.dataset, records, s.tokenizer, s.cfg.image_res, s.cfg.max_words, covers_at,
-                       journal, False)  # fmt: skip
-    return s, [files[i] for i in range(len(records))]
+    return s, items_of(s, records, covers_at, journal, device_decode=False)
+
+
+def items_of(s: run.Setup, records: list[dict], covers_at, journal, device_decode: bool) -> list:
+    files = ImageFiles(s.opts.images, s.dataset, records, s.tokenizer, s.cfg.image_res, s.cfg.max_words, covers_at,
+                       journal, device_decode)  # fmt: skip
+    return [files[i] for i in range(len(records))]
 
 
 def maps_of(s: run.Setup, batch: Batch) -> BatchMaps:
@@ -135,7 +139,6 @@ def test_on_cuda_queuing_a_batch_never_waits_for_the_device(extraction):
     s_cpu, items = extraction
     s = run.setup(dataclasses.replace(s_cpu.opts, device="cuda"), torch.device("cuda"))
     batch = collate(items).pin_memory()
-    normalize(batch.pixels.to(s.device))  # its constants are made once per device, waiting then
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any wait for the device raises
     try:
@@ -144,6 +147,30 @@ def test_on_cuda_queuing_a_batch_never_waits_for_the_device(extraction):
         torch.cuda.set_sync_debug_mode("default")
     _, tables = host_rows(batch, outputs, s.slices, "run")
     assert len(tables["words"]) == len(batch.words) * len(s.slices)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_jpegs_decoded_on_the_device_join_their_batch_without_waiting(extraction, tmp_path):
+    s, items = extraction
+    records = [item.record for item in items]
+    covers = cache_dir(s.scratch, s.opts.instances, s.opts.images, s.cfg.grid_size)
+    journal = (tmp_path, "test")
+    raw = items_of(s, records, fill_cache(covers, records, s.dataset, s.opts.images, s.cfg.grid_size, 0, journal),
+                   journal, device_decode=True)  # fmt: skip
+    raw[0] = items[0]  # one image decoded by the worker, the others left as JPEG bytes
+    batch = collate(raw).pin_memory()
+    assert len(batch.jpegs) == len(raw) - 1
+    res, device = s.cfg.image_res, torch.device("cuda")
+    decoded = decode_on_device([j.data for j in batch.jpegs], res, device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the device raises
+    try:
+        placed = batch.with_jpegs_decoded(decoded, res)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(placed.pixels[0].cpu(), items[0].pixels)
+    for jpeg, image in zip(batch.jpegs, decoded, strict=True):
+        assert torch.equal(placed.pixels[jpeg.row], image)
 
 
 def test_a_batch_crosses_processes_whole_with_only_large_tensors_in_shared_memory(extraction):
