@@ -30,6 +30,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.extract_bench
 	$(PY) -m bench.throughput
+	$(PY) -m bench.writer
 	$(PY) -m bench.dashboard_bench
 	$(PY) -m bench.demo_quality
 
