@@ -4,7 +4,9 @@ On a GPU the extraction loop hands the writer a chunk of `--chunk-images` images
 finishes them; the writer encodes the chunk's tables as Parquet and writes them into the parts folder,
 and the loop waits once the chunks in hand outnumber twice the writer threads. Here the writer is fed a real
 chunk's tables (a stand-in extraction of the shared COCO subset at ALBEF base's size, 256 images) as fast
-as it takes them, so images/s is the most it could take from any GPU on this machine's disk.
+as it takes them, so images/s is the most it could take from any GPU on this machine: Parquet encoding and
+writes into the page cache (the disk is synced before each measurement, not during it). The order of the
+two alternates between rounds.
 
     python -m bench.writer
 """
@@ -12,6 +14,7 @@ as it takes them, so images/s is the most it could take from any GPU on this mac
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -42,14 +45,17 @@ def chunk_tables(args: argparse.Namespace, folder: Path) -> dict[str, pa.Table]:
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     parts = partsdir.parts_dir(db)
     (run_id,) = partsdir.run_ids(parts)
-    run = partsdir.run_dir(parts, run_id)
-    return {path.parent.name: pq.read_table(path) for path in run.glob("*/*.parquet")}
+    files = sorted(partsdir.run_dir(parts, run_id).glob("*/*.parquet"))
+    tables = {path.parent.name: pq.read_table(path) for path in files}
+    assert len(tables) == len(files), "one chunk: one file per table"
+    return tables
 
 
 def images_per_second(tables: dict[str, pa.Table], threads: int, chunks: int, folder: Path) -> float:
     """Chunks written by a ChunkWriter of `threads` threads, fed as fast as it takes them."""
     n = tables[partsdir.DONE_TABLE].num_rows
     writer = ChunkWriter(partsdir.open_store(folder / "x.parts"), "bench", n, lambda _: None, StageClock(), threads)
+    os.sync()  # the last measurement's files are on disk before this one starts
     started = time.perf_counter()
     with writer:
         for _ in range(chunks):
@@ -71,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"one chunk: {CHUNK_IMAGES} images, {mb:.0f} MB of tables in memory, written {args.chunks} times per run")
         rates: dict[int, list[float]] = {1: [], WRITER_THREADS: []}
         for i in range(args.rounds):
-            for threads, seen in rates.items():
-                seen.append(images_per_second(tables, threads, args.chunks, Path(tmp) / f"w{i}-{threads}"))
+            for threads in sorted(rates, reverse=i % 2 == 1):
+                rates[threads].append(images_per_second(tables, threads, args.chunks, Path(tmp) / f"w{i}-{threads}"))
     for threads, seen in rates.items():
         print(f"{threads} writer thread(s): " + ", ".join(f"{r:,.0f}" for r in seen) + " images/s")
     ratios = [b / a for a, b in zip(rates[1], rates[WRITER_THREADS], strict=True)]

@@ -108,7 +108,8 @@ class ImageFiles(Dataset):
 
 @dataclass
 class RawJpeg(Tensors):
-    """A JPEG file of a batch left to decode where the model runs (its bytes cross processes by value)."""
+    """A JPEG file of a batch left to decode where the model runs (its bytes cross processes by value when
+    under `extractor.tensors.SHARED_MEMORY_BYTES`)."""
 
     row: int  # the image's row in the batch
     record: dict

@@ -1,8 +1,8 @@
 """The loop of a run: batches from the loader through the device into chunks of Parquet parts.
 
 A batch's device work (decoding JPEGs left undecoded, the model, every per-word op) is queued before
-the previous batch's results come back to the host and become Arrow rows, and a background thread
-writes each chunk of images as one part per table. `StageClock` keeps the main process's CPU time per
+the previous batch's results come back to the host and become Arrow rows, and background threads
+write each chunk of images as one part per table. `StageClock` keeps the main process's CPU time per
 stage, which `bench/throughput.py` reports.
 """
 
@@ -42,8 +42,8 @@ class Mapper(Protocol):
 
 
 STAGES = ("device", "rows", "write", "loop")
-# Parts are written by this many threads: on our 2-core machine one thread took 900-3,000 images/s of chunks,
-# two 3,000-4,100 (`bench/writer.py`), and one GPU can extract about 1,000 images/s.
+# Parts are written by this many threads: one thread's encoding and writes could hold back a GPU (README,
+# "On paper", estimates an H200 at 1,400 images/s; `bench/writer.py` measures the writer's ceiling).
 WRITER_THREADS = 2
 
 
@@ -51,7 +51,7 @@ class StageClock:
     """CPU seconds of this process's threads per stage: `with clock("device"): ...`.
 
     Stages: device (work queued on the model's device: all of it when that is the CPU), rows (copies back
-    and Arrow rows), write (Parquet parts, in the writer thread), loop (the main thread's whole loop,
+    and Arrow rows), write (Parquet parts, in the writer threads), loop (the main thread's whole loop,
     device and rows included: what bounds one process).
     """
 
@@ -161,16 +161,17 @@ class ChunkWriter:
         status = tables.pop(partsdir.DONE_TABLE)
         name = f"{min(status.column('image_id').to_pylist()):012d}-{partsdir.new_token()}.parquet"
         write = self.pool.submit(self._write, name, tables, status)
-        write.add_done_callback(lambda _, n=self.n_images: self._saved(n))
+        write.add_done_callback(lambda done, n=self.n_images: self._saved(done, n))
         self.writes.append(write)
         self.pending, self.n_images = [], 0
         # At most one chunk waiting per thread beyond those being written: memory stays bounded.
         while len(self.writes) > 2 * self.threads or (self.writes and self.writes[0].done()):
             self.writes.popleft().result()
 
-    def _saved(self, n_images: int) -> None:
-        with self.saving:
-            self.on_saved(n_images)
+    def _saved(self, write: Future, n_images: int) -> None:
+        if write.exception() is None:  # a failed write raises in the main thread, from `result`
+            with self.saving:
+                self.on_saved(n_images)
 
     def _write(self, name: str, tables: dict[str, pa.Table], status: pa.Table) -> None:
         with self.clock("write"):
@@ -180,8 +181,11 @@ class ChunkWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Write what is gathered (also when stopping early: every finished batch is kept)."""
-        self.flush()
-        while self.writes:
-            self.writes.popleft().result()
-        self.pool.shutdown()
+        """Write what is gathered (also when stopping early: every finished batch is kept). On an error or a
+        second interrupt while waiting, the chunks not yet started are dropped; those being written finish."""
+        try:
+            self.flush()
+            while self.writes:
+                self.writes.popleft().result()
+        finally:
+            self.pool.shutdown(cancel_futures=True)

@@ -25,7 +25,8 @@ class StandIn:
     def __call__(self, pixels: Tensor, ids: Tensor, mask: Tensor, image_index: Tensor) -> BatchMaps:
         C, T = ids.shape
         n_tokens = self.cfg.grid_size**2 + 1
-        # Seeded by the batch's shape: a value read from ids would make the host wait for the device.
+        # Seeded by the batch's shape (batches of one shape get the same maps): a value read from ids would
+        # make the host wait for the device.
         gen = torch.Generator(pixels.device).manual_seed(self.seed + 1000 * C + T)
 
         def rand(*shape: int) -> Tensor:

@@ -9,13 +9,14 @@ import dataclasses
 import pickle
 import re
 from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from extractor import run
-from extractor.batch import Batch, ImageFiles, collate
+from extractor.batch import Batch, ImageFiles, ImageItem, collate
 from extractor.covers import cache_dir, fill_cache
 from extractor.image import decode_on_device, normalize
 from extractor.maps import BatchMaps
@@ -51,7 +52,9 @@ def extraction(shared, tmp_path_factory):
     return s, items_of(s, records, covers_at, journal, device_decode=False)
 
 
-def items_of(s: run.Setup, records: list[dict], covers_at, journal, device_decode: bool) -> list:
+def items_of(
+    s: run.Setup, records: list[dict], covers_at: dict, journal: tuple[Path, str], device_decode: bool
+) -> list[ImageItem]:
     files = ImageFiles(s.opts.images, s.dataset, records, s.tokenizer, s.cfg.image_res, s.cfg.max_words, covers_at,
                        journal, device_decode)  # fmt: skip
     return [files[i] for i in range(len(records))]
@@ -162,6 +165,7 @@ def test_on_cuda_jpegs_decoded_on_the_device_join_their_batch_without_waiting(ex
     assert len(batch.jpegs) == len(raw) - 1
     res, device = s.cfg.image_res, torch.device("cuda")
     decoded = decode_on_device([j.data for j in batch.jpegs], res, device)
+    assert all(image is not None for image in decoded)  # val2017-small's JPEGs are all nvJPEG's
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any wait for the device raises
     try:
