@@ -88,9 +88,10 @@ def cache_dir(parts: Path, instances: Path, images_dir: Path, g: int) -> Path:
 
 
 def cached_locations(folder: Path) -> dict[int, tuple[str, int]]:
-    """image id -> (block file, row) for every image in the cache."""
+    """image id -> (block file, row) for every image in the cache (a block a killed process left half
+    written is a hidden temporary file, never read)."""
     out = {}
-    for path in sorted(folder.glob("*.npz")):
+    for path in sorted(folder.glob("[!.]*.npz")):
         with np.load(path) as block:
             out.update({int(i): (str(path), row) for row, i in enumerate(block["image_ids"])})
     return out

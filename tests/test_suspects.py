@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from db import parts
+from extractor.covers import GridCovers, cached_locations, save_block
 from extractor.suspects import journal_dir
 from tests.conftest import REPO
 from tests.test_run import cli, rows
@@ -65,3 +66,12 @@ def test_an_image_that_kills_its_process_twice_is_set_aside(shared, tmp_path):
     third = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)  # nothing left, no retry
     assert third.returncode == 0 and "set aside" not in third.stderr
     assert rows(db, "SELECT count(*) FROM image_status") == [(10,)]
+
+
+def test_a_covers_block_half_written_by_a_killed_process_is_not_read(tmp_path):
+    # A Ray actor killed while saving a block left its temporary file, which every later actor then failed on.
+    g = 4
+    cover = GridCovers(np.array([1], np.int32), np.ones((1, g * g)), np.ones((1, g * g)), np.ones(g * g), [], None)
+    block = save_block(tmp_path, {7: cover, 3: cover})
+    (tmp_path / f".{block.name}.tmp.npz").write_bytes(block.read_bytes()[:100])  # cut off mid-write
+    assert cached_locations(tmp_path) == {3: (str(block), 0), 7: (str(block), 1)}
