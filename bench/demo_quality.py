@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from extractor.binding import tag_words
-from extractor.checkpoint import load_checkpoint
+from extractor.checkpoint import frozen_albef
 from extractor.config import ALBEFConfig
 from extractor.demo.captions import ground_caption
 from extractor.demo.evaluate import ValScene, evaluate, kind_word_maps, object_covers, val_scenes
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = ALBEFConfig.from_json(args.checkpoint_dir / "config.json")
-    model = ALBEF(cfg).eval()
-    load_checkpoint(model, args.checkpoint_dir / "checkpoint.pth")
+    model, _ = frozen_albef(cfg, args.checkpoint_dir / "checkpoint.pth")
     tokenizer = Tokenizer(args.checkpoint_dir / "vocab.txt", cfg.bert.max_position_embeddings)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

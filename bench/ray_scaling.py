@@ -32,7 +32,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench.coco_args import add_coco_arguments
+from bench.coco_args import add_coco_arguments, extract_command
 from bench.throughput import repeated_coco, stand_in_checkpoint
 from db import parts as partsdir
 
@@ -99,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         total = args.warmup + args.images
         captions, _ = repeated_coco(args.coco, total, tmp)
         checkpoint = stand_in_checkpoint(tmp, args.image_res)
-        base = [sys.executable, "-m", "extractor", "run", "--images", str(args.coco / "val2017"), "--captions",
-                str(captions), "--checkpoint", str(checkpoint), "--vocab", str(args.vocab), "--model", "null",
-                "--device", "cpu", "--workers", "0", "--batch-size", "1",
-                "--chunk-images", str(args.chunk_images)]  # fmt: skip
+        base = extract_command(args, captions, checkpoint, "--model", "null", "--device", "cpu", "--workers", "0",
+                               "--batch-size", "1", "--chunk-images", str(args.chunk_images))  # fmt: skip
         # Interleaved, so that other work on the machine falls on every variant alike; the fastest of the
         # repeats is the one least disturbed.
         for repeat, p, limit, name in product(range(args.repeats), args.parallelism, (args.warmup, total), VARIANTS):

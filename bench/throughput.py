@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from bench.coco_args import add_coco_arguments
+from bench.coco_args import add_coco_arguments, extract_command
 from db import parts as partsdir
 from db import queries
 from extractor.config import ALBEFConfig
@@ -217,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         total = args.warmup + args.images
         captions, instances = repeated_coco(args.coco, total, tmp)
         checkpoint = (random_checkpoint if args.model == "albef" else stand_in_checkpoint)(tmp, args.image_res)
-        command = [sys.executable, "-m", "extractor", "run", "--images", str(args.coco / "val2017"),
-                   "--captions", str(captions), "--instances", str(instances), "--checkpoint", str(checkpoint),
-                   "--vocab", str(args.vocab), "--model", args.model, "--device", args.device]  # fmt: skip
+        command = extract_command(args, captions, checkpoint, "--instances", str(instances), "--model", args.model,
+                                  "--device", args.device)  # fmt: skip
         for flag, value in (("--batch-size", args.batch_size), ("--workers", args.workers),
                             ("--chunk-images", args.chunk_images), ("--decode", args.decode)):  # fmt: skip
             command += [flag, str(value)] if value is not None else []

@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.coco_args import add_coco_arguments
+from bench.coco_args import add_coco_arguments, extract_command
 from bench.throughput import ROOT, stand_in_checkpoint
 from db import parts as partsdir
 from extractor.pipeline import WRITER_THREADS, ChunkWriter, StageClock
@@ -37,11 +36,10 @@ def chunk_tables(args: argparse.Namespace, folder: Path) -> dict[str, pa.Table]:
     """The tables of one chunk of CHUNK_IMAGES images, extracted with the stand-in model."""
     ann = args.coco / "annotations"
     db = folder / "chunk.duckdb"
-    command = [sys.executable, "-m", "extractor", "run", "--images", str(args.coco / "val2017"),
-               "--captions", str(next(ann.glob("captions_*.json"))), "--instances",
-               str(next(ann.glob("instances_*.json"))), "--checkpoint",
-               str(stand_in_checkpoint(folder, args.image_res)), "--vocab", str(args.vocab), "--model", "null",
-               "--limit", str(CHUNK_IMAGES), "--chunk-images", str(CHUNK_IMAGES), "--db", str(db)]  # fmt: skip
+    captions, instances = (next(ann.glob(f"{kind}_*.json")) for kind in ("captions", "instances"))
+    command = extract_command(args, captions, stand_in_checkpoint(folder, args.image_res), "--instances",
+                              str(instances), "--model", "null", "--limit", str(CHUNK_IMAGES), "--chunk-images",
+                              str(CHUNK_IMAGES), "--db", str(db))  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     parts = partsdir.parts_dir(db)
     (run_id,) = partsdir.run_ids(parts)

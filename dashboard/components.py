@@ -173,7 +173,7 @@ def more_matches(rows: pd.DataFrame, sort: str) -> None:
     if rows.empty:
         return
     lines = [
-        f"- {marked_caption(row['caption'], int(row['word_index']))} :small[{_value(row.get(sort))}]"
+        f"- {marked_caption(row['caption'], int(row['word_index']))} :small[{two_decimals(row.get(sort))}]"
         for row in rows.head(MORE_MATCHES).to_dict("records")
     ]
     more = len(rows) - MORE_MATCHES
@@ -182,8 +182,9 @@ def more_matches(rows: pd.DataFrame, sort: str) -> None:
     st.markdown(f"Also in this image ({len(rows)}):\n" + "\n".join(lines))
 
 
-def _value(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.2f}"
+def two_decimals(value: Any) -> str:
+    """A value to two decimals; a dash where there is none (NULL)."""
+    return "–" if value is None or pd.isna(value) else f"{float(value):.2f}"
 
 
 def image_missing_note(ctx: data.Context) -> None:

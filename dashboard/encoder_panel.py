@@ -21,7 +21,7 @@ from dashboard.markup import literal
 from dashboard.overlay import OverlayStyle
 from dashboard.probe_panel import MEAN
 from db.codec import decode_map, encode_map
-from extractor.metrics import TOP_MASS_FRACTION, distribution, top_mass_cells
+from extractor.metrics import TOP_MASS_FRACTION, other_object_pairs, others_reference, top_mass_cells
 
 REFERENCE_SIDE = 360
 HEAD_SIDE = 200
@@ -48,20 +48,15 @@ def cls_row_of(caption_maps: pd.DataFrame, caption_id: int, method: str, layer: 
 def others_map(words: pd.DataFrame, word: pd.Series, method: str, layer: int) -> Blob | None:
     """The mean map of the words of the word's caption naming another category than the one it is scored
     against (the reference of `specificity_others`), from their stored maps; None where there are none."""
-    scored = word["bound_category_id"] if pd.notna(word["bound_category_id"]) else word["category_id"]
-    if pd.isna(scored):
-        return None
-    others = words[
-        (words["caption_id"] == word["caption_id"])
-        & (words["method"] == method)
-        & (words["layer"] == layer)
-        & words["category_id"].notna()
-        & (words["category_id"] != scored)
-    ]
-    if others.empty:
-        return None
-    maps = np.stack([decode_map(b, float(m)) for b, m in zip(others["map"], others["map_max"], strict=True)])
-    return encode_map(distribution(maps).mean(0))
+    caption = words[
+        (words["caption_id"] == word["caption_id"]) & (words["method"] == method) & (words["layer"] == layer)
+    ].sort_values("word_index")
+    named = caption["category_id"].fillna(0).to_numpy(np.int64)
+    scored = caption["bound_category_id"].fillna(caption["category_id"]).fillna(0).to_numpy(np.int64)
+    maps = np.stack([decode_map(b, float(m)) for b, m in zip(caption["map"], caption["map_max"], strict=True)])
+    pairs = other_object_pairs(named, scored, np.zeros(len(caption), np.int64))
+    reference = others_reference(maps, pairs)[caption["word_index"].to_numpy() == word["word_index"]][0]
+    return None if np.isnan(reference).any() else encode_map(reference)
 
 
 def _show(path: str | None, size: tuple[int, int], blob: Blob, style: OverlayStyle, top: bool, title: str) -> None:

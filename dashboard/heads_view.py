@@ -146,13 +146,8 @@ class HeadRanking:
 
 def value_badges(row: Mapping[str, Any], head: Head) -> str:
     """The head's value beside the layer mean map's, as badges."""
-    label, value, mean = ui.metric_label(head.metric), shown(row["head_value"]), shown(row[head.metric])
-    return f":primary-badge[head {head.head} {label} {value}] :gray-badge[layer mean {mean}]"
-
-
-def shown(value: Any) -> str:
-    """A value to two decimals; a dash where there is none (a word with no other object to contrast with)."""
-    return "–" if value is None or pd.isna(value) else f"{float(value):.2f}"
+    value, mean = ui.two_decimals(row["head_value"]), ui.two_decimals(row[head.metric])
+    return f":primary-badge[head {head.head} {ui.metric_label(head.metric)} {value}] :gray-badge[layer mean {mean}]"
 
 
 def head_map(ctx: data.Context, row: Mapping[str, Any], head: Head, style: OverlayStyle) -> None:

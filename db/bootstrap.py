@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Elements of one weight block, images x resamples: bounds a chunk of resamples to ~16 MB.
+# Elements of one weight block, images x resamples: bounds a chunk of resamples to ~64 MB of float32 weights.
 _BLOCK = 1 << 24
 # P(Poisson(1) <= k) for k = 0..9: a weight is the number of these a uniform draw exceeds (it is never above
 # 10, which Poisson(1) exceeds with probability 1e-8).

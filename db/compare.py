@@ -26,7 +26,7 @@ import pandas as pd
 
 from db.bootstrap import ratio_ci
 from db.filters import check_metric, range_expr
-from db.queries import frame
+from db.queries import frame, rows_of
 from db.schema import KEY_KINDS, key_image_select, key_select
 
 BY = KEY_KINDS
@@ -226,10 +226,9 @@ def _matched(
     """SQL of the caption words of `keys` in both slices, matched by (image_id, caption_id, word_index), with
     the metric in both (value_a, value_b), and its parameters."""
     params, value = _params(a, b, by, keys, kind=False), range_expr(metric)  # _OCCURRENCE_OF names the kind
-    done = finalized_runs(con, a.run_id, b.run_id)
 
     def side(name: str, s: Slice) -> str:
-        rows = "word_lookup" if s.run_id in done else "word_search"
+        rows = rows_of(con, s.run_id)
         return (
             f"SELECT image_id, caption_id, word_index, word, category_id, {value} AS value FROM {rows} "
             f"WHERE {_slice_where(name)} AND {_OCCURRENCE_OF[by]} AND {value} IS NOT NULL"

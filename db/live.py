@@ -21,7 +21,6 @@ from db.schema import DERIVED_TABLES, check_schema, init_db
 from db.writer import RUN_COLUMNS, parts_signature
 
 FILE = "extraction"  # the catalog the database file is attached as
-RESULT_TABLES = partsdir.BUILD_TABLES
 DATASET_KEYS = {"categories": "category_id", "images": "image_id", "captions": "caption_id",
                 "instances": "annotation_id"}  # fmt: skip
 
@@ -48,14 +47,17 @@ def connect(path: Path, config: Mapping[str, object] | None = None) -> duckdb.Du
     return con
 
 
-def live_runs(con: duckdb.DuckDBPyConnection, parts: Path) -> list[str]:
-    """Runs whose done chunks are not what the database was last built from."""
+def live_runs(con: duckdb.DuckDBPyConnection, parts: Path) -> dict[str, list[str]]:
+    """Runs whose done chunks are not what the database was last built from, each with its done_files of
+    image_status (listed once)."""
     built = dict(con.execute(f"SELECT key, value FROM {FILE}.meta WHERE key LIKE 'parts:%'").fetchall())
-    return [r for r in partsdir.run_ids(parts) if built.get(f"parts:{r}") != parts_signature(parts, r)]
+    done = {r: partsdir.done_files(parts, r, partsdir.DONE_TABLE) for r in partsdir.run_ids(parts)}
+    return {r: files for r, files in done.items() if built.get(f"parts:{r}") != parts_signature(parts, r, files)}
 
 
 def _create_views(con: duckdb.DuckDBPyConnection, parts: Path) -> None:
-    runs = live_runs(con, parts)
+    done = live_runs(con, parts)
+    runs = list(done)
     tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
                                         [FILE]).fetchall()]  # fmt: skip
     con.execute(f"CREATE TABLE live_runs AS SELECT * FROM {FILE}.main.runs LIMIT 0")
@@ -63,7 +65,7 @@ def _create_views(con: duckdb.DuckDBPyConnection, parts: Path) -> None:
         con.register("_frame", _run_rows(parts, runs))
         con.execute("INSERT INTO live_runs BY NAME SELECT * FROM _frame")
         con.unregister("_frame")
-    run_files = {r: partsdir.done_parts(parts, r, RESULT_TABLES) for r in runs}  # image_status listed once a run
+    run_files = {r: partsdir.done_parts(parts, r, partsdir.BUILD_TABLES, files) for r, files in done.items()}
     for table in tables:
         con.execute(f"CREATE VIEW {table} AS {_union(table, parts, runs, run_files)}")
     for (sql,) in con.execute("SELECT sql FROM duckdb_views() WHERE database_name = ? AND NOT internal",
@@ -81,8 +83,8 @@ def _union(table: str, parts: Path, runs: list[str], run_files: dict[str, dict[s
         return f"{own} UNION ALL BY NAME ({new})" if files and runs else own
     if table == "runs":
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs) UNION ALL BY NAME SELECT * FROM live_runs"
-    if table in RESULT_TABLES or table in DERIVED_TABLES:
-        done = [f for r in runs for f in run_files[r][table]] if table in RESULT_TABLES else []
+    if table in partsdir.BUILD_TABLES or table in DERIVED_TABLES:
+        done = [f for r in runs for f in run_files[r][table]] if table in partsdir.BUILD_TABLES else []
         parquet = f" UNION ALL BY NAME SELECT * FROM read_parquet({_list(done)}, union_by_name = true)" if done else ""
         return f"{own} WHERE run_id NOT IN (SELECT run_id FROM live_runs){parquet}"
     return own

@@ -158,9 +158,11 @@ def _build_run(con: duckdb.DuckDBPyConnection, parts: partsdir.Store, run_id: st
     return True
 
 
-def parts_signature(parts: partsdir.Where, run_id: str) -> str:
-    """What a build of the run reads: its done chunks and whether it is complete (stored in `meta`)."""
-    done = partsdir.done_files(parts, run_id, partsdir.DONE_TABLE)
+def parts_signature(parts: partsdir.Where, run_id: str, done: list[str] | None = None) -> str:
+    """What a build of the run reads: its done chunks and whether it is complete (stored in `meta`); `done`:
+    the run's done_files of image_status when the caller has them (then that folder is not listed again)."""
+    if done is None:
+        done = partsdir.done_files(parts, run_id, partsdir.DONE_TABLE)
     return _signature(done, partsdir.run_complete(partsdir.read_sessions(parts, run_id)))
 
 

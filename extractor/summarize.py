@@ -235,7 +235,7 @@ def word_heads(batch: Batch, out: dict[str, np.ndarray], slices: Sequence[Slice]
     masses = out.get("head_mask_mass", np.zeros((0, 0, 0), np.float32))  # (L, Wo, H)
     specificities = out.get("head_specificity_others", np.full_like(masses, np.nan))
     L, Wo, H = masses.shape
-    rows = np.flatnonzero(batch.cover_index.numpy() > 0) if Wo else np.zeros(0, np.int64)
+    rows = batch.picks.object_rows.numpy() if Wo else np.zeros(0, np.int64)
     caption = batch.word_caption.numpy()[rows]
     image_of_caption = batch.image_ids[batch.image_index.numpy()] if len(batch.caption_ids) else np.zeros(0, np.int64)
     per_word = L * H

@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extractor.checkpoint import load_checkpoint
+from extractor.checkpoint import DEFAULT_VOCAB, load_checkpoint
 from extractor.coco import load_image
 from extractor.config import ALBEFConfig
 from extractor.image import eval_transform
 from extractor.maps import caption_maps
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, pre_caption
-
-DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "bert-base-uncased" / "vocab.txt"
 
 
 def reference_outputs(ref_dir: Path, vocab: Path, batched: bool, device: str = "cpu") -> dict[str, np.ndarray]:

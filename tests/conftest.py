@@ -96,9 +96,9 @@ def runs(shared, tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def open_app(monkeypatch, tmp_path):
+def open_app(monkeypatch, tmp_path, close_cached_connections):
     """Build an AppTest of the dashboard started as `streamlit run dashboard/app.py -- ARGS`, each script run
-    allowed `timeout` seconds."""
+    allowed `timeout` seconds (the module's cached connections are dropped after its tests)."""
     from streamlit.testing.v1 import AppTest
 
     def make(*args: str, timeout: float = 60, **query: str) -> AppTest:
@@ -124,8 +124,8 @@ def open_page(open_app, db: Path, page: str | None, *args: str, timeout: float =
 
 @pytest.fixture(scope="module")
 def close_cached_connections():
-    """Drop the dashboard's cached DuckDB connections after a module's tests (else they live until exit); a
-    module asks for it with `pytestmark = pytest.mark.usefixtures("close_cached_connections")`."""
+    """Drop the dashboard's cached DuckDB connections after a module's tests (else they live until exit);
+    every module that opens the app (`open_app`) has it."""
     import streamlit as st
 
     yield

@@ -20,7 +20,6 @@ from tests.conftest import FEWER, IMAGES
 from tests.test_browser import shoot, streamlit_server, wait_for_overlays
 from tests.test_compare_page import open_compare
 
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 KEYS = ["image_id", "caption_id", "word_index"]
 
 

@@ -13,7 +13,6 @@ from db.metrics import METRICS
 from tests.conftest import open_page, run_extraction
 from tests.test_inputs import pairs_run
 
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 ONE_RUN = "This database holds a single run"
 SAME = "the same run with the same map"
 ONE_MAP = "a single run, with a single map"

@@ -22,7 +22,6 @@ from db import writer
 from db.queries import WordFilter
 from tests.conftest import open_page, run_extraction
 
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 # ---------------------------------------------------------------- helpers
 
 

@@ -5,14 +5,12 @@ Fixtures and helpers are test_dashboard.py's (a real extraction of the shared CO
 
 import json
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests import test_dashboard as dash
 from tests.conftest import open_page
 
 db = dash.db
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 SHARED_CAPTION = "× uniform, one scale shared by every map on this page"
 PER_MAP_CAPTION = "per map (stretched)"

@@ -7,7 +7,6 @@ the test's own on the database file.
 from urllib.parse import parse_qsl
 
 import duckdb
-import pytest
 
 from db import queries, rankings
 from tests import test_dashboard as base
@@ -15,7 +14,6 @@ from tests.conftest import open_page
 from tests.test_dashboard import assert_clean, card_links, messages, run_row, shown_slice
 
 db = base.db  # tests/test_dashboard.py's fixture, by name
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 
 def search_links(at) -> list[dict[str, str]]:

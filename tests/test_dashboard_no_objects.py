@@ -18,7 +18,6 @@ from tests.review_app import sign_in
 from tests.test_dashboard import assert_clean, card_links, messages, shown_slice
 from tests.test_inputs import pairs_run, subset_pairs
 
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 # NULL without object labels: the object metrics and the mass outside every labelled object.
 OBJECT_METRICS = {m for m in METRICS if BY_NAME[m].needs_object} | {"background_mass"}
 

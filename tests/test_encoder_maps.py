@@ -20,8 +20,6 @@ from extractor.image import eval_transform
 from extractor.model import ALBEF
 from tests.conftest import open_page
 
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
-
 
 @pytest.fixture(scope="module")
 def model_and_pixels(shared):

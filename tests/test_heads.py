@@ -24,8 +24,6 @@ from extractor.maps import caption_maps, merge_pieces
 from extractor.model import ALBEF
 from extractor.text import Tokenizer, pre_caption
 
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
-
 
 def direct_head_masses(shared) -> pd.DataFrame:
     """Per word with an object of val2017-small, per fusion layer and head: mask_mass (numpy) of that head's

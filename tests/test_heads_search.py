@@ -25,7 +25,6 @@ HEAD_BADGE = re.compile(r":primary-badge\[head (\d+) mask mass ([\d.]+)\] :gray-
 ANY_BADGE = re.compile(r":primary-badge\[head \d+ [^\]]+ ([\d.]+|–)\] :gray-badge\[layer mean ([\d.]+|–)\]")
 NO_ROWS = "only words naming an object have per-head values"
 REVIEW_KEYS = ("rv_verdict", "rv_tag", "rv_status", "rv_sort")
-pytestmark = pytest.mark.usefixtures("close_cached_connections")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dashboard import auth
 from db import queries, review
 from db.queries import WordFilter
 from db.review import Actor, Item
-from tests.chromium import SCREENSHOTS, launch, playwright_api
+from tests.chromium import SCREENSHOTS, playwright_api
 
 sync_api = playwright_api()
 
@@ -118,48 +118,43 @@ def verdict_line(page, user: str, verdict: str):
     return page.get_by_test_id("stMarkdownContainer").filter(has_text=f"{verdict} {user} ·")
 
 
-def test_two_reviewers_see_each_others_verdicts(server, queue):
+def test_two_reviewers_see_each_others_verdicts(server, queue, browser):
     store, items = queue
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = launch(p)
-        try:
-            alice = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-            bob = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-            sign_in(alice, server, "alice", SCREENSHOTS / "review_sign_in.png")
-            sign_in(bob, server, "bob")
-            sync_api.expect(bob.get_by_text("No verdict yet.")).to_be_visible()
+    alice = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    bob = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    sign_in(alice, server, "alice", SCREENSHOTS / "review_sign_in.png")
+    sign_in(bob, server, "bob")
+    sync_api.expect(bob.get_by_text("No verdict yet.")).to_be_visible()
 
-            alice.keyboard.press("2")  # noisy, then on to item 2
-            sync_api.expect(alice.get_by_text("Item 2 of 4")).to_be_visible(timeout=TIMEOUT_MS)
+    alice.keyboard.press("2")  # noisy, then on to item 2
+    sync_api.expect(alice.get_by_text("Item 2 of 4")).to_be_visible(timeout=TIMEOUT_MS)
 
-            bob.keyboard.press("r")  # Streamlit's rerun key: a refresh that keeps the session
-            sync_api.expect(verdict_line(bob, "alice", "noisy")).to_be_visible(timeout=TIMEOUT_MS)
-            settle(bob)
-            bob.screenshot(path=SCREENSHOTS / "review_bob_sees_alice.png", full_page=True)
+    bob.keyboard.press("r")  # Streamlit's rerun key: a refresh that keeps the session
+    sync_api.expect(verdict_line(bob, "alice", "noisy")).to_be_visible(timeout=TIMEOUT_MS)
+    settle(bob)
+    bob.screenshot(path=SCREENSHOTS / "review_bob_sees_alice.png", full_page=True)
 
-            bob.get_by_role("button", name="aligned").click()
-            sync_api.expect(bob.get_by_text("Item 2 of 4")).to_be_visible(timeout=TIMEOUT_MS)
-            # The run that moved on also empties the note box: typing before it ends can be overwritten.
-            settle(bob)
-            # Typing a digit into the note is text, not a verdict shortcut.
-            note = bob.get_by_role("textbox", name="Note with my verdict (optional)")
-            note.fill("3 dogs, 1 sofa")
-            note.blur()  # commits the note; with the focus off it, keys are shortcuts again
-            settle(bob)
-            sync_api.expect(note).to_have_value("3 dogs, 1 sofa")
-            assert review.item_review(review.connect(store), items[1]).verdicts == ()
-            bob.keyboard.press("3")
-            sync_api.expect(bob.get_by_text("Item 3 of 4")).to_be_visible(timeout=TIMEOUT_MS)
+    bob.get_by_role("button", name="aligned").click()
+    sync_api.expect(bob.get_by_text("Item 2 of 4")).to_be_visible(timeout=TIMEOUT_MS)
+    # The run that moved on also empties the note box: typing before it ends can be overwritten.
+    settle(bob)
+    # Typing a digit into the note is text, not a verdict shortcut.
+    note = bob.get_by_role("textbox", name="Note with my verdict (optional)")
+    note.fill("3 dogs, 1 sofa")
+    note.blur()  # commits the note; with the focus off it, keys are shortcuts again
+    settle(bob)
+    sync_api.expect(note).to_have_value("3 dogs, 1 sofa")
+    assert review.item_review(review.connect(store), items[1]).verdicts == ()
+    bob.keyboard.press("3")
+    sync_api.expect(bob.get_by_text("Item 3 of 4")).to_be_visible(timeout=TIMEOUT_MS)
 
-            alice.keyboard.press("k")  # back to item 1
-            sync_api.expect(alice.get_by_text("Item 1 of 4")).to_be_visible(timeout=TIMEOUT_MS)
-            sync_api.expect(verdict_line(alice, "bob", "aligned")).to_be_visible(timeout=TIMEOUT_MS)
-            sync_api.expect(verdict_line(alice, "alice", "noisy")).to_be_visible()
-            settle(alice)
-            alice.screenshot(path=SCREENSHOTS / "review_alice_sees_bob.png", full_page=True)
-        finally:
-            browser.close()
+    alice.keyboard.press("k")  # back to item 1
+    sync_api.expect(alice.get_by_text("Item 1 of 4")).to_be_visible(timeout=TIMEOUT_MS)
+    sync_api.expect(verdict_line(alice, "bob", "aligned")).to_be_visible(timeout=TIMEOUT_MS)
+    sync_api.expect(verdict_line(alice, "alice", "noisy")).to_be_visible()
+    settle(alice)
+    alice.screenshot(path=SCREENSHOTS / "review_alice_sees_bob.png", full_page=True)
 
     con = review.connect(store)
     assert {(v.reviewer, v.verdict) for v in review.item_review(con, items[0]).verdicts} == {
